@@ -1,0 +1,170 @@
+"""The one place that turns S3 settings into a client, and the retry rule every S3 call follows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from .errors import TransferError
+from .settings import Provider, S3Settings, _reveal
+
+log = logging.getLogger("projmig.s3")
+T = TypeVar("T")
+
+# S3 error codes that mean "try again later", whatever the HTTP status says
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+        "502",
+        "504",
+        "OperationAborted",
+    }
+)
+
+
+def s3_client(settings: S3Settings, *, max_connections: int = 32, connect_timeout: float = 10.0) -> AbstractAsyncContextManager[Any]:
+    """An aiobotocore S3 client (use as ``async with``). Retries are ours, not botocore's."""
+    config = AioConfig(
+        # the default ("when_supported") breaks ranged GETs and multipart on some servers
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"total_max_attempts": 1},
+        max_pool_connections=max_connections,
+        connect_timeout=connect_timeout,
+        read_timeout=120,
+        tcp_keepalive=True,
+        s3={"addressing_style": "auto" if settings.provider == Provider.AWS else "path"},
+    )
+    return get_session().create_client(
+        "s3",
+        endpoint_url=settings.endpoint,
+        region_name=settings.region,
+        aws_access_key_id=_reveal(settings.access_key, "access_key"),
+        aws_secret_access_key=_reveal(settings.secret_key, "secret_key"),
+        config=config,
+    )
+
+
+def error_code(exc: BaseException) -> str | None:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = err.get("Code")
+        if code:
+            return str(code)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(status) if status else None
+    return None
+
+
+def http_status(exc: BaseException) -> int | None:
+    if isinstance(exc, ClientError):
+        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another attempt: throttling, 5xx, timeouts, cut or refused connections."""
+    if isinstance(exc, ClientError):
+        status = http_status(exc) or 0
+        return error_code(exc) in TRANSIENT_CODES or status >= 500 or status == 429
+    return isinstance(
+        exc,
+        (
+            asyncio.TimeoutError,
+            TimeoutError,
+            aiohttp.ClientError,  # includes ClientPayloadError: a reset mid-GET surfaces here
+            EndpointConnectionError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+            IncompleteReadError,
+            ConnectionError,
+        ),
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    code = error_code(exc)
+    if code:
+        message = exc.response.get("Error", {}).get("Message") if isinstance(exc, ClientError) else ""
+        return f"{code}{': ' + message if message else ''}"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+class Retrier:
+    """Runs one S3 call under a deadline, retrying transient failures with backoff and jitter."""
+
+    def __init__(self, attempts: int = 6, timeout: float = 300.0, initial_wait: float = 0.2, max_wait: float = 10.0):
+        self.attempts = attempts
+        self.timeout = timeout
+        self.initial_wait = initial_wait
+        self.max_wait = max_wait
+
+    async def __call__(self, what: str, call: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
+        deadline = timeout or self.timeout
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.attempts),
+                wait=wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait),
+                retry=retry_if_exception(is_transient),
+                reraise=False,
+            ):
+                with attempt:
+                    # a stalled PUT never trips read_timeout (Expect: 100-continue): bound every call
+                    async with asyncio.timeout(deadline):
+                        return await call()
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise TransferError(f"{what}: {describe_error(last)} (gave up after {self.attempts} attempts)") from last
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def explain_bucket_error(exc: BaseException) -> str:
+    """What an operator should fix when a bucket check fails."""
+    code = error_code(exc)
+    status = http_status(exc)
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403 or code in ("403", "AccessDenied"):
+        return "access denied (check access_key and secret_key, and the bucket policy)"
+    if code in ("NoSuchBucket", "404") or status == 404:
+        return "bucket does not exist (check bucket)"
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, aiohttp.ClientConnectorError, ConnectionError)):
+        return "cannot connect to the endpoint (check endpoint)"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out (check endpoint and network)"
+    if isinstance(exc, BotoCoreError):
+        return f"{type(exc).__name__}: {exc}"
+    return describe_error(exc)

