@@ -24,7 +24,12 @@ class PreflightError(ProjmigError):
 
 
 class TransferError(ProjmigError):
-    """An object could not be copied after all retries."""
+    """An object could not be copied. ``transient``: retries ran out on a network or server
+    failure, so a rerun may well succeed (and a multipart upload is kept for it)."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class VerificationError(ProjmigError):

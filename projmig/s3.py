@@ -149,7 +149,9 @@ class Retrier:
                         return await call()
         except RetryError as exc:
             last = exc.last_attempt.exception()
-            raise TransferError(f"{what}: {describe_error(last)} (gave up after {self.attempts} attempts)") from last
+            raise TransferError(
+                f"{what}: {describe_error(last)} (gave up after {self.attempts} attempts)", transient=True
+            ) from last
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -212,6 +212,11 @@ class MigrationOptions(StrictModel):
     multipart_chunksize: int = Field(
         16 * MiB, ge=5 * MiB, description="part size when the source's part layout is unknown"
     )
+    part_concurrency: int = Field(8, ge=1, le=64, description="parts of one large object in flight at once")
+    memory_limit: int = Field(
+        192 * MiB, ge=16 * MiB, description="bytes of object data held in memory at once, across all copy tasks"
+    )
+    task_concurrency: int = Field(4, ge=1, le=64, description="copy task runs at once (each a batch or a large file)")
     batch_max_files: int = Field(256, ge=1, description="small files per copy task run")
     batch_max_bytes: int = Field(256 * MiB, ge=1, description="bytes per copy task run of small files")
     s3_call_timeout: float = Field(
@@ -256,6 +261,43 @@ class MigrationSettings(BaseSettings):
         if not self.project_uuids and self.source.owner_user_id is None:
             raise ValueError("source: give project_uuid, project_uuids or owner_user_id")
         return self
+
+    def with_overrides(
+        self,
+        *,
+        project_uuids: list[UUID] | None = None,
+        source_owner_user_id: int | None = None,
+        destination_user_id: int | None = None,
+        product_name: str | None = None,
+        include_hidden: bool | None = None,
+        dry_run: bool | None = None,
+        uuid_policy: UuidPolicy | None = None,
+    ) -> MigrationSettings:
+        """A copy with run-time choices applied (CLI flags, deployment parameters); None keeps."""
+        source: dict[str, Any] = {}
+        if project_uuids:
+            source.update(project_uuid=None, project_uuids=list(project_uuids))
+        if source_owner_user_id is not None:
+            source["owner_user_id"] = source_owner_user_id
+        if include_hidden is not None:
+            source["include_hidden"] = include_hidden
+        destination: dict[str, Any] = {}
+        if destination_user_id is not None:
+            destination.update(user_id=destination_user_id, user_gid=None)
+        if product_name is not None:
+            destination["product_name"] = product_name
+        options: dict[str, Any] = {}
+        if dry_run is not None:
+            options["dry_run"] = dry_run
+        if uuid_policy is not None:
+            options["uuid_policy"] = uuid_policy
+        return self.model_copy(
+            update={
+                "source": self.source.model_copy(update=source),
+                "destination": self.destination.model_copy(update=destination),
+                "options": self.options.model_copy(update=options),
+            }
+        )
 
     @classmethod
     def load(cls, path: Path | str, **overrides: Any) -> MigrationSettings:
@@ -322,6 +364,18 @@ def resolve_secrets(
     if problems:
         raise ConfigError(problems)
     return resolved  # type: ignore[return-value]
+
+
+def secret_refs(settings: BaseModel) -> list[SecretRef]:
+    """Every :class:`SecretRef` in ``settings`` (to fetch Prefect Secrets before resolving)."""
+    found: list[SecretRef] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretRef):
+            found.append(value)
+        elif isinstance(value, BaseModel):
+            found += secret_refs(value)
+    return found
 
 
 def _lookup(ref: SecretRef, where: str, prefect_secret: SecretLoader | None, problems: list[str]) -> str:

@@ -1,0 +1,214 @@
+"""The ``migrate-project`` flow: preflight -> graph -> plan -> copy -> verify -> insert -> report.
+
+It only orchestrates: every step is a library call (``projmig.steps``) behind a task. Objects move
+in task runs of one large file or a batch of small files; what is already in the destination is
+found by one listing first, so a rerun after a complete migration maps no copy task at all.
+
+Run it locally::
+
+    from flows.migrate import migrate_project
+    report = migrate_project(settings)          # or: await migrate_project(settings)
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.blocks.system import Secret
+from prefect.futures import as_completed
+from prefect.utilities.annotations import quote
+
+from projmig.errors import ProjmigError, TransferError
+from projmig.objects import CopyOutcome, batch_transfers
+from projmig.report import MigrationReport, human_bytes
+from projmig.settings import MigrationSettings, UuidPolicy, resolve_secrets, secret_refs
+
+from . import tasks
+
+
+async def resolve_credentials(settings: MigrationSettings) -> MigrationSettings:
+    """Replace secret references (environment variables, Prefect Secret blocks) by their values."""
+    names = {ref.prefect_secret for ref in secret_refs(settings) if ref.prefect_secret}
+    values: dict[str, str] = {}
+    for name in names:
+        values[name] = str((await Secret.aload(name)).get())
+    return resolve_secrets(settings, prefect_secret=values.__getitem__)
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    uuids = params.get("project_uuids") or ([params["project_uuid"]] if params.get("project_uuid") else [])
+    settings = params.get("settings")
+    if not uuids and settings is not None:
+        uuids = getattr(settings, "project_uuids", None) or settings.get("source", {}).get("project_uuid") or []
+        uuids = uuids if isinstance(uuids, list) else [uuids]
+    first = str(uuids[0])[:8] if uuids else "projects"
+    return f"migrate-{first}" + (f"-and-{len(uuids) - 1}-more" if len(uuids) > 1 else "")
+
+
+@flow(name="migrate-project", flow_run_name=_run_name, log_prints=False)
+async def migrate_project(
+    settings: MigrationSettings | None = None,
+    project_uuid: UUID | None = None,
+    project_uuids: list[UUID] | None = None,
+    source_owner_user_id: int | None = None,
+    destination_user_id: int | None = None,
+    product_name: str | None = None,
+    include_hidden: bool | None = None,
+    dry_run: bool | None = None,
+    uuid_policy: UuidPolicy | None = None,
+) -> MigrationReport:
+    """Migrate one project (or several) with its files from a source to a destination deployment.
+
+    Args:
+        settings: both deployments and the options; credentials as secret references
+            (``{"env": "NAME"}`` or ``{"prefect_secret": "block-name"}``) when run from a deployment.
+        project_uuid: the project to move (overrides the settings).
+        project_uuids: several projects in one run.
+        source_owner_user_id: move every non-trashed project of this source user.
+        destination_user_id: the destination user who will own the projects.
+        product_name: the destination product (default: each project's own).
+        include_hidden: also move hidden job projects created from these projects.
+        dry_run: print the plan, write nothing.
+        uuid_policy: keep the source's ids, or give the copy new ones.
+    """
+    if settings is None:
+        raise ProjmigError("settings are required (a cfg.json's content, or the deployment's default parameters)")
+    logger = get_run_logger()
+    settings = settings.with_overrides(
+        project_uuids=([project_uuid] if project_uuid else []) + list(project_uuids or []),
+        source_owner_user_id=source_owner_user_id,
+        destination_user_id=destination_user_id,
+        product_name=product_name,
+        include_hidden=include_hidden,
+        dry_run=dry_run,
+        uuid_policy=uuid_policy,
+    )
+    settings = await resolve_credentials(settings)
+    timer = _Timer()
+
+    with timer("preflight"):
+        checked = await tasks.preflight(settings, probe_write=not settings.options.dry_run)
+    if checked.already_migrated:
+        logger.info("already in the destination from an earlier run: %s", ", ".join(checked.already_migrated))
+    with timer("graph"):
+        graph = await tasks.read_graph(settings, checked)
+        plan = tasks.plan(quote(graph), checked)
+    for line in plan.summary_lines():
+        logger.info(line)
+
+    if settings.options.dry_run:
+        report = MigrationReport.from_plan(plan, "dry-run")
+        report.seconds = timer.seconds
+        await _publish(report)
+        logger.info(report.headline())
+        return report
+
+    report = MigrationReport.from_plan(plan, "migrated")
+    keys = {c.dst_key for c in plan.copies}
+    try:
+        with timer("copy"):
+            outcomes = await _copy(settings, plan.copies, report, logger)
+        with timer("verify"):
+            verified = await tasks.verify_objects(settings, plan.copies)
+        with timer("insert"):
+            inserted = await tasks.insert_rows(settings, quote(plan), verified)
+    except ProjmigError as exc:
+        if isinstance(exc, TransferError) and exc.transient:
+            logger.warning(
+                "network or server trouble: unfinished multipart uploads are kept so that a rerun continues "
+                "them (or run `projmig cleanup` to abort them)"
+            )
+        else:
+            aborted = await tasks.abort_uploads(settings, keys)
+            if aborted:
+                logger.info("aborted %d unfinished multipart uploads", len(aborted))
+        raise
+
+    # uploads of ours that an earlier, different attempt left behind (e.g. another part layout)
+    await tasks.abort_uploads(settings, keys)
+    report.rows_inserted = inserted.inserted
+    report.already_present = inserted.already_present
+    report.objects_copied = sum(1 for o in outcomes if o.action != "skipped")
+    report.objects_skipped = len(outcomes) - report.objects_copied
+    report.bytes_copied = sum(o.bytes_sent if o.action == "copied" else o.size for o in outcomes if o.action != "skipped")
+    report.bytes_skipped = sum(o.size for o in outcomes if o.action == "skipped")
+    if report.objects_copied == 0 and inserted.rows == 0:
+        report.status = "already-migrated"
+    for table, columns in inserted.dropped_columns.items():
+        report.warnings.append(f"{table}: source columns not in the destination, left out: {', '.join(columns)}")
+    report.seconds = timer.seconds
+    await _publish(report)
+    logger.info(report.headline())
+    return report
+
+
+async def _copy(settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any) -> list[CopyOutcome]:
+    """Copy what the destination lacks; then check again, and copy once more what still differs
+    (a cached task result can be stale if someone deleted the objects since)."""
+    opts = settings.options
+    there, todo = await tasks.compare(settings, copies)
+    outcomes = list(there)
+    if there:
+        logger.info("%d objects (%s) already in the destination", len(there), human_bytes(sum(o.size for o in there)))
+    if not todo:
+        return outcomes
+    progress = await create_progress_artifact(progress=0.0, key="projmig-copy", description="copying objects")
+    done_bytes = sum(o.size for o in there)
+    for attempt in (1, 2):
+        batches = batch_transfers(
+            todo, large=opts.multipart_threshold, max_files=opts.batch_max_files, max_bytes=opts.batch_max_bytes
+        )
+        report.copy_task_runs += len(batches)
+        logger.info("copying %d objects (%s) in %d task runs", len(todo), human_bytes(sum(c.size for c, _ in todo)), len(batches))
+        share = min(opts.task_concurrency, len(batches))
+        copy_task = tasks.copy_objects if attempt == 1 else tasks.copy_objects.with_options(refresh_cache=True)
+        futures = [copy_task.submit(settings, batch, share) for batch in batches]
+        failures: list[BaseException] = []
+        copied: list[CopyOutcome] = []
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BaseException as exc:  # keep waiting for the others: what they copy is kept
+                failures.append(exc)
+                continue
+            copied += result
+            done_bytes += sum(o.size for o in result)
+            pct = 100.0 * done_bytes / max(1, report.bytes_total)
+            await update_progress_artifact(
+                progress, progress=pct,
+                description=f"{len(outcomes) + len(copied)}/{report.objects} objects, {human_bytes(done_bytes)}/{human_bytes(report.bytes_total)}",
+            )
+        if failures:
+            raise failures[0]
+        there, todo = await tasks.compare(settings, [c for c, _ in todo])
+        outcomes += [o for o in copied if o.dst_key not in {c.dst_key for c, _ in todo}]
+        if not todo:
+            break
+        logger.warning("%d objects still differ from their source after copying: copying them again", len(todo))
+    return outcomes
+
+
+async def _publish(report: MigrationReport) -> None:
+    await create_table_artifact(key="projmig-projects", table=report.project_rows(), description=report.headline())
+    await create_markdown_artifact(key="projmig-report", markdown=report.to_markdown(), description=report.headline())
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.monotonic() - started, 3)

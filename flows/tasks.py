@@ -1,0 +1,99 @@
+"""Prefect tasks: each a thin wrapper of one library step (``projmig.steps``), taking settings.
+
+Only the copy task caches across flow runs: its key is what it copies (source keys, sizes, ETags,
+destination keys, both buckets), never clients, credentials or the run id; its result (what was
+copied, no secrets) is persisted so that a later run can reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.context import TaskRunContext
+
+from projmig import steps
+from projmig.graph import ProjectGraph
+from projmig.insert import InsertResult
+from projmig.objects import CopyOutcome, ObjectState
+from projmig.plan import MigrationPlan, ObjectCopy
+from projmig.preflight import PreflightReport
+from projmig.settings import MigrationSettings
+
+from .progress import report_bytes
+
+Batch = list[tuple[ObjectCopy, ObjectState | None]]
+
+
+@task(name="preflight", cache_policy=NONE)
+async def preflight(settings: MigrationSettings, probe_write: bool = True) -> PreflightReport:
+    return await steps.preflight(settings, probe_write=probe_write)
+
+
+@task(name="read-graph", cache_policy=NONE)
+async def read_graph(settings: MigrationSettings, report: PreflightReport) -> ProjectGraph:
+    return await steps.read_project_graph(settings, report)
+
+
+@task(name="plan", cache_policy=NONE)
+def plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
+    return steps.make_plan(graph, report)
+
+
+@task(name="compare-destination", cache_policy=NONE)
+async def compare(
+    settings: MigrationSettings, copies: list[ObjectCopy]
+) -> tuple[list[CopyOutcome], Batch]:
+    return await steps.compare(settings, copies)
+
+
+def copy_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    settings: MigrationSettings = parameters["settings"]
+    digest = hashlib.sha256()
+    for side in (settings.source.s3, settings.destination.s3):
+        digest.update(f"{side.endpoint or 'aws:' + side.region}\0{side.bucket}\n".encode())
+    for copy, _ in parameters["batch"]:
+        digest.update(f"{copy.src_key}\0{copy.size}\0{copy.etag}\0{copy.dst_key}\n".encode())
+    return f"projmig-copy-{digest.hexdigest()}"
+
+
+def copy_run_name() -> str:
+    from prefect.runtime import task_run
+
+    batch = task_run.parameters.get("batch") or []
+    if len(batch) == 1:
+        return f"copy {batch[0][0].dst_key.rsplit('/', 1)[-1]}"
+    return f"copy {len(batch)} files"
+
+
+@task(
+    name="copy-objects",
+    task_run_name=copy_run_name,
+    cache_key_fn=copy_cache_key,
+    cache_expiration=timedelta(days=30),
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=2,
+)
+async def copy_objects(settings: MigrationSettings, batch: Batch, share: int = 1) -> list[CopyOutcome]:
+    return await steps.copy_objects(settings, batch, share=share, on_bytes=report_bytes)
+
+
+@task(name="verify-objects", cache_policy=NONE)
+async def verify_objects(settings: MigrationSettings, copies: list[ObjectCopy]) -> dict[str, ObjectState]:
+    return await steps.verify_objects(settings, copies)
+
+
+@task(name="insert-rows", cache_policy=NONE)
+async def insert_rows(
+    settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState]
+) -> InsertResult:
+    return await steps.insert_rows(settings, plan, verified)
+
+
+@task(name="abort-uploads", cache_policy=NONE)
+async def abort_uploads(settings: MigrationSettings, keys: set[str]) -> list[str]:
+    return await steps.abort_our_uploads(settings, keys)

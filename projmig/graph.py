@@ -1,0 +1,253 @@
+"""Read a project graph from the source deployment (read-only): rows of every project table, its
+hidden child job projects (recursively), and the objects each file entry names."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+from sqlalchemy import MetaData, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .errors import PreflightError
+from .schema import DEPLOYMENT_BOUND_TABLES, PROJECT_TABLES, reflect
+
+Row = dict[str, Any]
+SIMCORE_LOCATION = "0"
+
+
+class SourceObject(BaseModel):
+    key: str
+    size: int
+    etag: str
+
+
+class FileEntry(BaseModel):
+    """One ``file_meta_data`` row and the objects it stands for."""
+
+    file_id: str
+    kind: Literal["file", "directory", "soft_link", "external"]
+    object_name: str | None
+    objects: list[SourceObject] = Field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+class ProjectRecord(BaseModel):
+    uuid: str
+    name: str
+    hidden: bool
+    parent_uuid: str | None = None  # the project whose node created this job project
+    owner_id: int | None
+    owner_gid: int | None
+    product_name: str
+    rows: dict[str, list[Row]]  # table -> rows, as read from the source
+    files: list[FileEntry]
+
+
+class ProjectGraph(BaseModel):
+    roots: list[str]
+    projects: list[ProjectRecord]  # parents before their hidden children
+    source_revision: str | None = None
+    everyone_gid: int | None = None
+    product_gids: dict[str, int] = Field(default_factory=dict)  # product name -> its group
+    left_behind: dict[str, int] = Field(default_factory=dict)  # deployment-bound table -> rows not copied
+    warnings: list[str] = Field(default_factory=list)
+    unreferenced_objects: int = 0
+    unreferenced_bytes: int = 0
+
+    def project(self, uuid: str) -> ProjectRecord:
+        return next(p for p in self.projects if p.uuid == uuid)
+
+    @property
+    def objects(self) -> list[SourceObject]:
+        seen: dict[str, SourceObject] = {}
+        for project in self.projects:
+            for entry in project.files:
+                for obj in entry.objects:
+                    seen.setdefault(obj.key, obj)
+        return list(seen.values())
+
+
+async def projects_of_user(conn: AsyncConnection, user_id: int) -> list[str]:
+    """Every non-trashed, non-hidden project a source user owns (the roots of a per-user migration)."""
+    rows = await conn.execute(
+        text(
+            "SELECT uuid FROM projects WHERE prj_owner = :uid AND trashed IS NULL AND NOT hidden "
+            "ORDER BY creation_date, uuid"
+        ),
+        {"uid": user_id},
+    )
+    return [r[0] for r in rows]
+
+
+async def hidden_descendants(conn: AsyncConnection, roots: list[str]) -> list[tuple[str, str]]:
+    """(child, parent) for every hidden project whose metadata parent or root parent is in the graph.
+
+    The parent is the metadata's direct parent when that is in the graph too, else its root."""
+    links: dict[str, tuple[str | None, str | None]] = {}
+    known = set(roots)
+    frontier = list(roots)
+    while frontier:
+        rows = await conn.execute(
+            text(
+                "SELECT m.project_uuid, m.parent_project_uuid, m.root_parent_project_uuid "
+                "FROM projects_metadata m JOIN projects p ON p.uuid = m.project_uuid "
+                "WHERE p.hidden AND (m.parent_project_uuid = ANY(:f) OR m.root_parent_project_uuid = ANY(:f)) "
+                "ORDER BY p.creation_date, m.project_uuid"
+            ),
+            {"f": frontier},
+        )
+        frontier = []
+        for child, parent, root in rows:
+            if child not in known:
+                known.add(child)
+                frontier.append(child)
+                links[child] = (parent, root)
+    return [(child, parent if parent in known else root) for child, (parent, root) in links.items()]  # type: ignore[misc]
+
+
+async def read_rows(conn: AsyncConnection, metadata: MetaData, uuids: list[str]) -> dict[str, dict[str, list[Row]]]:
+    """uuid -> table -> rows, for every project table present."""
+    result: dict[str, dict[str, list[Row]]] = {u: {} for u in uuids}
+    for name in PROJECT_TABLES:
+        table = metadata.tables.get(name)
+        if table is None:
+            continue
+        key = table.c.uuid if name == "projects" else (
+            table.c.project_id if name == "file_meta_data" else table.c.project_uuid
+        )
+        order = [c for c in table.primary_key.columns] or list(table.columns)[:1]
+        rows = await conn.execute(select(table).where(key.in_(uuids)).order_by(*order))
+        for row in rows.mappings():
+            result[row[key.name]].setdefault(name, []).append(dict(row))
+    return result
+
+
+async def read_graph(
+    conn: AsyncConnection, list_prefix, roots: list[str], *, include_hidden: bool
+) -> ProjectGraph:
+    """The graph of ``roots``; ``list_prefix(prefix) -> {key: (size, etag)}`` lists the source bucket."""
+    metadata = await reflect(conn, PROJECT_TABLES)
+    parents: dict[str, str | None] = {r: None for r in roots}
+    if include_hidden and "projects_metadata" in metadata.tables:
+        for child, parent in await hidden_descendants(conn, roots):
+            parents[child] = parent
+    uuids = list(parents)
+    rows = await read_rows(conn, metadata, uuids)
+    missing = [u for u in uuids if not rows[u].get("projects")]
+    if missing:
+        raise PreflightError(f"source project {', '.join(missing)} does not exist")
+
+    graph = ProjectGraph(roots=list(roots), projects=[])
+    graph.everyone_gid = await conn.scalar(text("SELECT gid FROM groups WHERE type = 'EVERYONE' LIMIT 1"))
+    owners = {r["projects"][0]["prj_owner"] for r in rows.values()} - {None}
+    owner_gids = dict(
+        (await conn.execute(text("SELECT id, primary_gid FROM users WHERE id = ANY(:ids)"), {"ids": list(owners)})).all()
+    )
+    product_gids = await conn.execute(text("SELECT name, group_id FROM products WHERE group_id IS NOT NULL"))
+    graph.product_gids = {name: gid for name, gid in product_gids}
+
+    for uuid in _parents_first(parents):
+        project_rows = rows[uuid]
+        project = project_rows["projects"][0]
+        listing = await list_prefix(f"{uuid}/")
+        files, referenced = _file_entries(project_rows.get("file_meta_data", []), listing, graph.warnings)
+        # a soft link or odd object_name may point outside this project's prefix
+        for entry in files:
+            if entry.kind == "soft_link" and entry.object_name and entry.object_name not in listing:
+                graph.warnings.append(
+                    f"soft link {entry.file_id} points at {entry.object_name}, outside the migrated graph: "
+                    "the row is copied, its target is not"
+                )
+        unreferenced = {k: v for k, v in listing.items() if k not in referenced}
+        graph.unreferenced_objects += len(unreferenced)
+        graph.unreferenced_bytes += sum(size for size, _ in unreferenced.values())
+        graph.projects.append(
+            ProjectRecord(
+                uuid=uuid,
+                name=project["name"],
+                hidden=bool(project["hidden"]),
+                parent_uuid=parents[uuid],
+                owner_id=project["prj_owner"],
+                owner_gid=owner_gids.get(project["prj_owner"]),
+                product_name=project["product_name"],
+                rows=project_rows,
+                files=files,
+            )
+        )
+    graph.left_behind = await _count_left_behind(conn, uuids)
+    if graph.unreferenced_objects:
+        graph.warnings.append(
+            f"{graph.unreferenced_objects} objects ({graph.unreferenced_bytes} bytes) under the projects' prefixes "
+            "have no file_meta_data row: not copied"
+        )
+    return graph
+
+
+def _parents_first(parents: dict[str, str | None]) -> list[str]:
+    children: dict[str | None, list[str]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent if parent in parents else None, []).append(child)
+    order: list[str] = []
+    queue = deque(children.get(None, []))
+    while queue:
+        node = queue.popleft()
+        order.append(node)
+        queue.extend(children.get(node, []))
+    return order
+
+
+def _file_entries(
+    rows: list[Row], listing: dict[str, tuple[int, str]], warnings: list[str]
+) -> tuple[list[FileEntry], set[str]]:
+    entries: list[FileEntry] = []
+    referenced: set[str] = set()
+    for row in rows:
+        file_id, object_name = row["file_id"], row.get("object_name") or row["file_id"]
+        if row.get("is_soft_link"):
+            entries.append(FileEntry(file_id=file_id, kind="soft_link", object_name=object_name))
+            continue
+        if str(row.get("location_id") or SIMCORE_LOCATION) != SIMCORE_LOCATION:
+            entries.append(FileEntry(file_id=file_id, kind="external", object_name=object_name))
+            continue
+        if row.get("is_directory"):
+            prefix = object_name.rstrip("/") + "/"
+            objects = [
+                SourceObject(key=k, size=size, etag=etag) for k, (size, etag) in sorted(listing.items()) if k.startswith(prefix)
+            ]
+            referenced.update(o.key for o in objects)
+            entries.append(FileEntry(file_id=file_id, kind="directory", object_name=object_name, objects=objects))
+            continue
+        if object_name not in listing:
+            pending = " (an upload that never finished)" if row.get("upload_id") else ""
+            warnings.append(f"file {file_id} has no object in the source bucket{pending}: row left behind")
+            continue
+        size, etag = listing[object_name]
+        referenced.add(object_name)
+        entries.append(
+            FileEntry(file_id=file_id, kind="file", object_name=object_name,
+                      objects=[SourceObject(key=object_name, size=size, etag=etag)])
+        )
+    return entries, referenced
+
+
+async def _count_left_behind(conn: AsyncConnection, uuids: list[str]) -> dict[str, int]:
+    metadata = await reflect(conn, list(DEPLOYMENT_BOUND_TABLES))
+    counts = {}
+    for name, column in DEPLOYMENT_BOUND_TABLES.items():
+        table = metadata.tables.get(name)
+        if table is None or column not in table.c:
+            continue
+        count = await conn.scalar(select(func.count()).select_from(table).where(table.c[column].in_(uuids)))
+        if count:
+            counts[name] = count
+    return counts
+
+
+def parse_uuid(value: str | UUID) -> str:
+    return str(UUID(str(value)))

@@ -1,0 +1,110 @@
+"""Insert every row of a plan into the destination in one transaction: all of it, or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import Table, insert, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .errors import InsertError
+from .graph import Row
+from .objects import ObjectState
+from .plan import MigrationPlan
+from .schema import PROJECT_TABLES, insert_order, reflect
+
+
+class InsertResult(BaseModel):
+    inserted: dict[str, int] = Field(default_factory=dict)  # table -> rows
+    already_present: list[str] = Field(default_factory=list)  # projects found from an earlier run
+    dropped_columns: dict[str, list[str]] = Field(default_factory=dict)  # source columns the destination lacks
+
+    @property
+    def rows(self) -> int:
+        return sum(self.inserted.values())
+
+
+def project_key(table: str) -> str:
+    return {"projects": "uuid", "file_meta_data": "project_id"}.get(table, "project_uuid")
+
+
+async def insert_plan(engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState]) -> InsertResult:
+    """``verified``: destination key -> state, as verified after copying (sizes and ETags to record)."""
+    try:
+        async with engine.begin() as conn:
+            return await _insert(conn, plan, verified)
+    except DBAPIError as exc:
+        detail = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+        raise InsertError(f"destination transaction rolled back, nothing was inserted: {detail}") from exc
+    except (OSError, TimeoutError) as exc:
+        raise InsertError(f"destination connection lost, nothing was inserted: {exc}") from exc
+
+
+async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[str, ObjectState]) -> InsertResult:
+    metadata = await reflect(conn, PROJECT_TABLES)
+    result = InsertResult()
+    uuids = [p.dst_uuid for p in plan.projects]
+    # serialise concurrent runs of the same migration on the projects they create
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext(u)) FROM unnest(CAST(:u AS text[])) AS u ORDER BY u"), {"u": uuids}
+    )
+    found = dict((await conn.execute(
+        text("SELECT uuid, creation_date FROM projects WHERE uuid = ANY(:u)"), {"u": uuids}
+    )).all())
+    planned = {r["uuid"]: r.get("creation_date") for r in plan.rows.get("projects", [])}
+    clashes = [u for u, created in found.items() if created != planned.get(u)]
+    if clashes:
+        raise InsertError(f"collision: the destination got a different project {', '.join(clashes)} meanwhile; nothing inserted")
+    present = set(found)
+    result.already_present = [u for u in uuids if u in present]
+
+    for table in insert_order(metadata):
+        rows = [r for r in plan.rows.get(table.name, []) if r.get(project_key(table.name)) not in present]
+        if table.name == "file_meta_data":
+            rows = [_with_verified(r, verified) for r in rows]
+        dropped = sorted({k for r in rows for k in r} - set(table.c.keys()))
+        if dropped:
+            result.dropped_columns[table.name] = dropped
+        if rows:
+            await _insert_rows(conn, table, rows)
+            result.inserted[table.name] = len(rows)
+
+    # projects_nodes' trigger stamped last_change_date with now(): give each project its own back
+    projects = metadata.tables["projects"]
+    for row in plan.rows.get("projects", []):
+        if row["uuid"] not in present and row.get("last_change_date") is not None:
+            await conn.execute(
+                update(projects).where(projects.c.uuid == row["uuid"]).values(last_change_date=row["last_change_date"])
+            )
+    return result
+
+
+def _with_verified(row: Row, verified: Mapping[str, ObjectState]) -> Row:
+    state = verified.get(row.get("object_name") or "")
+    if state is None or row.get("is_directory") or row.get("is_soft_link"):
+        return row
+    return {**row, "file_size": state.size, "entity_tag": state.etag}
+
+
+async def _insert_rows(conn: AsyncConnection, table: Table, rows: list[Row]) -> None:
+    columns = set(table.c.keys())
+    # rows built by projmig may lack columns with server defaults: one statement per shape
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        kept = {k: v for k, v in row.items() if k in columns}
+        shapes.setdefault(tuple(sorted(kept)), []).append(kept)
+    for batch in shapes.values():
+        if table.name == "project_to_groups":
+            # the destination's trigger already gave the owner's group its row
+            stmt = pg_insert(table)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[table.c.project_uuid, table.c.gid],
+                set_={"read": stmt.excluded.read, "write": stmt.excluded.write, "delete": stmt.excluded.delete},
+            )
+            await conn.execute(stmt, batch)
+        else:
+            await conn.execute(insert(table), batch)

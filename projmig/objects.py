@@ -1,0 +1,549 @@
+"""Copy objects between buckets, resumably.
+
+- What is already in the destination is decided from one listing (size + ETag), not per-object HEADs.
+- A multipart source is copied with its own part layout (``HeadObject PartNumber=1`` gives the
+  part size), so the destination's ETag equals the source's and the next skip check works.
+- A large single-part source is copied in parts; its MD5 is computed in order while streaming and
+  must equal the source ETag; the object carries ``x-amz-meta-projmig-source-etag`` for later skips.
+- An interrupted multipart upload is continued: the upload id is found again with
+  ``ListMultipartUploads`` and its finished parts with ``ListParts``.
+- A failure that retrying cannot fix aborts the upload; a transient one (network, 5xx) keeps it
+  for the rerun to continue. Either way the error names the object and the cause.
+- Same endpoint and credentials on both sides: the server copies single-part objects
+  (``CopyObject``, verified by ETag). Multipart objects are still streamed with the source's layout:
+  SeaweedFS's ``UploadPartCopy`` answers with per-chunk ETags (``<md5>-2`` for a 6 MiB part), so
+  its result could not be verified against the source's ETag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel
+
+from .errors import ProjmigError, TransferError, VerificationError
+from .plan import ObjectCopy
+from .s3 import Retrier, describe_error, error_code, is_transient
+
+log = logging.getLogger("projmig.objects")
+
+MiB = 1024 * 1024
+MARKER = "projmig-source-etag"
+MAX_PARTS = 10_000
+MAX_SINGLE_COPY = 5 * 1024 * MiB  # CopyObject's limit
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    size: int
+    etag: str
+
+
+class CopyOutcome(BaseModel):
+    src_key: str
+    dst_key: str
+    size: int
+    etag: str  # the destination's
+    action: Literal["copied", "server-side", "skipped"]
+    bytes_sent: int = 0  # bytes uploaded by this run (resumed parts not counted)
+    resumed_parts: int = 0
+
+
+class CopyFailures(TransferError):
+    """Some objects could not be copied; the others were."""
+
+    def __init__(self, failures: list[Exception], outcomes: list[CopyOutcome]):
+        self.failures = failures
+        self.outcomes = outcomes
+        first = "; ".join(str(f) for f in failures[:3])
+        more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
+        super().__init__(
+            f"{len(failures)} of {len(failures) + len(outcomes)} objects failed: {first}{more}",
+            transient=all(getattr(f, "transient", False) for f in failures),
+        )
+
+
+def etag_of(value: str) -> str:
+    return value.strip('"')
+
+
+def is_multipart_etag(etag: str) -> bool:
+    return "-" in etag
+
+
+def composite_etag(part_md5s: list[bytes]) -> str:
+    return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+
+
+async def list_prefix(client: Any, bucket: str, prefix: str, retry: Retrier) -> dict[str, ObjectState]:
+    """Every object under ``prefix`` (1,000 per call)."""
+    found: dict[str, ObjectState] = {}
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = await retry(f"list s3://{bucket}/{prefix}", lambda: client.list_objects_v2(**kwargs))
+        for item in page.get("Contents", []):
+            found[item["Key"]] = ObjectState(size=item["Size"], etag=etag_of(item["ETag"]))
+        if not page.get("IsTruncated"):
+            return found
+        token = page["NextContinuationToken"]
+
+
+async def list_uploads(client: Any, bucket: str, prefix: str, retry: Retrier) -> list[dict[str, Any]]:
+    """Open multipart uploads under ``prefix``: ``{"Key", "UploadId", "Initiated"}``."""
+    uploads: list[dict[str, Any]] = []
+    markers: dict[str, str] = {}
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, **markers}
+        page = await retry(f"list uploads s3://{bucket}/{prefix}", lambda: client.list_multipart_uploads(**kwargs))
+        uploads += page.get("Uploads", [])
+        if not page.get("IsTruncated"):
+            return uploads
+        markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+
+async def abort_uploads(
+    client: Any, bucket: str, prefix: str, retry: Retrier, *, keys: set[str] | None = None,
+    older_than: datetime | None = None,
+) -> list[str]:
+    """Abort open uploads under ``prefix`` (only for ``keys`` / older than a time, when given)."""
+    aborted = []
+    for upload in await list_uploads(client, bucket, prefix, retry):
+        if keys is not None and upload["Key"] not in keys:
+            continue
+        initiated = upload.get("Initiated")
+        if older_than is not None and initiated is not None and initiated > older_than:
+            continue
+        await retry(
+            f"abort upload of {upload['Key']}",
+            lambda u=upload: client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]),
+        )
+        aborted.append(upload["Key"])
+    return aborted
+
+
+async def source_marker(client: Any, bucket: str, key: str, retry: Retrier) -> str | None:
+    """The source ETag a destination object was verified against (objects re-chunked by projmig)."""
+    head = await retry(f"HEAD {key}", lambda: client.head_object(Bucket=bucket, Key=key))
+    return (head.get("Metadata") or {}).get(MARKER)
+
+
+class ByteBudget:
+    """Bounds the bytes held in memory at once; one item larger than the budget may run alone."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._changed:
+            self.used -= n
+            self._changed.notify_all()
+
+
+class ObjectCopier:
+    def __init__(
+        self,
+        src: Any,
+        dst: Any,
+        src_bucket: str,
+        dst_bucket: str,
+        *,
+        retry: Retrier,
+        server_side: bool = False,
+        multipart_threshold: int = 64 * MiB,
+        multipart_chunksize: int = 16 * MiB,
+        concurrency: int = 16,
+        part_concurrency: int = 8,
+        memory_limit: int = 128 * MiB,
+        on_bytes: Callable[[int], None] | None = None,
+    ):
+        self.src, self.dst = src, dst
+        self.src_bucket, self.dst_bucket = src_bucket, dst_bucket
+        self.retry = retry
+        self.server_side = server_side
+        self.threshold = multipart_threshold
+        self.chunksize = multipart_chunksize
+        self.slots = asyncio.Semaphore(concurrency)
+        self.part_window = part_concurrency
+        self.budget = ByteBudget(memory_limit)
+        self.on_bytes = on_bytes or (lambda n: None)
+
+    async def copy_all(self, items: list[tuple[ObjectCopy, ObjectState | None]]) -> list[CopyOutcome]:
+        """Copy each (object, its destination state); every object gets its chance before failing."""
+
+        async def guarded(item: ObjectCopy, state: ObjectState | None) -> CopyOutcome | Exception:
+            async with self.slots:
+                try:
+                    return await self.copy(item, state)
+                except ProjmigError as exc:
+                    return exc
+                except Exception as exc:  # a bug or an unexpected reply: still name the object
+                    return TransferError(f"{item.dst_key}: {describe_error(exc)}", transient=is_transient(exc))
+
+        results = await asyncio.gather(*(guarded(c, s) for c, s in items))
+        failures = [r for r in results if isinstance(r, Exception)]
+        outcomes = [r for r in results if isinstance(r, CopyOutcome)]
+        if failures:
+            raise CopyFailures(failures, outcomes)
+        return outcomes
+
+    async def copy(self, item: ObjectCopy, state: ObjectState | None = None) -> CopyOutcome:
+        if state is not None and state.size == item.size and state.etag == item.etag:
+            return CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=state.etag, action="skipped")
+        try:
+            if self.server_side and not is_multipart_etag(item.etag) and item.size <= MAX_SINGLE_COPY:
+                return await self._server_side_copy(item)
+            if item.size < self.threshold and not is_multipart_etag(item.etag):
+                return await self._copy_whole(item)
+            return await self._copy_in_parts(item)
+        except ProjmigError:
+            raise
+        except ClientError as exc:
+            raise _named(item, exc) from exc
+
+    # -- single request -------------------------------------------------------------------------
+
+    async def _copy_whole(self, item: ObjectCopy) -> CopyOutcome:
+        await self.budget.acquire(item.size)
+        try:
+            async def get() -> tuple[dict[str, Any], bytes]:
+                resp = await self.src.get_object(Bucket=self.src_bucket, Key=item.src_key)
+                async with resp["Body"] as body:
+                    return resp, await body.read()
+
+            resp, data = await self.retry(f"{item.src_key}: GET", get)
+            _check_unchanged(item, etag_of(resp["ETag"]), len(data))
+            put = await self.retry(
+                f"{item.dst_key}: PUT",
+                lambda: self.dst.put_object(
+                    Bucket=self.dst_bucket, Key=item.dst_key, Body=data, **_carried_headers(resp)
+                ),
+            )
+        finally:
+            await self.budget.release(item.size)
+        etag = etag_of(put["ETag"])
+        if etag != item.etag:
+            await self._discard(item.dst_key)
+            raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; removed, rerun to copy again")
+        self.on_bytes(item.size)
+        return CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="copied", bytes_sent=item.size)
+
+    async def _server_side_copy(self, item: ObjectCopy) -> CopyOutcome:
+        resp = await self.retry(
+            f"{item.dst_key}: server-side copy",
+            lambda: self.dst.copy_object(
+                Bucket=self.dst_bucket, Key=item.dst_key,
+                CopySource={"Bucket": self.src_bucket, "Key": item.src_key},
+                CopySourceIfMatch=f'"{item.etag}"',
+            ),
+        )
+        etag = etag_of(resp["CopyObjectResult"]["ETag"])
+        if etag != item.etag:
+            await self._discard(item.dst_key)
+            raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; removed, rerun to copy again")
+        self.on_bytes(item.size)
+        return CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="server-side")
+
+    # -- multipart ------------------------------------------------------------------------------
+
+    async def part_layout(self, item: ObjectCopy) -> tuple[list[int], bool]:
+        """Part sizes, and whether they are the source's own (then the ETags will match)."""
+        if is_multipart_etag(item.etag):
+            count = int(item.etag.rsplit("-", 1)[1])
+            head = await self.retry(
+                f"{item.src_key}: HEAD part 1",
+                lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key, PartNumber=1),
+            )
+            first = head.get("ContentLength", 0)
+            if head.get("PartsCount") == count and first > 0 and first * (count - 1) < item.size <= first * count:
+                return [first] * (count - 1) + [item.size - first * (count - 1)], True
+            log.info("%s: source part layout unknown, copying in %d-byte parts", item.src_key, self.chunksize)
+        chunk = max(self.chunksize, -(-item.size // MAX_PARTS))
+        count = max(1, -(-item.size // chunk))
+        return [chunk] * (count - 1) + [item.size - chunk * (count - 1)], False
+
+    async def _copy_in_parts(self, item: ObjectCopy, *, fresh: bool = False) -> CopyOutcome:
+        sizes, same_layout = await self.part_layout(item)
+        head = await self.retry(
+            f"{item.src_key}: HEAD", lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key)
+        )
+        _check_unchanged(item, etag_of(head["ETag"]), head["ContentLength"])
+        upload_id, done = (None, {}) if fresh else await self._find_upload(item.dst_key, sizes)
+        if upload_id is None:
+            extra = _carried_headers(head)
+            if not same_layout:
+                extra["Metadata"] = {**extra.get("Metadata", {}), MARKER: item.etag}
+            created = await self.retry(
+                f"{item.dst_key}: create multipart upload",
+                lambda: self.dst.create_multipart_upload(Bucket=self.dst_bucket, Key=item.dst_key, **extra),
+            )
+            upload_id = created["UploadId"]
+        try:
+            parts, sent, whole_md5 = await self._transfer_parts(item, upload_id, sizes, done, same_layout)
+            resp = await self.retry(
+                f"{item.dst_key}: complete multipart upload",
+                lambda: self.dst.complete_multipart_upload(
+                    Bucket=self.dst_bucket, Key=item.dst_key, UploadId=upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e, _ in parts]},
+                ),
+            )
+        except (ClientError, TransferError) as exc:
+            if error_code(exc.__cause__ or exc) == "NoSuchUpload" and not fresh:
+                # someone (e.g. the storage service's GC) aborted our upload: start this object over
+                log.warning("%s: upload %s vanished, starting over", item.dst_key, upload_id)
+                return await self._copy_in_parts(item, fresh=True)
+            if not (exc.transient if isinstance(exc, TransferError) else is_transient(exc)):
+                await self._abort(item.dst_key, upload_id)
+            raise
+        etag = etag_of(resp["ETag"])
+        expected = item.etag if same_layout else composite_etag([md5 for _, _, md5 in parts])
+        if etag != expected or (whole_md5 is not None and not is_multipart_etag(item.etag) and whole_md5 != item.etag):
+            await self._discard(item.dst_key)
+            raise VerificationError(
+                f"{item.dst_key}: destination ETag {etag} != expected {expected} (source {item.etag}); removed, rerun to copy again"
+            )
+        return CopyOutcome(
+            src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag,
+            action="copied", bytes_sent=sent,
+            resumed_parts=sum(1 for n, e, _ in parts if done.get(n) == e),
+        )
+
+    async def _find_upload(self, key: str, sizes: list[int]) -> tuple[str | None, dict[int, str]]:
+        """An earlier run's upload of ``key`` and its parts that have the expected size."""
+        uploads = [u for u in await list_uploads(self.dst, self.dst_bucket, key, self.retry) if u["Key"] == key]
+        if not uploads:
+            return None, {}
+        uploads.sort(key=lambda u: u.get("Initiated") or datetime.min.replace(tzinfo=timezone.utc))
+        *stale, keep = uploads
+        for upload in stale:
+            await self._abort(key, upload["UploadId"])
+        done: dict[int, str] = {}
+        marker = 0
+        while True:
+            page = await self.retry(
+                f"{key}: list parts",
+                lambda: self.dst.list_parts(
+                    Bucket=self.dst_bucket, Key=key, UploadId=keep["UploadId"], PartNumberMarker=marker
+                ),
+            )
+            for part in page.get("Parts", []):
+                number = part["PartNumber"]
+                if 1 <= number <= len(sizes) and part["Size"] == sizes[number - 1]:
+                    done[number] = etag_of(part["ETag"])
+            if not page.get("IsTruncated"):
+                break
+            marker = int(page["NextPartNumberMarker"])
+        log.info("%s: resuming upload with %d of %d parts done", key, len(done), len(sizes))
+        return keep["UploadId"], done
+
+    async def _transfer_parts(
+        self, item: ObjectCopy, upload_id: str, sizes: list[int], done: dict[int, str], same_layout: bool
+    ) -> tuple[list[tuple[int, str, bytes]], int, str | None]:
+        """Upload the missing parts; returns (number, etag, md5) per part, bytes sent, whole-object MD5.
+
+        With a layout of our own, every part is read (finished ones too) so that the whole-object
+        MD5 can be compared with a single-part source's ETag, hashed in order within a window.
+        """
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        need_bytes = not same_layout
+        whole = hashlib.md5() if need_bytes else None
+        sent = 0
+
+        async def one(number: int) -> tuple[int, str, bytes, bytes | None]:
+            nonlocal sent
+            size, start = sizes[number - 1], offsets[number - 1]
+            if number in done and not need_bytes:
+                return number, done[number], b"", None
+            byte_range = f"bytes={start}-{start + size - 1}"
+            await self.budget.acquire(size)
+            hold = False  # the bytes stay in memory until hashed in order
+            try:
+                async def get() -> bytes:
+                    resp = await self.src.get_object(
+                        Bucket=self.src_bucket, Key=item.src_key, Range=byte_range, IfMatch=f'"{item.etag}"'
+                    )
+                    async with resp["Body"] as body:
+                        return await body.read()
+
+                data = await self.retry(f"{item.src_key}: GET part {number}", get)
+                if len(data) != size:
+                    raise TransferError(f"{item.src_key}: part {number} returned {len(data)} bytes, expected {size}")
+                md5 = hashlib.md5(data).digest() if need_bytes else b""
+                if number in done and md5.hex() == done[number]:
+                    hold = need_bytes
+                    return number, done[number], md5, data
+                resp = await self.retry(
+                    f"{item.dst_key}: PUT part {number}",
+                    lambda: self.dst.upload_part(
+                        Bucket=self.dst_bucket, Key=item.dst_key, UploadId=upload_id, PartNumber=number, Body=data,
+                        **({"ContentMD5": base64.b64encode(md5).decode()} if need_bytes else {}),
+                    ),
+                )
+                sent += size
+                self.on_bytes(size)
+                etag = etag_of(resp["ETag"])
+                if need_bytes and etag != md5.hex():
+                    raise TransferError(f"{item.dst_key}: part {number} arrived with ETag {etag}, sent {md5.hex()}")
+                hold = need_bytes
+                return number, etag, md5, data if need_bytes else None
+            finally:
+                if not hold:
+                    await self.budget.release(size)
+
+        results: list[tuple[int, str, bytes]] = []
+
+        async def release(result: tuple[int, str, bytes, bytes | None]) -> None:
+            if result[3] is not None:
+                await self.budget.release(sizes[result[0] - 1])
+
+        async def in_order(result: tuple[int, str, bytes, bytes | None]) -> None:
+            number, etag, md5, data = result
+            if whole is not None and data is not None:
+                whole.update(data)
+            await release(result)
+            results.append((number, etag, md5))
+
+        jobs = [lambda n=n: one(n) for n in range(1, len(sizes) + 1)]
+        await _windowed(jobs, self.part_window, in_order, discard=release)
+        return results, sent, whole.hexdigest() if whole is not None else None
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            await self.retry(
+                f"{key}: abort upload",
+                lambda: self.dst.abort_multipart_upload(Bucket=self.dst_bucket, Key=key, UploadId=upload_id),
+            )
+        except Exception as exc:  # the cleanup command can finish this later
+            log.warning("%s: could not abort upload %s: %s", key, upload_id, describe_error(exc))
+
+    async def _discard(self, key: str) -> None:
+        await self.retry(f"{key}: delete", lambda: self.dst.delete_object(Bucket=self.dst_bucket, Key=key))
+
+
+async def _windowed(
+    jobs: list[Callable[[], Awaitable[Any]]],
+    window: int,
+    in_order: Callable[[Any], Awaitable[None]],
+    discard: Callable[[Any], Awaitable[None]],
+) -> None:
+    """Run jobs with at most ``window`` in flight, handing results over in submission order.
+
+    On failure the jobs still in flight are cancelled, and results nobody will consume are
+    handed to ``discard`` (so that what they hold is released)."""
+    pending: deque[asyncio.Task[Any]] = deque()
+    try:
+        for job in jobs:
+            pending.append(asyncio.ensure_future(job()))
+            if len(pending) >= window:
+                await in_order(await pending.popleft())
+        while pending:
+            await in_order(await pending.popleft())
+    finally:
+        for task in pending:
+            task.cancel()
+        for outcome in await asyncio.gather(*pending, return_exceptions=True):
+            if not isinstance(outcome, BaseException):
+                await discard(outcome)
+
+
+def _check_unchanged(item: ObjectCopy, etag: str, size: int) -> None:
+    if etag != item.etag or size != item.size:
+        raise TransferError(
+            f"{item.src_key}: source object changed since the plan (ETag {etag}, {size} bytes; planned "
+            f"{item.etag}, {item.size} bytes): rerun the migration"
+        )
+
+
+def _carried_headers(resp: dict[str, Any]) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    for name in ("ContentType", "ContentEncoding", "ContentDisposition", "CacheControl"):
+        if resp.get(name):
+            headers[name] = resp[name]
+    if resp.get("Metadata"):
+        headers["Metadata"] = {k: v for k, v in resp["Metadata"].items() if k != MARKER}
+    return headers
+
+
+def _named(item: ObjectCopy, exc: ClientError) -> TransferError:
+    return TransferError(f"{item.dst_key}: {describe_error(exc)}", transient=is_transient(exc))
+
+
+async def compare_with_destination(
+    dst: Any, bucket: str, copies: list[ObjectCopy], retry: Retrier, *, concurrency: int = 16
+) -> tuple[list[CopyOutcome], list[tuple[ObjectCopy, ObjectState | None]]]:
+    """(already there, still to copy), from one listing per destination prefix.
+
+    Same size and ETag: there. Same size, other ETag: there only if projmig re-chunked it and
+    marked it with the source ETag it was verified against (one HEAD each, rare).
+    """
+    listing: dict[str, ObjectState] = {}
+    for prefix in sorted({_top_prefix(c.dst_key) for c in copies}):
+        listing.update(await list_prefix(dst, bucket, prefix, retry))
+    there: list[CopyOutcome] = []
+    todo: list[tuple[ObjectCopy, ObjectState | None]] = []
+    slots = asyncio.Semaphore(concurrency)
+
+    async def by_marker(item: ObjectCopy, state: ObjectState) -> bool:
+        async with slots:
+            return await source_marker(dst, bucket, item.dst_key, retry) == item.etag
+
+    checks = {}
+    for item in copies:
+        state = listing.get(item.dst_key)
+        if state is not None and state.size == item.size and state.etag != item.etag and is_multipart_etag(state.etag):
+            checks[item.dst_key] = asyncio.ensure_future(by_marker(item, state))
+    marked = dict(zip(checks, await asyncio.gather(*checks.values()))) if checks else {}
+    for item in copies:
+        state = listing.get(item.dst_key)
+        if state is not None and state.size == item.size and (state.etag == item.etag or marked.get(item.dst_key)):
+            there.append(
+                CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=state.etag, action="skipped")
+            )
+        else:
+            todo.append((item, state))
+    return there, todo
+
+
+def _top_prefix(key: str) -> str:
+    head, sep, _ = key.partition("/")
+    return head + sep
+
+
+def batch_transfers(
+    items: list[tuple[ObjectCopy, ObjectState | None]], *, large: int, max_files: int, max_bytes: int
+) -> list[list[tuple[ObjectCopy, ObjectState | None]]]:
+    """Group transfers into units of work: a large object alone, small ones together (bounded by
+    count and bytes), largest first so that the long transfers start early."""
+    batches: list[list[tuple[ObjectCopy, ObjectState | None]]] = []
+    current: list[tuple[ObjectCopy, ObjectState | None]] = []
+    current_bytes = 0
+    for item in sorted(items, key=lambda i: (-i[0].size, i[0].dst_key)):
+        if item[0].size >= large:
+            batches.append([item])
+            continue
+        if current and (len(current) >= max_files or current_bytes + item[0].size > max_bytes):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(item)
+        current_bytes += item[0].size
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,190 @@
+"""Decide what goes where: the objects to copy and the rows to insert, with owner, group, product
+and bucket remapped for the destination. Pure: no I/O, so a dry run and a real run agree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .graph import FileEntry, ProjectGraph, ProjectRecord, Row
+from .schema import GENERATED_COLUMNS, PROJECT_TABLES
+
+
+class DestinationFacts(BaseModel):
+    """What the destination deployment gives the migrated projects."""
+
+    owner_id: int
+    owner_gid: int
+    everyone_gid: int | None
+    product_name: str | None = None  # None: each project keeps its source product
+    product_gids: dict[str, int | None] = Field(default_factory=dict)  # destination product -> its group
+    bucket: str
+
+    def product_for(self, project: ProjectRecord) -> str:
+        return self.product_name or project.product_name
+
+
+class ObjectCopy(BaseModel):
+    src_key: str
+    dst_key: str
+    size: int
+    etag: str  # the source's, unquoted
+    file_id: str
+
+
+class PlannedProject(BaseModel):
+    src_uuid: str
+    dst_uuid: str
+    name: str
+    hidden: bool
+    parent_uuid: str | None
+    nodes: int
+    files: int
+    objects: int
+    bytes: int
+
+
+class MigrationPlan(BaseModel):
+    projects: list[PlannedProject]
+    rows: dict[str, list[Row]]  # destination rows per table, parents before children within a table
+    copies: list[ObjectCopy]
+    left_behind: dict[str, int] = Field(default_factory=dict)
+    dropped_groups: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.size for c in self.copies)
+
+    def rows_per_table(self) -> dict[str, int]:
+        return {table: len(self.rows.get(table, [])) for table in PROJECT_TABLES if self.rows.get(table)}
+
+    def rows_of(self, project_uuid: str) -> dict[str, list[Row]]:
+        out: dict[str, list[Row]] = {}
+        for table, rows in self.rows.items():
+            key = "uuid" if table == "projects" else ("project_id" if table == "file_meta_data" else "project_uuid")
+            mine = [r for r in rows if r.get(key) == project_uuid]
+            if mine:
+                out[table] = mine
+        return out
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"{len(self.projects)} project(s):"]
+        for p in self.projects:
+            kind = "hidden job of " + (p.parent_uuid or "?") if p.hidden else "study"
+            target = "" if p.src_uuid == p.dst_uuid else f" -> {p.dst_uuid}"
+            lines.append(
+                f"  {p.src_uuid}{target}  {p.name!r} ({kind}): {p.nodes} nodes, {p.files} files, "
+                f"{p.objects} objects, {p.bytes} bytes"
+            )
+        lines.append("rows to insert: " + ", ".join(f"{t} {n}" for t, n in self.rows_per_table().items()))
+        lines.append(f"objects to copy: {len(self.copies)} ({self.total_bytes} bytes)")
+        if self.left_behind:
+            lines.append("left behind (deployment-bound): " + ", ".join(f"{t} {n}" for t, n in self.left_behind.items()))
+        lines += [f"dropped group: {g}" for g in self.dropped_groups]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return lines
+
+
+def build_plan(graph: ProjectGraph, dest: DestinationFacts) -> MigrationPlan:
+    rows: dict[str, list[Row]] = {}
+    copies: dict[str, ObjectCopy] = {}
+    planned: list[PlannedProject] = []
+    dropped: list[str] = []
+
+    for project in graph.projects:
+        for table, table_rows in project.rows.items():
+            if table == "file_meta_data":
+                continue  # from the file entries: rows without a source object stay behind
+            for row in table_rows:
+                mapped = _map_row(table, row, project, graph, dest, dropped)
+                if mapped is not None:
+                    rows.setdefault(table, []).append(mapped)
+        _ensure_owner_access(rows, project.uuid, dest)
+        rows.setdefault("file_meta_data", []).extend(_file_row(entry, project, dest) for entry in project.files)
+        for entry in project.files:
+            for obj in entry.objects:
+                copies.setdefault(
+                    obj.key,
+                    ObjectCopy(src_key=obj.key, dst_key=obj.key, size=obj.size, etag=obj.etag, file_id=entry.file_id),
+                )
+        planned.append(
+            PlannedProject(
+                src_uuid=project.uuid,
+                dst_uuid=project.uuid,
+                name=project.name,
+                hidden=project.hidden,
+                parent_uuid=project.parent_uuid,
+                nodes=len(project.rows.get("projects_nodes", [])),
+                files=len(project.files),
+                objects=sum(len(e.objects) for e in project.files),
+                bytes=sum(e.size for e in project.files),
+            )
+        )
+    return MigrationPlan(
+        projects=planned,
+        rows={t: rows[t] for t in PROJECT_TABLES if rows.get(t)},
+        copies=list(copies.values()),
+        left_behind=dict(graph.left_behind),
+        dropped_groups=list(dict.fromkeys(dropped)),
+        warnings=list(graph.warnings),
+    )
+
+
+def _map_row(
+    table: str, row: Row, project: ProjectRecord, graph: ProjectGraph, dest: DestinationFacts, dropped: list[str]
+) -> Row | None:
+    row = {k: v for k, v in row.items() if k not in GENERATED_COLUMNS.get(table, ())}
+    if table == "projects":
+        row["prj_owner"] = dest.owner_id
+        row["product_name"] = dest.product_for(project)
+        row["workspace_id"] = None
+        if row.get("trashed_by") is not None:
+            row["trashed_by"] = dest.owner_id
+    elif table == "project_to_groups":
+        gid = _map_group(row["gid"], project, graph, dest)
+        if gid is None:
+            dropped.append(f"{row['gid']} (project {project.uuid}): no such group in the destination")
+            return None
+        row["gid"] = gid
+        if gid == dest.owner_gid:
+            row.update(read=True, write=True, delete=True)
+    return row
+
+
+def _map_group(gid: int, project: ProjectRecord, graph: ProjectGraph, dest: DestinationFacts) -> int | None:
+    if gid == project.owner_gid:
+        return dest.owner_gid
+    if graph.everyone_gid is not None and gid == graph.everyone_gid:
+        return dest.everyone_gid
+    if graph.product_gids.get(project.product_name) == gid:
+        return dest.product_gids.get(dest.product_for(project))
+    return None
+
+
+def _ensure_owner_access(rows: dict[str, list[Row]], project_uuid: str, dest: DestinationFacts) -> None:
+    """Several source groups may map to the owner's group: keep one row, and always one."""
+    access = rows.setdefault("project_to_groups", [])
+    seen: set[int] = set()
+    kept = []
+    for row in access:
+        if row["project_uuid"] == project_uuid:
+            if row["gid"] in seen:
+                continue
+            seen.add(row["gid"])
+        kept.append(row)
+    if dest.owner_gid not in seen:
+        kept.append({"project_uuid": project_uuid, "gid": dest.owner_gid, "read": True, "write": True, "delete": True})
+    access[:] = kept
+
+
+def _file_row(entry: FileEntry, project: ProjectRecord, dest: DestinationFacts) -> Row:
+    source = next(r for r in project.rows["file_meta_data"] if r["file_id"] == entry.file_id)
+    row: dict[str, Any] = dict(source)
+    row["user_id"] = dest.owner_id
+    row["upload_id"] = None
+    row["upload_expires_at"] = None
+    if entry.kind in ("file", "directory", "soft_link"):
+        row["bucket_name"] = dest.bucket
+    return row

@@ -1,0 +1,226 @@
+"""Checks before any byte moves. Reads both sides, writes nothing (one aborted multipart upload
+proves the destination accepts writes), and either returns what the migration needs to know or
+raises one :class:`PreflightError` listing every problem found, each naming what to fix."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .db import alembic_revision, open_engine
+from .errors import PreflightError
+from .graph import hidden_descendants, projects_of_user
+from .plan import DestinationFacts
+from .s3 import Retrier, explain_bucket_error, s3_client
+from .schema import PROJECT_TABLES, ColumnDiff, compare_tables, reflect
+from .settings import MigrationSettings, S3Settings, UuidPolicy
+
+PROBE_KEY = ".projmig-preflight"
+
+
+class PreflightReport(BaseModel):
+    source_revision: str | None
+    destination_revision: str | None
+    roots: list[str]  # the projects asked for (after expanding owner_user_id)
+    projects: list[str]  # roots and, when asked, their hidden children
+    already_migrated: list[str] = Field(default_factory=list)  # in the destination from an earlier run
+    facts: DestinationFacts
+    products: dict[str, int | None] = Field(default_factory=dict)  # destination product -> its group
+    schema_drift: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def resume(self) -> bool:
+        return bool(self.already_migrated)
+
+
+async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True) -> PreflightReport:
+    quick = Retrier(attempts=2, timeout=20, initial_wait=0.5, max_wait=2)
+    async with AsyncExitStack() as stack:
+        engines: dict[str, AsyncEngine] = {}
+        problems: list[str] = []
+        for role, db in (("source", settings.source.db), ("destination", settings.destination.db)):
+            try:
+                engines[role] = await stack.enter_async_context(open_engine(db, role))
+            except PreflightError as exc:
+                problems += exc.problems
+        for role, s3 in (("source", settings.source.s3), ("destination", settings.destination.s3)):
+            problems += await check_bucket(role, s3, quick, listing=True, write_probe_key=None)
+        if problems:
+            raise PreflightError(problems)
+
+        async with engines["source"].connect() as src, engines["destination"].connect() as dst:
+            report = await _check_databases(settings, src, dst, problems)
+        if problems:
+            raise PreflightError(problems)
+        if probe_write:
+            # the only write of the preflight, and only once everything else is right
+            problems += await check_bucket(
+                "destination", settings.destination.s3, quick, listing=False,
+                write_probe_key=f"{report.roots[0]}/{PROBE_KEY}" if report.roots else PROBE_KEY,
+            )
+            if problems:
+                raise PreflightError(problems)
+        return report
+
+
+async def check_bucket(
+    role: str, s3: S3Settings, retry: Retrier, *, listing: bool, write_probe_key: str | None
+) -> list[str]:
+    where = f"{role} bucket {s3.describe()}"
+    try:
+        async with s3_client(s3, connect_timeout=5) as client:
+            if listing:
+                await retry(f"{where}: head", lambda: client.head_bucket(Bucket=s3.bucket))
+                await retry(f"{where}: list", lambda: client.list_objects_v2(Bucket=s3.bucket, MaxKeys=1))
+            if write_probe_key:
+                upload = await retry(
+                    f"{where}: write",
+                    lambda: client.create_multipart_upload(Bucket=s3.bucket, Key=write_probe_key),
+                )
+                await retry(
+                    f"{where}: abort",
+                    lambda: client.abort_multipart_upload(
+                        Bucket=s3.bucket, Key=write_probe_key, UploadId=upload["UploadId"]
+                    ),
+                )
+    except Exception as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        action = "cannot write" if write_probe_key else "cannot read"
+        return [f"{where}: {action}: {explain_bucket_error(cause)}"]
+    return []
+
+
+async def _check_databases(
+    settings: MigrationSettings, src: AsyncConnection, dst: AsyncConnection, problems: list[str]
+) -> PreflightReport:
+    src_rev, dst_rev = await alembic_revision(src), await alembic_revision(dst)
+    drift: list[ColumnDiff] = []
+    if src_rev is None or dst_rev is None:
+        missing = [r for r, v in (("source", src_rev), ("destination", dst_rev)) if v is None]
+        problems.append(f"{' and '.join(missing)} database has no alembic_version: is it an osparc-simcore database?")
+    elif src_rev != dst_rev:
+        if not settings.options.allow_schema_drift:
+            problems.append(
+                f"schema revision mismatch: source is at {src_rev}, destination at {dst_rev} "
+                "(upgrade one side, or set options.allow_schema_drift to migrate where the columns allow it)"
+            )
+        else:
+            drift = compare_tables(await reflect(src, PROJECT_TABLES), await reflect(dst, PROJECT_TABLES))
+            for diff in drift:
+                if diff.required_in_destination:
+                    problems.append(
+                        f"schema drift: destination {diff.table} requires {', '.join(diff.required_in_destination)} "
+                        "(NOT NULL, no default) that the source does not have"
+                    )
+                if diff.type_changes:
+                    problems.append(f"schema drift: {diff.table} column types differ: {'; '.join(diff.type_changes)}")
+
+    # what to move
+    roots = [str(u) for u in settings.project_uuids]
+    if settings.source.owner_user_id is not None:
+        owned = await projects_of_user(src, settings.source.owner_user_id)
+        if not owned:
+            problems.append(f"source user {settings.source.owner_user_id} owns no projects (source.owner_user_id)")
+        roots += [u for u in owned if u not in roots]
+    found = await _creation_dates(src, roots)
+    unknown = [u for u in roots if u not in found]
+    for uuid in unknown:
+        problems.append(f"source project {uuid} does not exist (source.project_uuid)")
+    roots = [u for u in roots if u in found]
+    children = await hidden_descendants(src, roots) if settings.source.include_hidden and roots else []
+    projects = roots + [c for c, _ in children]
+    found.update(await _creation_dates(src, [c for c, _ in children]))
+
+    # who receives it
+    facts, products = await _destination_facts(settings, src, dst, projects, problems)
+
+    # collisions: the same uuid or file_id for something that is not this project
+    already: list[str] = []
+    if settings.options.uuid_policy == UuidPolicy.KEEP and projects:
+        existing = await _creation_dates(dst, projects)
+        for uuid, (created, name) in existing.items():
+            if created == found[uuid][0]:
+                already.append(uuid)
+            else:
+                problems.append(
+                    f"collision: the destination already has a different project {uuid} ({name!r}, created "
+                    f"{created:%Y-%m-%d %H:%M}): use options.uuid_policy=new to copy it under new ids"
+                )
+        file_ids = [r[0] for r in await src.execute(
+            text("SELECT file_id FROM file_meta_data WHERE project_id = ANY(:p)"), {"p": projects}
+        )]
+        if file_ids:
+            clashes = (await dst.execute(
+                text("SELECT file_id, project_id FROM file_meta_data WHERE file_id = ANY(:f) "
+                     "AND (project_id IS NULL OR NOT project_id = ANY(:ours)) ORDER BY file_id LIMIT 6"),
+                {"f": file_ids, "ours": already or [""]},
+            )).all()
+            for file_id, owner in clashes[:5]:
+                problems.append(f"collision: destination file_id {file_id} already belongs to project {owner}")
+            if len(clashes) > 5:
+                problems.append("collision: more destination file_ids clash")
+
+    return PreflightReport(
+        source_revision=src_rev,
+        destination_revision=dst_rev,
+        roots=roots,
+        projects=projects,
+        already_migrated=already,
+        facts=facts,
+        products=products,
+        schema_drift=[d.__dict__ for d in drift if not d.identical],
+    )
+
+
+async def _creation_dates(conn: AsyncConnection, uuids: list[str]) -> dict[str, tuple[datetime, str]]:
+    if not uuids:
+        return {}
+    rows = await conn.execute(
+        text("SELECT uuid, creation_date, name FROM projects WHERE uuid = ANY(:u)"), {"u": uuids}
+    )
+    return {uuid: (created, name) for uuid, created, name in rows}
+
+
+async def _destination_facts(
+    settings: MigrationSettings, src: AsyncConnection, dst: AsyncConnection, projects: list[str], problems: list[str]
+) -> tuple[DestinationFacts, dict[str, int | None]]:
+    dest = settings.destination
+    owner = (await dst.execute(text("SELECT id, primary_gid FROM users WHERE id = :u"), {"u": dest.user_id})).first()
+    owner_gid = 0
+    if owner is None:
+        problems.append(f"destination user {dest.user_id} does not exist (destination.user_id)")
+    elif owner.primary_gid is None:
+        problems.append(f"destination user {dest.user_id} has no primary group")
+    else:
+        owner_gid = owner.primary_gid
+        if dest.user_gid is not None and dest.user_gid != owner_gid:
+            problems.append(
+                f"destination.user_gid {dest.user_gid} is not the primary group of user {dest.user_id} ({owner_gid})"
+            )
+    if dest.product_name:
+        wanted = {dest.product_name}
+    else:
+        wanted = {r[0] for r in await src.execute(
+            text("SELECT DISTINCT product_name FROM projects WHERE uuid = ANY(:p)"), {"p": projects}
+        )}
+    products = dict((await dst.execute(
+        text("SELECT name, group_id FROM products WHERE name = ANY(:n)"), {"n": list(wanted)}
+    )).all())
+    for name in sorted(wanted - products.keys()):
+        source = "destination.product_name" if dest.product_name else "the source project's product; set destination.product_name"
+        problems.append(f"destination product {name!r} does not exist ({source})")
+    everyone = await dst.scalar(text("SELECT gid FROM groups WHERE type = 'EVERYONE' LIMIT 1"))
+    facts = DestinationFacts(
+        owner_id=dest.user_id,
+        owner_gid=owner_gid,
+        everyone_gid=everyone,
+        product_name=dest.product_name,
+        product_gids=products,
+        bucket=dest.s3.bucket,
+    )
+    return facts, products

@@ -1,0 +1,125 @@
+"""What a migration did, for people: one headline, a table per project, and the notes that matter."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from .plan import MigrationPlan, PlannedProject
+
+Status = Literal["migrated", "already-migrated", "dry-run", "failed"]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+class MigrationReport(BaseModel):
+    status: Status
+    projects: list[PlannedProject] = Field(default_factory=list)
+    rows_planned: dict[str, int] = Field(default_factory=dict)
+    rows_inserted: dict[str, int] = Field(default_factory=dict)
+    already_present: list[str] = Field(default_factory=list)
+    files: int = 0
+    objects: int = 0
+    objects_copied: int = 0
+    objects_skipped: int = 0
+    bytes_total: int = 0
+    bytes_copied: int = 0  # uploaded (or copied server-side) by this run
+    bytes_skipped: int = 0
+    copy_task_runs: int = 0
+    seconds: dict[str, float] = Field(default_factory=dict)
+    left_behind: dict[str, int] = Field(default_factory=dict)
+    dropped_groups: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+    @classmethod
+    def from_plan(cls, plan: MigrationPlan, status: Status) -> MigrationReport:
+        return cls(
+            status=status,
+            projects=plan.projects,
+            rows_planned=plan.rows_per_table(),
+            files=sum(p.files for p in plan.projects),
+            objects=len(plan.copies),
+            bytes_total=plan.total_bytes,
+            left_behind=plan.left_behind,
+            dropped_groups=plan.dropped_groups,
+            warnings=plan.warnings,
+        )
+
+    @property
+    def rows(self) -> int:
+        return sum(self.rows_inserted.values())
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def headline(self) -> str:
+        n = len(self.projects)
+        what = f"{n} project{'s' if n != 1 else ''}"
+        if self.status == "dry-run":
+            return (
+                f"dry run: would migrate {what}: {self.files} files, {self.objects} objects "
+                f"({human_bytes(self.bytes_total)}), {sum(self.rows_planned.values())} rows; nothing was written"
+            )
+        if self.status == "already-migrated":
+            return (
+                f"nothing to do: {what} already migrated ({self.bytes_copied} bytes copied, "
+                f"{self.rows} rows inserted, {self.objects_skipped} objects already there)"
+            )
+        if self.status == "failed":
+            return f"failed: {self.error}"
+        return (
+            f"migrated {what}: {self.objects_copied} objects copied ({human_bytes(self.bytes_copied)}), "
+            f"{self.objects_skipped} already there, {self.rows} rows inserted in {self.total_seconds:.1f} s"
+        )
+
+    def project_rows(self) -> list[dict[str, object]]:
+        return [
+            {
+                "project": p.dst_uuid if p.dst_uuid == p.src_uuid else f"{p.src_uuid} -> {p.dst_uuid}",
+                "name": p.name,
+                "kind": "hidden job" if p.hidden else "study",
+                "nodes": p.nodes,
+                "files": p.files,
+                "objects": p.objects,
+                "bytes": p.bytes,
+            }
+            for p in self.projects
+        ]
+
+    def to_markdown(self) -> str:
+        lines = [f"## projmig: {self.headline()}", ""]
+        lines += ["| project | name | kind | nodes | files | objects | bytes |", "|---|---|---|---:|---:|---:|---:|"]
+        for r in self.project_rows():
+            lines.append(
+                f"| `{r['project']}` | {r['name']} | {r['kind']} | {r['nodes']} | {r['files']} | {r['objects']} | "
+                f"{human_bytes(r['bytes'])} |"  # type: ignore[arg-type]
+            )
+        lines += ["", "| | objects | bytes |", "|---|---:|---:|"]
+        lines.append(f"| copied | {self.objects_copied} | {human_bytes(self.bytes_copied)} |")
+        lines.append(f"| already there | {self.objects_skipped} | {human_bytes(self.bytes_skipped)} |")
+        lines.append(f"| total | {self.objects} | {human_bytes(self.bytes_total)} |")
+        if self.rows_planned:
+            lines += ["", "| table | rows inserted | rows planned |", "|---|---:|---:|"]
+            for table, planned in self.rows_planned.items():
+                lines.append(f"| {table} | {self.rows_inserted.get(table, 0)} | {planned} |")
+        if self.seconds:
+            lines += ["", "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())]
+            if self.copy_task_runs:
+                lines.append(f"copy task runs: {self.copy_task_runs}")
+        for title, items in (
+            ("left behind (deployment-bound)", [f"{t}: {n} rows" for t, n in self.left_behind.items()]),
+            ("dropped groups", self.dropped_groups),
+            ("warnings", self.warnings),
+        ):
+            if items:
+                lines += ["", f"**{title}**", *[f"- {i}" for i in items]]
+        return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""Each step of a migration as one call that takes settings, not clients.
+
+This is what the Prefect tasks, the CLI and the tests call: every call opens the connections it
+needs from the settings and closes them, so a step can run in any process (a thread, a Dask
+worker, a rerun after a crash) and its inputs stay hashable and free of live objects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator
+
+from .db import open_engine
+from .graph import ProjectGraph, read_graph
+from .insert import InsertResult, insert_plan
+from .objects import (
+    CopyOutcome,
+    ObjectCopier,
+    ObjectState,
+    abort_uploads,
+    compare_with_destination,
+    list_prefix,
+)
+from .plan import MigrationPlan, ObjectCopy, build_plan
+from .preflight import PreflightReport, run_preflight
+from .s3 import Retrier, s3_client
+from .settings import MigrationSettings
+from .verify import Difference, VerifyReport, compare_objects_sha256, compare_rows, verify_copies
+
+MiB = 1024 * 1024
+
+__all__ = [
+    "preflight",
+    "read_project_graph",
+    "make_plan",
+    "compare",
+    "copy_objects",
+    "verify_objects",
+    "insert_rows",
+    "abort_our_uploads",
+    "verify_migration",
+]
+
+
+def retrier(settings: MigrationSettings) -> Retrier:
+    return Retrier(attempts=settings.options.s3_max_attempts, timeout=settings.options.s3_call_timeout)
+
+
+async def preflight(settings: MigrationSettings, *, probe_write: bool = True) -> PreflightReport:
+    return await run_preflight(settings, probe_write=probe_write)
+
+
+async def read_project_graph(settings: MigrationSettings, report: PreflightReport) -> ProjectGraph:
+    retry = retrier(settings)
+    s3 = settings.source.s3
+    async with open_engine(settings.source.db, "source") as engine, s3_client(s3) as client:
+
+        async def lister(prefix: str) -> dict[str, tuple[int, str]]:
+            found = await list_prefix(client, s3.bucket, prefix, retry)
+            return {k: (v.size, v.etag) for k, v in found.items()}
+
+        async with engine.connect() as conn:
+            return await read_graph(conn, lister, report.roots, include_hidden=settings.source.include_hidden)
+
+
+def make_plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
+    return build_plan(graph, report.facts)
+
+
+async def compare(
+    settings: MigrationSettings, copies: list[ObjectCopy]
+) -> tuple[list[CopyOutcome], list[tuple[ObjectCopy, ObjectState | None]]]:
+    """(already in the destination, still to copy)."""
+    async with s3_client(settings.destination.s3) as dst:
+        return await compare_with_destination(dst, settings.destination.s3.bucket, copies, retrier(settings))
+
+
+async def copy_objects(
+    settings: MigrationSettings,
+    items: list[tuple[ObjectCopy, ObjectState | None]],
+    *,
+    share: int = 1,
+    on_bytes: Callable[[int], None] | None = None,
+) -> list[CopyOutcome]:
+    """Copy ``items``; ``share``: how many of these calls run at once (they split the limits)."""
+    opts = settings.options
+    async with _clients(settings) as (src, dst):
+        copier = ObjectCopier(
+            src,
+            dst,
+            settings.source.s3.bucket,
+            settings.destination.s3.bucket,
+            retry=retrier(settings),
+            server_side=settings.source.s3.same_endpoint_as(settings.destination.s3),
+            multipart_threshold=opts.multipart_threshold,
+            multipart_chunksize=opts.multipart_chunksize,
+            concurrency=max(1, opts.copy_concurrency // share),
+            part_concurrency=opts.part_concurrency,
+            memory_limit=max(opts.multipart_chunksize, opts.memory_limit // share),
+            on_bytes=on_bytes,
+        )
+        return await copier.copy_all(items)
+
+
+async def verify_objects(settings: MigrationSettings, copies: list[ObjectCopy]) -> dict[str, ObjectState]:
+    async with s3_client(settings.destination.s3) as dst:
+        return await verify_copies(dst, settings.destination.s3.bucket, copies, retrier(settings))
+
+
+async def insert_rows(
+    settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState]
+) -> InsertResult:
+    async with open_engine(settings.destination.db, "destination") as engine:
+        return await insert_plan(engine, plan, verified)
+
+
+async def abort_our_uploads(
+    settings: MigrationSettings, keys: set[str], *, older_than: timedelta | None = None
+) -> list[str]:
+    """Abort open multipart uploads of the given destination keys (ours: the plan's keys)."""
+    cutoff = datetime.now(timezone.utc) - older_than if older_than is not None else None
+    prefixes = sorted({k.split("/", 1)[0] + "/" for k in keys})
+    aborted: list[str] = []
+    async with s3_client(settings.destination.s3) as dst:
+        for prefix in prefixes:
+            aborted += await abort_uploads(
+                dst, settings.destination.s3.bucket, prefix, retrier(settings), keys=keys, older_than=cutoff
+            )
+    return aborted
+
+
+async def verify_migration(settings: MigrationSettings, *, deep: bool = True) -> VerifyReport:
+    """Compare the destination with the source: rows modulo the remaps; objects by size/ETag, and by
+    SHA-256 of their bytes when ``deep``."""
+    started = time.monotonic()
+    report = await preflight(settings, probe_write=False)
+    graph = await read_project_graph(settings, report)
+    plan = make_plan(graph, report)
+    result = VerifyReport(projects=[p.dst_uuid for p in plan.projects])
+    retry = retrier(settings)
+    async with _clients(settings) as (src, dst):
+        there, missing = await compare_with_destination(dst, settings.destination.s3.bucket, plan.copies, retry)
+        for copy, state in missing:
+            what = "missing" if state is None else f"{state.size} bytes, ETag {state.etag} (source {copy.size}, {copy.etag})"
+            result.differences.append(Difference(where=copy.dst_key, what=what))
+        if deep:
+            result.differences += await compare_objects_sha256(
+                src, dst, settings.source.s3.bucket, settings.destination.s3.bucket,
+                [c for c in plan.copies if c.dst_key not in {m[0].dst_key for m in missing}], retry,
+            )
+            result.bytes_hashed = 2 * sum(c.size for c in plan.copies)
+        result.objects_checked = len(plan.copies)
+    dest_objects = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
+    async with open_engine(settings.destination.db, "destination") as engine, engine.connect() as conn:
+        result.rows_checked, differences = await compare_rows(conn, plan, dest_objects)
+    result.differences += differences
+    result.seconds = time.monotonic() - started
+    return result
+
+
+@asynccontextmanager
+async def _clients(settings: MigrationSettings) -> AsyncIterator[tuple[Any, Any]]:
+    async with s3_client(settings.source.s3) as src, s3_client(settings.destination.s3) as dst:
+        yield src, dst
