@@ -29,6 +29,7 @@ from projmig.report import MigrationReport, human_bytes
 from projmig.settings import MigrationSettings, UuidPolicy, resolve_secrets, secret_refs
 
 from . import tasks
+from .progress import report_total
 
 
 async def resolve_credentials(settings: MigrationSettings) -> MigrationSettings:
@@ -158,6 +159,7 @@ async def _copy(settings: MigrationSettings, copies: list, report: MigrationRepo
     outcomes = list(there)
     if there:
         logger.info("%d objects (%s) already in the destination", len(there), human_bytes(sum(o.size for o in there)))
+    report_total(len(todo), sum(c.size for c, _ in todo))
     if not todo:
         return outcomes
     progress = await create_progress_artifact(progress=0.0, key="projmig-copy", description="copying objects")

@@ -1,13 +1,19 @@
-"""Where copy progress goes: in-process listeners (the CLI's progress bar) and a Prefect progress
-artifact. Tasks report bytes as they move; listeners live in this process only (a Dask worker
-has none, and then only the artifact advances, per finished task run)."""
+"""Where copy progress goes: in-process listeners (the CLI's progress bar) and nothing else.
+
+Tasks report bytes as they move; the flow reports how much there is to move. Listeners live in
+this process only: a Dask worker has none (the flow's progress artifact still advances per task)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from typing import Protocol
 
-Listener = Callable[[int], None]
+
+class Listener(Protocol):
+    def total(self, objects: int, nbytes: int) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
 
 _listeners: list[Listener] = []
 _lock = threading.Lock()
@@ -24,8 +30,16 @@ def remove_listener(listener: Listener) -> None:
             _listeners.remove(listener)
 
 
-def report_bytes(n: int) -> None:
+def _each() -> list[Listener]:
     with _lock:
-        listeners = list(_listeners)
-    for listener in listeners:
-        listener(n)
+        return list(_listeners)
+
+
+def report_total(objects: int, nbytes: int) -> None:
+    for listener in _each():
+        listener.total(objects, nbytes)
+
+
+def report_bytes(nbytes: int) -> None:
+    for listener in _each():
+        listener.advance(nbytes)

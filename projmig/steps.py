@@ -7,11 +7,12 @@ worker, a rerun after a crash) and its inputs stay hashable and free of live obj
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, TypeVar
 
 from .db import open_engine
 from .graph import ProjectGraph, read_graph
@@ -27,7 +28,7 @@ from .objects import (
 from .plan import MigrationPlan, ObjectCopy, build_plan
 from .preflight import PreflightReport, run_preflight
 from .s3 import Retrier, s3_client
-from .settings import MigrationSettings
+from .settings import MigrationSettings, resolve_secrets
 from .verify import Difference, VerifyReport, compare_objects_sha256, compare_rows, verify_copies
 
 MiB = 1024 * 1024
@@ -45,14 +46,29 @@ __all__ = [
 ]
 
 
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _resolving(step: F) -> F:
+    """Steps accept settings whose credentials are still environment references."""
+
+    @functools.wraps(step)
+    async def wrapper(settings: MigrationSettings, *args: Any, **kwargs: Any) -> Any:
+        return await step(resolve_secrets(settings), *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def retrier(settings: MigrationSettings) -> Retrier:
     return Retrier(attempts=settings.options.s3_max_attempts, timeout=settings.options.s3_call_timeout)
 
 
+@_resolving
 async def preflight(settings: MigrationSettings, *, probe_write: bool = True) -> PreflightReport:
     return await run_preflight(settings, probe_write=probe_write)
 
 
+@_resolving
 async def read_project_graph(settings: MigrationSettings, report: PreflightReport) -> ProjectGraph:
     retry = retrier(settings)
     s3 = settings.source.s3
@@ -70,6 +86,7 @@ def make_plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
     return build_plan(graph, report.facts)
 
 
+@_resolving
 async def compare(
     settings: MigrationSettings, copies: list[ObjectCopy]
 ) -> tuple[list[CopyOutcome], list[tuple[ObjectCopy, ObjectState | None]]]:
@@ -78,6 +95,7 @@ async def compare(
         return await compare_with_destination(dst, settings.destination.s3.bucket, copies, retrier(settings))
 
 
+@_resolving
 async def copy_objects(
     settings: MigrationSettings,
     items: list[tuple[ObjectCopy, ObjectState | None]],
@@ -105,11 +123,13 @@ async def copy_objects(
         return await copier.copy_all(items)
 
 
+@_resolving
 async def verify_objects(settings: MigrationSettings, copies: list[ObjectCopy]) -> dict[str, ObjectState]:
     async with s3_client(settings.destination.s3) as dst:
         return await verify_copies(dst, settings.destination.s3.bucket, copies, retrier(settings))
 
 
+@_resolving
 async def insert_rows(
     settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState]
 ) -> InsertResult:
@@ -117,6 +137,7 @@ async def insert_rows(
         return await insert_plan(engine, plan, verified)
 
 
+@_resolving
 async def abort_our_uploads(
     settings: MigrationSettings, keys: set[str], *, older_than: timedelta | None = None
 ) -> list[str]:
@@ -132,6 +153,7 @@ async def abort_our_uploads(
     return aborted
 
 
+@_resolving
 async def verify_migration(settings: MigrationSettings, *, deep: bool = True) -> VerifyReport:
     """Compare the destination with the source: rows modulo the remaps; objects by size/ETag, and by
     SHA-256 of their bytes when ``deep``."""

@@ -1,0 +1,278 @@
+"""``projmig``: the command line.
+
+Bad input is caught before Prefect starts (a library preflight) and printed as one ``error:``
+line per problem, exit code 2. A migration that fails midway exits with 1 and says whether a
+rerun will continue where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from projmig.errors import ConfigError, PreflightError, ProjmigError, TransferError
+from projmig.report import MigrationReport, human_bytes
+from projmig.settings import MigrationSettings, UuidPolicy, resolve_secrets, secret_refs, template
+
+app = typer.Typer(
+    name="projmig",
+    help="Move an osparc-simcore project (PostgreSQL rows + S3 objects) between deployments.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="cfg.json (see `projmig config-template`)")]
+ProjectOption = Annotated[
+    list[UUID] | None, typer.Option("--project", "-p", help="project uuid to move (repeat for several)")
+]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command; known errors become ``error:`` lines and an exit code, never a traceback."""
+    try:
+        return asyncio.run(coro)
+    except (ConfigError, PreflightError) as exc:
+        for problem in exc.problems:
+            err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except ProjmigError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if isinstance(exc, TransferError) and exc.transient:
+            err.print("Rerun the same command to continue where it stopped.", highlight=False)
+        raise typer.Exit(1)
+
+
+def load(config: Path, **overrides: Any) -> MigrationSettings:
+    return MigrationSettings.load(config).with_overrides(**overrides)
+
+
+async def resolved(settings: MigrationSettings) -> MigrationSettings:
+    if any(ref.prefect_secret for ref in secret_refs(settings)):
+        from flows.migrate import resolve_credentials  # Prefect Secret blocks need Prefect
+
+        return await resolve_credentials(settings)
+    return resolve_secrets(settings)
+
+
+@app.command("config-template")
+def config_template() -> None:
+    """Print a filled-in cfg.json to start from (credentials as references, never values)."""
+    print(json.dumps(template(), indent=2))
+
+
+@app.command()
+def plan(
+    config: ConfigOption,
+    project: ProjectOption = None,
+    include_hidden: Annotated[bool | None, typer.Option("--include-hidden/--no-hidden")] = None,
+) -> None:
+    """Check both deployments and print what a migration would do. Writes nothing."""
+    from projmig import steps
+
+    async def main() -> None:
+        settings = await resolved(load(config, project_uuids=project, include_hidden=include_hidden))
+        report = await steps.preflight(settings, probe_write=False)
+        migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
+        for line in migration.summary_lines():
+            out.print(line, highlight=False, soft_wrap=True)
+        if report.already_migrated:
+            out.print(f"already in the destination: {', '.join(report.already_migrated)}", highlight=False)
+
+    run(main())
+
+
+@app.command()
+def migrate(
+    config: ConfigOption,
+    project: ProjectOption = None,
+    to_user: Annotated[int | None, typer.Option("--to-user", help="destination owner (user id)")] = None,
+    product: Annotated[str | None, typer.Option(help="destination product")] = None,
+    include_hidden: Annotated[bool | None, typer.Option("--include-hidden/--no-hidden")] = None,
+    uuid_policy: Annotated[UuidPolicy | None, typer.Option(help="keep ids, or copy under new ids")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, write nothing")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's log lines")] = False,
+) -> None:
+    """Migrate projects as a local Prefect flow run, with a progress bar and a report."""
+    settings = load(
+        config, project_uuids=project, destination_user_id=to_user, product_name=product,
+        include_hidden=include_hidden, uuid_policy=uuid_policy, dry_run=dry_run or None,
+    )
+    report = run(migrate_with_progress(settings, verbose=verbose))
+    print_report(report)
+
+
+async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = False) -> MigrationReport:
+    from projmig import steps
+
+    # bad input fails here, in seconds, before Prefect starts
+    await steps.preflight(await resolved(settings), probe_write=False)
+    _quiet_prefect(verbose)
+    _say_if_prefect_is_new()
+    from flows.migrate import migrate_project
+    from flows.progress import add_listener, remove_listener
+
+    with Progress(
+        TextColumn("[bold]copying[/] {task.fields[objects]} objects"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        listener = _BarListener(bar)
+        add_listener(listener)
+        try:
+            return await migrate_project(settings)
+        finally:
+            remove_listener(listener)
+
+
+class _BarListener:
+    def __init__(self, bar: Progress):
+        self.bar = bar
+        self.task: Any = None
+
+    def total(self, objects: int, nbytes: int) -> None:
+        self.task = self.bar.add_task("copy", total=nbytes, objects=objects)
+
+    def advance(self, nbytes: int) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task, nbytes)
+
+
+def print_report(report: MigrationReport) -> None:
+    table = Table(title=report.headline(), title_justify="left", show_edge=False)
+    for column in ("project", "name", "kind", "nodes", "files", "objects", "bytes"):
+        numeric = column in ("nodes", "files", "objects", "bytes")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "project")
+    for row in report.project_rows():
+        table.add_row(*[human_bytes(v) if k == "bytes" else str(v) for k, v in row.items()])  # type: ignore[arg-type]
+    out.print(table)
+    if report.rows_planned:
+        out.print(
+            "rows inserted: " + ", ".join(f"{t} {report.rows_inserted.get(t, 0)}/{n}" for t, n in report.rows_planned.items()),
+            highlight=False, soft_wrap=True,
+        )
+    if report.seconds:
+        out.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.seconds.items()), highlight=False)
+    for table_name, n in report.left_behind.items():
+        out.print(f"left behind (deployment-bound): {table_name} {n} rows", highlight=False)
+    for group in report.dropped_groups:
+        out.print(f"dropped group: {group}", highlight=False)
+    for warning in report.warnings:
+        out.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    out.print(report.headline(), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def verify(
+    config: ConfigOption,
+    project: ProjectOption = None,
+    quick: Annotated[bool, typer.Option("--quick", help="compare sizes and ETags only, not SHA-256 of the bytes")] = False,
+) -> None:
+    """Compare the destination with the source: rows (modulo the remaps) and objects. Exit 1 on a difference."""
+    from projmig import steps
+
+    async def main() -> Any:
+        settings = await resolved(load(config, project_uuids=project))
+        return await steps.verify_migration(settings, deep=not quick)
+
+    result = run(main())
+    for difference in result.differences:
+        out.print(f"[red]differs:[/] {difference}", highlight=False, soft_wrap=True)
+    how = "size + ETag" if quick else f"SHA-256 of {human_bytes(result.bytes_hashed)}"
+    summary = (
+        f"{len(result.projects)} projects, {result.rows_checked} rows and {result.objects_checked} objects "
+        f"checked ({how}) in {result.seconds:.1f} s"
+    )
+    if result.equal:
+        out.print(f"[green]equal:[/] {summary}", highlight=False)
+        return
+    out.print(f"[red]{len(result.differences)} differences:[/] {summary}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def cleanup(
+    config: ConfigOption,
+    project: ProjectOption = None,
+    older_than: Annotated[str, typer.Option(help="only uploads started longer ago than this (e.g. 30m, 6h, 2d)")] = "1h",
+) -> None:
+    """Abort unfinished multipart uploads of projmig in the destination (only under the migrated
+    projects' prefixes, only older than --older-than)."""
+    from projmig import steps
+
+    age = parse_age(older_than)
+
+    async def main() -> list[str]:
+        settings = await resolved(load(config, project_uuids=project))
+        report = await steps.preflight(settings, probe_write=False)
+        migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
+        return await steps.abort_our_uploads(settings, {c.dst_key for c in migration.copies}, older_than=age)
+
+    aborted = run(main())
+    for key in aborted:
+        out.print(f"aborted upload of {key}", highlight=False)
+    out.print(f"{len(aborted)} unfinished uploads aborted", highlight=False)
+
+
+def parse_age(text: str) -> timedelta:
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    try:
+        return timedelta(**{units[text[-1]]: float(text[:-1])})
+    except (KeyError, ValueError, IndexError):
+        raise typer.BadParameter(f"{text!r}: use a number and s, m, h or d (e.g. 30m)") from None
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path | None, typer.Option(help="where the servers keep their data (default: a temp dir)")] = None,
+    keep: Annotated[bool, typer.Option(help="keep the data directory afterwards")] = False,
+) -> None:
+    """Start two local deployments (PostgreSQL + SeaweedFS each), seed a sample study, migrate it,
+    verify it, migrate it again (a no-op), and stop everything."""
+    from flows.demo import run_demo
+
+    run(run_demo(out, workdir=workdir, keep=keep))
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    # the ephemeral server's telemetry write races its own first start ("database is locked")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _say_if_prefect_is_new() -> None:
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    if not (home / "prefect.db").exists() and not os.environ.get("PREFECT_API_URL"):
+        err.print(
+            "Starting Prefect for the first time: setting up its local database takes ~20 s (once).",
+            highlight=False,
+        )
+
+
+def main() -> None:  # pragma: no cover - console script
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
