@@ -327,32 +327,39 @@ class ObjectCopier:
         )
 
     async def _find_upload(self, key: str, sizes: list[int]) -> tuple[str | None, dict[int, str]]:
-        """An earlier run's upload of ``key`` and its parts that have the expected size."""
+        """An earlier run's upload of ``key`` (the one with most usable parts; the others are
+        aborted) and its finished parts that have the expected size."""
         uploads = [u for u in await list_uploads(self.dst, self.dst_bucket, key, self.retry) if u["Key"] == key]
         if not uploads:
             return None, {}
-        uploads.sort(key=lambda u: u.get("Initiated") or datetime.min.replace(tzinfo=timezone.utc))
-        *stale, keep = uploads
-        for upload in stale:
-            await self._abort(key, upload["UploadId"])
-        done: dict[int, str] = {}
+        candidates = []
+        for upload in uploads:
+            parts = await self._list_parts(key, upload["UploadId"])
+            usable = {n: etag for n, (size, etag) in parts.items() if 1 <= n <= len(sizes) and size == sizes[n - 1]}
+            initiated = upload.get("Initiated") or datetime.min.replace(tzinfo=timezone.utc)
+            candidates.append((len(usable), initiated, upload["UploadId"], usable))
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        *stale, (count, _, upload_id, done) = candidates
+        for _, _, other, _ in stale:
+            await self._abort(key, other)
+        log.info("%s: resuming upload with %d of %d parts done", key, count, len(sizes))
+        return upload_id, done
+
+    async def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[int, str]]:
+        parts: dict[int, tuple[int, str]] = {}
         marker = 0
         while True:
             page = await self.retry(
                 f"{key}: list parts",
                 lambda: self.dst.list_parts(
-                    Bucket=self.dst_bucket, Key=key, UploadId=keep["UploadId"], PartNumberMarker=marker
+                    Bucket=self.dst_bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
                 ),
             )
             for part in page.get("Parts", []):
-                number = part["PartNumber"]
-                if 1 <= number <= len(sizes) and part["Size"] == sizes[number - 1]:
-                    done[number] = etag_of(part["ETag"])
+                parts[part["PartNumber"]] = (part["Size"], etag_of(part["ETag"]))
             if not page.get("IsTruncated"):
-                break
+                return parts
             marker = int(page["NextPartNumberMarker"])
-        log.info("%s: resuming upload with %d of %d parts done", key, len(done), len(sizes))
-        return keep["UploadId"], done
 
     async def _transfer_parts(
         self, item: ObjectCopy, upload_id: str, sizes: list[int], done: dict[int, str], same_layout: bool

@@ -26,7 +26,7 @@ from tenacity import (
     RetryError,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from .errors import TransferError
@@ -139,7 +139,8 @@ class Retrier:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait),
+                # full jitter: many clients retrying a throttled server must not retry in step
+                wait=wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait),
                 retry=retry_if_exception(is_transient),
                 reraise=False,
             ):

@@ -26,10 +26,19 @@ class ServerError(RuntimeError):
     pass
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nobody listens on, never the same twice in this process (the kernel may offer a
+    just-closed port again, and a server is started only after all its ports are chosen)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out and port + 10000 not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_is_free(port: int) -> bool:
@@ -137,10 +146,15 @@ class PostgresServer:
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise ServerError(f"{what} failed ({out.returncode}): {out.stderr.strip()} {tail}")
 
+    def request_stop(self) -> None:
+        if self.pid is not None:
+            _signal(self.pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+
     def stop(self) -> None:
         if self.pid is None:
             return
-        _terminate(self.pid, signal.SIGINT, grace=30)  # SIGINT: PostgreSQL's fast shutdown
+        self.request_stop()
+        _wait_gone(self.pid, grace=30)
         self.pid = None
 
     def __enter__(self) -> PostgresServer:
@@ -194,7 +208,8 @@ class SeaweedServer:
         config.write_text(json.dumps({"identities": identities}))
         ports = [free_port() for _ in range(9)]
         # the admin's plugin worker dials admin.port + 10000 whatever admin.port.grpc says
-        admin = next(p for p in (free_port() for _ in range(50)) if p + 10000 < 65536 and port_is_free(p + 10000))
+        admin = next(p for p in (free_port() for _ in range(200)) if p + 10000 < 65536 and port_is_free(p + 10000))
+        _handed_out.add(admin + 10000)
         self.s3_port = ports[6]
         cmd = [
             self.binary(), "mini",
@@ -238,11 +253,19 @@ class SeaweedServer:
     def start(self) -> SeaweedServer:
         return self.spawn().wait_ready()
 
+    def request_stop(self) -> None:
+        if self.process is not None:
+            _signal(self.process.pid, signal.SIGTERM)
+
     def stop(self) -> None:
         if self.process is None:
             return
-        _terminate(self.process.pid, signal.SIGTERM, grace=15)
-        self.process.wait()
+        self.request_stop()
+        try:
+            self.process.wait(timeout=5)  # a throwaway server: no need to wait for a slow flush
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self.process = None
 
     def __enter__(self) -> SeaweedServer:
@@ -252,11 +275,14 @@ class SeaweedServer:
         self.stop()
 
 
-def _terminate(pid: int, sig: int, grace: float) -> None:
+def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
-        return
+        pass
+
+
+def _wait_gone(pid: int, grace: float) -> None:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         try:

@@ -1,0 +1,153 @@
+"""Real servers for the whole session: two PostgreSQL and two SeaweedFS (source, destination).
+
+Every test that needs deployments gets fresh databases (copies of a template that holds the
+schema and seed rows, so identities are the same in every test) and fresh buckets.
+
+With ``PROJMIG_TEST_SCHEMA_SQL`` naming the real osparc-simcore schema dump, the tests that take
+the ``simcore`` fixture run twice: on projmig's fixture schema and on the real one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from projmig.sandbox import Identities, Sandbox
+from projmig.sandbox.simcore import SCHEMA_SQL_ENV, fixture_schema_sql, load_schema, seed
+from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
+
+# before anything imports Prefect: a PREFECT_HOME of the session's own, no telemetry
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="projmig-prefect-")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+SOURCE_USERS = ["alice", "bob"]
+DESTINATION_USERS = ["admin", "carol"]
+_counter = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{next(_counter)}"
+
+
+def schemas() -> list[str]:
+    return ["fixture", "real"] if os.environ.get(SCHEMA_SQL_ENV) else ["fixture"]
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path_factory.mktemp("sandbox")).start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@dataclass
+class Templates:
+    source_ids: Identities
+    destination_ids: Identities
+
+
+@pytest.fixture(scope="session")
+async def templates(sandbox: Sandbox) -> dict[str, Templates]:
+    """Per schema: a template database with schema + seed rows on each server."""
+    made = {}
+    for schema in schemas():
+        sql = Path(os.environ[SCHEMA_SQL_ENV]).read_text() if schema == "real" else fixture_schema_sql()
+        ids = []
+        for dep, users, groups, skip in (
+            (sandbox.source, SOURCE_USERS, ["lab"], 0),
+            (sandbox.destination, DESTINATION_USERS, [], 10),
+        ):
+            db = await dep.create_database(f"tpl_{schema}")
+            await load_schema(db, sql)
+            ids.append(await seed(db, users=users, groups=groups, skip_user_ids=skip))
+        made[schema] = Templates(source_ids=ids[0], destination_ids=ids[1])
+    return made
+
+
+@dataclass
+class Simcore:
+    """A source and a destination deployment, fresh for one test."""
+
+    schema: str
+    source_db: DatabaseSettings
+    source_s3: S3Settings
+    destination_db: DatabaseSettings
+    destination_s3: S3Settings
+    source_ids: Identities
+    destination_ids: Identities
+    sandbox: Sandbox
+
+    @property
+    def alice(self) -> int:
+        return self.source_ids.users["alice"].id
+
+    @property
+    def carol(self) -> int:
+        return self.destination_ids.users["carol"].id
+
+    def settings(self, project_uuid: str | None = None, **parts: Any) -> MigrationSettings:
+        source = {"db": self.source_db, "s3": self.source_s3, "project_uuid": project_uuid, **parts.pop("source", {})}
+        destination = {"db": self.destination_db, "s3": self.destination_s3, "user_id": self.carol,
+                       **parts.pop("destination", {})}
+        return MigrationSettings(source=source, destination=destination, **parts)
+
+    def config(self, project_uuid: str | None = None, **parts: Any) -> dict[str, Any]:
+        """The settings as a cfg.json would hold them (secrets in clear text: test servers only)."""
+        settings = self.settings(project_uuid, **parts)
+        data = settings.model_dump(mode="json", exclude_none=True)
+        for side, cfg in (("source", settings.source), ("destination", settings.destination)):
+            data[side]["db"]["password"] = cfg.db.password.get_secret_value()  # type: ignore[union-attr]
+            data[side]["s3"]["secret_key"] = cfg.s3.secret_key.get_secret_value()  # type: ignore[union-attr]
+            data[side]["s3"]["access_key"] = cfg.s3.access_key.get_secret_value()  # type: ignore[union-attr]
+        return data
+
+
+async def make_simcore(sandbox: Sandbox, templates: dict[str, Templates], schema: str) -> Simcore:
+    name = unique(f"t_{schema}").replace("-", "_")
+    source_db = await sandbox.source.create_database(name, template=f"tpl_{schema}")
+    destination_db = await sandbox.destination.create_database(name, template=f"tpl_{schema}")
+    return Simcore(
+        schema=schema,
+        source_db=source_db,
+        source_s3=await sandbox.source.create_bucket(unique("src")),
+        destination_db=destination_db,
+        destination_s3=await sandbox.destination.create_bucket(unique("dst")),
+        source_ids=templates[schema].source_ids,
+        destination_ids=templates[schema].destination_ids,
+        sandbox=sandbox,
+    )
+
+
+@pytest.fixture(params=schemas())
+async def simcore(request: pytest.FixtureRequest, sandbox: Sandbox, templates: dict[str, Templates]) -> AsyncIterator[Simcore]:
+    env = await make_simcore(sandbox, templates, request.param)
+    yield env
+    await sandbox.source.drop_database(env.source_db.database or "")
+    await sandbox.destination.drop_database(env.destination_db.database or "")
+
+
+@pytest.fixture
+async def fixture_simcore(sandbox: Sandbox, templates: dict[str, Templates]) -> AsyncIterator[Simcore]:
+    """Like ``simcore``, on projmig's fixture schema only (for tests about one mechanism)."""
+    env = await make_simcore(sandbox, templates, "fixture")
+    yield env
+    await sandbox.source.drop_database(env.source_db.database or "")
+    await sandbox.destination.drop_database(env.destination_db.database or "")
+
+
+@pytest.fixture(scope="session")
+def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One temporary Prefect API for the session (its first start is slow)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,99 @@
+"""The migrate-project flow end to end on real PostgreSQL + SeaweedFS servers (both schemas)."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from flows.migrate import migrate_project
+from projmig import steps
+from projmig.s3 import s3_client
+from projmig.sandbox.sample import SampleSpec, build_sample_project
+from projmig.sandbox.simcore import asyncpg_dsn
+
+from ..conftest import Simcore
+
+pytestmark = pytest.mark.usefixtures("prefect")
+
+
+async def fetch(db, sql: str, *args):
+    conn = await asyncpg.connect(asyncpg_dsn(db))
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def test_whole_graph_migrates_then_a_rerun_is_a_no_op(simcore: Simcore) -> None:
+    spec = SampleSpec(share_with_gids=[simcore.source_ids.groups["lab"], simcore.source_ids.everyone_gid])
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=spec)
+    settings = simcore.settings(sample.uuid, source={"include_hidden": True})
+
+    report = await migrate_project(settings)
+
+    assert report.status == "migrated"
+    assert {p.dst_uuid for p in report.projects} == set(sample.all_projects)
+    assert report.objects == len(sample.objects) == report.objects_copied
+    assert report.bytes_copied == sample.total_bytes
+    assert report.rows_inserted["file_meta_data"] == 30 + 2 * 2
+    assert report.rows_inserted["projects"] == 3
+    assert report.left_behind == {"projects_to_folders": 1, "projects_to_wallet": 1, "projects_tags": 1}
+    assert len(report.dropped_groups) == 1 and str(simcore.source_ids.groups["lab"]) in report.dropped_groups[0]
+
+    # the documented remaps, row by row
+    dst = simcore.destination_db
+    carol = simcore.destination_ids.users["carol"]
+    projects = {r["uuid"]: r for r in await fetch(dst, "SELECT * FROM projects")}
+    sources = {r["uuid"]: r for r in await fetch(simcore.source_db, "SELECT * FROM projects")}
+    assert set(projects) == set(sample.all_projects)
+    for uuid, row in projects.items():
+        assert row["prj_owner"] == carol.id and row["workspace_id"] is None
+        assert row["creation_date"] == sources[uuid]["creation_date"]
+        assert row["last_change_date"] == sources[uuid]["last_change_date"]
+    access = await fetch(dst, "SELECT project_uuid, gid, read, write, delete FROM project_to_groups WHERE project_uuid = $1", sample.uuid)
+    assert {(r["gid"], r["read"], r["write"], r["delete"]) for r in access} == {
+        (carol.primary_gid, True, True, True),
+        (simcore.destination_ids.everyone_gid, True, False, False),
+    }
+    files = await fetch(dst, "SELECT * FROM file_meta_data")
+    assert len(files) == 34
+    assert all(f["user_id"] == carol.id and f["upload_id"] is None for f in files)
+    assert {f["bucket_name"] for f in files} == {simcore.destination_s3.bucket}
+    parents = await fetch(dst, "SELECT project_uuid, parent_project_uuid FROM projects_metadata WHERE project_uuid = ANY($1::varchar[])", sample.children)
+    assert {r["parent_project_uuid"] for r in parents} == {sample.uuid, sample.children[0]}
+    assert await fetch(dst, "SELECT * FROM projects_to_folders") == []
+
+    verified = await steps.verify_migration(settings, deep=True)
+    assert verified.equal, [str(d) for d in verified.differences]
+    assert verified.objects_checked == len(sample.objects)
+
+    again = await migrate_project(settings)
+    assert again.status == "already-migrated"
+    assert again.bytes_copied == 0 and again.rows == 0 and again.copy_task_runs == 0
+    assert "nothing to do" in again.headline()
+
+
+async def test_dry_run_writes_nothing(fixture_simcore: Simcore) -> None:
+    sample = await build_sample_project(fixture_simcore.source_db, fixture_simcore.source_s3, owner_id=fixture_simcore.alice,
+                                        spec=SampleSpec(multipart_size=0, files=5, hidden_children=0))
+    report = await migrate_project(fixture_simcore.settings(sample.uuid), dry_run=True)
+    assert report.status == "dry-run" and report.objects == len(sample.objects)
+    assert report.rows_planned["projects"] == 1
+    assert await fetch(fixture_simcore.destination_db, "SELECT uuid FROM projects") == []
+    async with s3_client(fixture_simcore.destination_s3) as client:
+        bucket = fixture_simcore.destination_s3.bucket
+        assert (await client.list_objects_v2(Bucket=bucket)).get("Contents", []) == []
+        assert (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads", []) == []
+
+
+async def test_deleted_destination_objects_are_copied_again(fixture_simcore: Simcore) -> None:
+    sample = await build_sample_project(fixture_simcore.source_db, fixture_simcore.source_s3, owner_id=fixture_simcore.alice,
+                                        spec=SampleSpec(multipart_size=0, files=4, hidden_children=0))
+    settings = fixture_simcore.settings(sample.uuid)
+    await migrate_project(settings)
+    victim = sorted(sample.objects)[0]
+    async with s3_client(fixture_simcore.destination_s3) as client:
+        await client.delete_object(Bucket=fixture_simcore.destination_s3.bucket, Key=victim)
+    report = await migrate_project(settings)
+    assert report.objects_copied == 1 and report.rows == 0
+    assert (await steps.verify_migration(settings, deep=True)).equal
