@@ -11,7 +11,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -45,8 +46,15 @@ ProjectOption = Annotated[
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command; known errors become ``error:`` lines and an exit code, never a traceback."""
-    try:
+    with errors_as_lines():
         return asyncio.run(coro)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def errors_as_lines() -> Iterator[None]:
+    try:
+        yield
     except (ConfigError, PreflightError) as exc:
         for problem in exc.problems:
             err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
@@ -109,10 +117,11 @@ def migrate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's log lines")] = False,
 ) -> None:
     """Migrate projects as a local Prefect flow run, with a progress bar and a report."""
-    settings = load(
-        config, project_uuids=project, destination_user_id=to_user, product_name=product,
-        include_hidden=include_hidden, uuid_policy=uuid_policy, dry_run=dry_run or None,
-    )
+    with errors_as_lines():
+        settings = load(
+            config, project_uuids=project, destination_user_id=to_user, product_name=product,
+            include_hidden=include_hidden, uuid_policy=uuid_policy, dry_run=dry_run or None,
+        )
     report = run(migrate_with_progress(settings, verbose=verbose))
     print_report(report)
 
