@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -23,13 +24,13 @@ from prefect.blocks.system import Secret
 from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 
-from projmig.errors import ProjmigError, TransferError
+from projmig.errors import ConfigError, ProjmigError, TransferError
 from projmig.objects import CopyOutcome, batch_transfers
 from projmig.report import MigrationReport, human_bytes
-from projmig.settings import MigrationSettings, UuidPolicy, resolve_secrets, secret_refs
+from projmig.settings import MigrationOptions, MigrationSettings, UuidPolicy, literal_credentials, resolve_secrets, secret_refs
 
 from . import tasks
-from .progress import report_total
+from .progress import report_bytes, report_total
 
 
 async def resolve_credentials(settings: MigrationSettings) -> MigrationSettings:
@@ -92,6 +93,8 @@ async def migrate_project(
         dry_run=dry_run,
         uuid_policy=uuid_policy,
     )
+    settings.require_something_to_move("parameters")
+    _refuse_pasted_credentials(settings)
     settings = await resolve_credentials(settings)
     timer = _Timer()
 
@@ -151,7 +154,61 @@ async def migrate_project(
     return report
 
 
+def _refuse_pasted_credentials(settings: MigrationSettings) -> None:
+    """A deployment's parameters are stored and shown by Prefect: credentials there must be references."""
+    from prefect.runtime import deployment
+
+    if deployment.id is None:
+        return
+    pasted = literal_credentials(settings)
+    if pasted:
+        raise ConfigError([
+            f"{where}: a deployment's parameters are stored and shown by Prefect; give this credential as "
+            '{"env": "NAME"} or {"prefect_secret": "block-name"}, not as a value'
+            for where in pasted
+        ])
+
+
+@dataclass
+class _CopyRunner:
+    submit: Callable[..., Any]  # (task, **parameters) -> PrefectFuture
+    remote: bool  # task runs in other processes: their byte counts do not reach this process's listeners
+
+
+@contextmanager
+def _copy_runner(options: MigrationOptions, logger: Any) -> Iterator[_CopyRunner]:
+    """Where copy task runs execute: the flow's own task runner (threads), or a Dask cluster
+    (``options.task_runner = "dask"``: a running scheduler at ``dask_address``, else a local cluster of
+    ``dask_workers`` processes, started at the first submitted task and stopped with the flow run)."""
+    if options.task_runner != "dask":
+        yield _CopyRunner(submit=lambda task, **parameters: task.submit(**parameters), remote=False)
+        return
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigError("options.task_runner is 'dask' but prefect-dask is not installed: pip install 'projmig[dask]'") from None
+    if options.dask_address:
+        runner = DaskTaskRunner(address=options.dask_address)
+        logger.info("copy task runs go to the Dask scheduler at %s", options.dask_address)
+    else:
+        threads = max(1, -(-options.task_concurrency // options.dask_workers))
+        runner = DaskTaskRunner(cluster_kwargs={
+            "n_workers": options.dask_workers, "threads_per_worker": threads, "processes": True,
+            "host": "127.0.0.1", "dashboard_address": None,
+        })
+        logger.info("copy task runs go to a local Dask cluster of %d processes", options.dask_workers)
+    with runner:
+        yield _CopyRunner(submit=lambda task, **parameters: runner.submit(task, parameters), remote=True)
+
+
 async def _copy(settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any) -> list[CopyOutcome]:
+    with _copy_runner(settings.options, logger) as runner:
+        return await _copy_on(runner, settings, copies, report, logger)
+
+
+async def _copy_on(
+    runner: _CopyRunner, settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any
+) -> list[CopyOutcome]:
     """Copy what the destination lacks; then check again, and copy once more what still differs
     (a cached task result can be stale if someone deleted the objects since)."""
     opts = settings.options
@@ -172,7 +229,7 @@ async def _copy(settings: MigrationSettings, copies: list, report: MigrationRepo
         logger.info("copying %d objects (%s) in %d task runs", len(todo), human_bytes(sum(c.size for c, _ in todo)), len(batches))
         share = min(opts.task_concurrency, len(batches))
         copy_task = tasks.copy_objects if attempt == 1 else tasks.copy_objects.with_options(refresh_cache=True)
-        futures = [copy_task.submit(settings, batch, share) for batch in batches]
+        futures = [runner.submit(copy_task, settings=settings, batch=batch, share=share) for batch in batches]
         failures: list[BaseException] = []
         copied: list[CopyOutcome] = []
         for future in as_completed(futures):
@@ -183,10 +240,13 @@ async def _copy(settings: MigrationSettings, copies: list, report: MigrationRepo
                 continue
             copied += result
             done_bytes += sum(o.size for o in result)
+            if runner.remote:
+                report_bytes(sum(o.size for o in result))
             pct = 100.0 * done_bytes / max(1, report.bytes_total)
             await update_progress_artifact(
                 progress, progress=pct,
-                description=f"{len(outcomes) + len(copied)}/{report.objects} objects, {human_bytes(done_bytes)}/{human_bytes(report.bytes_total)}",
+                description=f"{len(outcomes) + len(copied)}/{report.objects} objects, "
+                f"{human_bytes(done_bytes)}/{human_bytes(report.bytes_total)} ({pct:.0f}%)",
             )
         if failures:
             raise failures[0]

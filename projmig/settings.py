@@ -223,6 +223,17 @@ class MigrationOptions(StrictModel):
         300.0, gt=0, description="deadline of one S3 call in seconds (a part, a small object)"
     )
     s3_max_attempts: int = Field(6, ge=1, description="attempts per S3 call on transient errors")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="where copy task runs execute: threads of the flow's process, or a Dask cluster "
+        "(needs `projmig[dask]`)",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="with task_runner=dask: scheduler address of a running cluster (tcp://host:8786); "
+        "empty: a local cluster of `dask_workers` processes for the flow run",
+    )
+    dask_workers: int = Field(2, ge=1, le=256, description="worker processes of the local Dask cluster")
 
 
 class MigrationSettings(BaseSettings):
@@ -256,10 +267,11 @@ class MigrationSettings(BaseSettings):
         uuids = ([self.source.project_uuid] if self.source.project_uuid else []) + self.source.project_uuids
         return list(dict.fromkeys(uuids))
 
-    @model_validator(mode="after")
-    def _something_to_move(self) -> MigrationSettings:
+    def require_something_to_move(self, origin: str = "settings") -> MigrationSettings:
+        """Raise :class:`ConfigError` unless projects are named. Not a validator: a deployment's
+        default settings name no project (each run does, as a parameter)."""
         if not self.project_uuids and self.source.owner_user_id is None:
-            raise ValueError("source: give project_uuid, project_uuids or owner_user_id")
+            raise ConfigError(f"{origin}: source: give project_uuid, project_uuids or owner_user_id")
         return self
 
     def with_overrides(
@@ -300,8 +312,9 @@ class MigrationSettings(BaseSettings):
         )
 
     @classmethod
-    def load(cls, path: Path | str, **overrides: Any) -> MigrationSettings:
-        """Read a cfg.json; environment variables and ``overrides`` win over the file."""
+    def load(cls, path: Path | str, *, require_projects: bool = True, **overrides: Any) -> MigrationSettings:
+        """Read a cfg.json; environment variables and ``overrides`` win over the file.
+        ``require_projects=False`` accepts a file that names no project (a deployment's defaults)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -312,14 +325,15 @@ class MigrationSettings(BaseSettings):
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object at the top level")
         _deep_merge(data, overrides)
-        return cls.parse(data, origin=str(path))
+        return cls.parse(data, origin=str(path), require_projects=require_projects)
 
     @classmethod
-    def parse(cls, data: dict[str, Any], origin: str = "settings") -> MigrationSettings:
+    def parse(cls, data: dict[str, Any], origin: str = "settings", *, require_projects: bool = True) -> MigrationSettings:
         try:
-            return cls(**data)
+            settings = cls(**data)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, origin)) from None
+        return settings.require_something_to_move(origin) if require_projects else settings
 
 
 def format_validation_error(exc: ValidationError, origin: str) -> list[str]:
@@ -375,6 +389,19 @@ def secret_refs(settings: BaseModel) -> list[SecretRef]:
             found.append(value)
         elif isinstance(value, BaseModel):
             found += secret_refs(value)
+    return found
+
+
+def literal_credentials(settings: BaseModel, path: str = "") -> list[str]:
+    """Where ``settings`` holds a credential's value instead of a :class:`SecretRef` (field paths)."""
+    found: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        where = f"{path}.{name}" if path else name
+        if isinstance(value, SecretStr):
+            found.append(where)
+        elif isinstance(value, BaseModel):
+            found += literal_credentials(value, where)
     return found
 
 

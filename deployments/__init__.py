@@ -1,0 +1,1 @@
+"""How the ``migrate-project`` flow is served and deployed (see ``deployments/serve.py``)."""

@@ -1,0 +1,292 @@
+"""The deployment path end to end, as an operator runs it, on a real Prefect server.
+
+A ``prefect server start`` process (127.0.0.1, its own PREFECT_HOME), the ``migrate-project``
+deployment served by ``python -m deployments.serve`` (and registered for a process work pool whose
+workers run it), runs started by name with parameters, the migration checked in the destination
+database and bucket, and every secret looked for where Prefect keeps or shows things.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+
+from projmig import steps
+from projmig.sandbox import free_port
+from projmig.sandbox.sample import SampleSpec, build_sample_project
+
+from ..conftest import Simcore
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+DST_DB_BLOCK = "projmig-test-destination-db-password"
+DST_S3_BLOCK = "projmig-test-destination-s3-secret-key"
+
+
+@dataclass
+class PrefectServer:
+    url: str
+    home: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A client process's environment: this server's API, a home of its own, nothing of the test session's."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and not k.startswith("PROJMIG_")}
+        return {**env, "PREFECT_API_URL": self.url, "PREFECT_HOME": str(self.home / "client"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
+
+    def client(self) -> PrefectClient:
+        return PrefectClient(api=self.url)
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a process group this test started (SIGTERM, then SIGKILL)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    home = tmp_path_factory.mktemp("prefect-server")
+    server = PrefectServer(url=f"http://127.0.0.1:{free_port()}/api", home=home)
+    port = server.url.split(":")[2].split("/")[0]
+    env = server.env(PREFECT_HOME=str(home), PREFECT_SERVER_UI_ENABLED="false")
+    process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port, "--no-ui"],
+                    env, home / "server.log")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, (home / "server.log").read_text()
+            try:
+                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the Prefect server did not start in 120 s"
+            time.sleep(0.3)
+        yield server
+    finally:
+        stop(process)
+
+
+def deployment_config(simcore: Simcore) -> dict[str, Any]:
+    """The cfg.json an operator serves: both deployments, credentials only by reference."""
+    cfg = simcore.config()
+    cfg["source"]["db"]["password"] = {"env": "TEST_SOURCE_DB_PASSWORD"}
+    cfg["source"]["s3"]["access_key"] = {"env": "TEST_SOURCE_S3_ACCESS_KEY"}
+    cfg["source"]["s3"]["secret_key"] = {"env": "TEST_SOURCE_S3_SECRET_KEY"}
+    cfg["destination"]["db"]["password"] = {"prefect_secret": DST_DB_BLOCK}
+    cfg["destination"]["s3"]["access_key"] = {"env": "TEST_DESTINATION_S3_ACCESS_KEY"}
+    cfg["destination"]["s3"]["secret_key"] = {"prefect_secret": DST_S3_BLOCK}
+    return cfg
+
+
+def secret_env(simcore: Simcore) -> dict[str, str]:
+    """What the process that runs the flow (served process, worker) has in its environment."""
+    return {
+        "TEST_SOURCE_DB_PASSWORD": simcore.source_db.password.get_secret_value(),  # type: ignore[union-attr]
+        "TEST_SOURCE_S3_ACCESS_KEY": simcore.source_s3.access_key.get_secret_value(),  # type: ignore[union-attr]
+        "TEST_SOURCE_S3_SECRET_KEY": simcore.source_s3.secret_key.get_secret_value(),  # type: ignore[union-attr]
+        "TEST_DESTINATION_S3_ACCESS_KEY": simcore.destination_s3.access_key.get_secret_value(),  # type: ignore[union-attr]
+    }
+
+
+def secrets_of(simcore: Simcore) -> list[str]:
+    box = simcore.sandbox
+    return [box.source.pg_password, box.destination.pg_password, box.source.s3_secret_key, box.destination.s3_secret_key]
+
+
+async def save_secret_blocks(server: PrefectServer, simcore: Simcore) -> None:
+    async with server.client() as client:
+        for name, value in ((DST_DB_BLOCK, simcore.destination_db.password), (DST_S3_BLOCK, simcore.destination_s3.secret_key)):
+            await Secret(value=value.get_secret_value()).asave(name, overwrite=True, client=client)  # type: ignore[union-attr]
+
+
+async def wait_for_deployment(server: PrefectServer, name: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    async with server.client() as client:
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                return await client.read_deployment_by_name(name)
+            except Exception:
+                assert time.monotonic() < deadline, f"{name} was not registered in {timeout} s:\n{log.read_text()}"
+                time.sleep(0.5)
+
+
+async def sample_project(simcore: Simcore, seed: int = 0):
+    return await build_sample_project(
+        simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
+        spec=SampleSpec(files=4, directory_objects=2, multipart_size=6 * 1024 * 1024,
+                        multipart_part_size=5 * 1024 * 1024, hidden_children=1, seed=seed),
+    )
+
+
+async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_out(
+    prefect_server: PrefectServer, fixture_simcore: Simcore, tmp_path: Path
+) -> None:
+    sample = await sample_project(fixture_simcore)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(deployment_config(fixture_simcore)))
+    await save_secret_blocks(prefect_server, fixture_simcore)
+
+    log = tmp_path / "serve.log"
+    served = start([str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", "sandbox"],
+                   prefect_server.env(PREFECT_RUNNER_POLL_FREQUENCY="1", **secret_env(fixture_simcore)), log)
+    try:
+        deployment = await wait_for_deployment(prefect_server, "migrate-project/sandbox", served, log)
+        # the operator's command, from a shell that holds no secret at all
+        run = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "migrate-project/sandbox",
+             "-p", f"project_uuid={sample.uuid}", "-p", f"destination_user_id={fixture_simcore.carol}",
+             "-p", "include_hidden=true", "--watch", "--watch-timeout", "240"],
+            capture_output=True, text=True, timeout=300, env=prefect_server.env(), cwd=tmp_path,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr + log.read_text()
+        assert "Flow run finished successfully in 'Completed'" in run.stdout
+
+        # a pasted credential is refused by the server's parameter schema: no run, nothing stored
+        pasted = deployment_config(fixture_simcore)
+        pasted["destination"]["db"]["password"] = "pasted-password-42"
+        refused = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "migrate-project/sandbox",
+             "-p", f"project_uuid={sample.uuid}", "-p", f"settings={json.dumps(pasted)}"],
+            capture_output=True, text=True, timeout=120, env=prefect_server.env(), cwd=tmp_path,
+        )
+        assert refused.returncode != 0
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert "Validation failed for field 'settings.destination.db.password'" in said, said
+    finally:
+        stop(served)
+
+    # the migration happened: rows and objects equal to the source (SHA-256 of every object)
+    settings = fixture_simcore.settings(sample.uuid, source={"include_hidden": True})
+    verified = await steps.verify_migration(settings, deep=True)
+    assert verified.equal, [str(d) for d in verified.differences]
+    assert len(verified.projects) == 2 and verified.objects_checked == len(sample.objects)
+
+    async with prefect_server.client() as client:
+        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+        assert [r.state.name for r in runs] == ["Completed"]  # the refused run was never created
+        flow_run = runs[0]
+        assert flow_run.parameters["project_uuid"] == sample.uuid
+        assert flow_run.parameters["settings"]["destination"]["db"]["password"] == {"prefect_secret": DST_DB_BLOCK}
+        logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+        deployment = await client.read_deployment(deployment.id)
+
+    # the report and the copy progress as Prefect artifacts of that run
+    by_key = {a.key: a for a in artifacts}
+    assert "migrated 2 projects" in by_key["projmig-report"].data
+    assert {row["project"] for row in json.loads(by_key["projmig-projects"].data)} == set(sample.all_projects)
+    assert by_key["projmig-copy"].data == 100.0
+
+    seen = {
+        "served process output": log.read_text(),
+        "deployment run output (its logs)": run.stdout + run.stderr,
+        "refused run output": refused.stdout + refused.stderr,
+        "deployment": deployment.model_dump_json(),
+        "flow run parameters": json.dumps(flow_run.parameters, default=str),
+        "flow run logs": "\n".join(entry.message for entry in logs),
+        "artifacts": json.dumps([a.data for a in artifacts], default=str),
+    }
+    assert any("migrated 2 projects" in entry.message for entry in logs)
+    for where, text in seen.items():
+        for secret in secrets_of(fixture_simcore):
+            assert secret not in text, f"a secret leaked into the {where}"
+        if where != "refused run output":  # the operator's own terminal may echo what they typed
+            assert "pasted-password-42" not in text, f"the pasted password was stored: {where}"
+
+
+async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
+    prefect_server: PrefectServer, fixture_simcore: Simcore, tmp_path: Path
+) -> None:
+    spec = dict(files=2, directory_objects=0, multipart_size=0, hidden_children=0, soft_link=False, deployment_bound_rows=False)
+    samples = [
+        await build_sample_project(fixture_simcore.source_db, fixture_simcore.source_s3, owner_id=fixture_simcore.alice,
+                                   spec=SampleSpec(seed=seed, name=f"study {seed}", **spec))  # type: ignore[arg-type]
+        for seed in (1, 2)
+    ]
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(deployment_config(fixture_simcore)))
+    await save_secret_blocks(prefect_server, fixture_simcore)
+    env = prefect_server.env()
+
+    # the README's commands: a process work pool, the deployment registered for it, two workers
+    pool = subprocess.run([str(BIN / "prefect"), "work-pool", "create", "projmig-test", "--type", "process"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    registered = subprocess.run(
+        [str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", "pool", "--pool", "projmig-test"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    assert "registered migrate-project/pool" in registered.stdout
+    logs = [tmp_path / f"worker-{i}.log" for i in (1, 2)]
+    workers = [
+        start([str(BIN / "prefect"), "worker", "start", "--pool", "projmig-test", "--limit", "1", "--name", f"worker-{i}"],
+              prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1", **secret_env(fixture_simcore)), log)
+        for i, log in zip((1, 2), logs)
+    ]
+    try:
+        async with prefect_server.client() as client:
+            deadline = time.monotonic() + 90
+            while len(await client.read_workers_for_work_pool("projmig-test")) < 2:
+                assert all(w.poll() is None for w in workers), "\n".join(log.read_text() for log in logs)
+                assert time.monotonic() < deadline, "the workers did not come online in 90 s"
+                time.sleep(0.5)
+            deployment = await client.read_deployment_by_name("migrate-project/pool")
+            runs = [
+                await client.create_flow_run_from_deployment(deployment.id, parameters={"project_uuid": s.uuid})
+                for s in samples
+            ]
+            deadline = time.monotonic() + 240
+            while True:
+                runs = [await client.read_flow_run(r.id) for r in runs]
+                if all(r.state and r.state.is_final() for r in runs):
+                    break
+                assert time.monotonic() < deadline, "the runs did not finish in 240 s"
+                time.sleep(1)
+    finally:
+        for worker in workers:
+            stop(worker)
+    outputs = [log.read_text() for log in logs]
+    assert [r.state.name for r in runs] == ["Completed", "Completed"], "\n".join(outputs)  # type: ignore[union-attr]
+    # one run per worker (each takes one at a time): the projects were migrated side by side
+    assert sorted(sum(str(r.id) in out for r in runs) for out in outputs) == [1, 1], "\n".join(outputs)
+    for sample in samples:
+        verified = await steps.verify_migration(fixture_simcore.settings(sample.uuid), deep=True)
+        assert verified.equal, [str(d) for d in verified.differences]
+    for out in outputs:
+        for secret in secrets_of(fixture_simcore):
+            assert secret not in out
