@@ -205,6 +205,13 @@ class MigrationOptions(StrictModel):
     allow_schema_drift: bool = Field(
         False, description="migrate between different alembic revisions when the columns allow it"
     )
+    copy_label: str = Field(
+        "", max_length=200,
+        description="uuid_policy=new: names this copy; the same label resumes it, another label makes another copy",
+    )
+    project_concurrency: int = Field(
+        4, ge=1, le=64, description="projects inserted at once when several are moved (each in its own transaction)"
+    )
     copy_concurrency: int = Field(16, ge=1, le=256, description="objects (or parts) in flight at once")
     multipart_threshold: int = Field(
         64 * MiB, ge=5 * MiB, description="objects at least this large are copied in parts"
@@ -284,6 +291,7 @@ class MigrationSettings(BaseSettings):
         include_hidden: bool | None = None,
         dry_run: bool | None = None,
         uuid_policy: UuidPolicy | None = None,
+        copy_label: str | None = None,
     ) -> MigrationSettings:
         """A copy with run-time choices applied (CLI flags, deployment parameters); None keeps."""
         source: dict[str, Any] = {}
@@ -303,6 +311,8 @@ class MigrationSettings(BaseSettings):
             options["dry_run"] = dry_run
         if uuid_policy is not None:
             options["uuid_policy"] = uuid_policy
+        if copy_label is not None:
+            options["copy_label"] = copy_label
         return self.model_copy(
             update={
                 "source": self.source.model_copy(update=source),
