@@ -34,14 +34,23 @@ def project_key(table: str) -> str:
 
 async def insert_plan(engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState]) -> InsertResult:
     """``verified``: destination key -> state, as verified after copying (sizes and ETags to record)."""
+    committing = False
     try:
         async with engine.begin() as conn:
-            return await _insert(conn, plan, verified)
-    except DBAPIError as exc:
-        detail = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+            result = await _insert(conn, plan, verified)
+            committing = True  # leaving the block sends COMMIT
+        return result
+    except (DBAPIError, OSError, TimeoutError) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        detail = (str(cause).splitlines() or [type(cause).__name__])[0]
+        lost = not isinstance(exc, DBAPIError) or exc.connection_invalidated
+        if committing and lost:
+            # the COMMIT may have reached the server before the connection went: all rows or none
+            raise InsertError(
+                f"destination connection lost while committing: every row was inserted or none was "
+                f"(a rerun finds out and finishes the migration): {detail}"
+            ) from exc
         raise InsertError(f"destination transaction rolled back, nothing was inserted: {detail}") from exc
-    except (OSError, TimeoutError) as exc:
-        raise InsertError(f"destination connection lost, nothing was inserted: {exc}") from exc
 
 
 async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[str, ObjectState]) -> InsertResult:

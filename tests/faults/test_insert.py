@@ -1,0 +1,78 @@
+"""The destination's rows arrive in one transaction: a connection cut while it runs leaves all of
+them or none, and the rerun finishes the job without copying an object again or adding a row twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.migrate import migrate_project
+from projmig import steps
+from projmig.errors import InsertError
+
+from .conftest import Faulty, all_or_nothing, duplicate_rows, open_uploads, row_counts
+
+pytestmark = pytest.mark.usefixtures("prefect")
+
+
+async def migrated_sample(faulty: Faulty):
+    sample = await faulty.sample(files=6, hidden_children=2, child_files=1, multipart_size=0, directory_objects=3)
+    settings = faulty.settings(sample.uuid, s3_max_attempts=2)
+    settings = settings.with_overrides(include_hidden=True)
+    direct = faulty.direct(sample.uuid).with_overrides(include_hidden=True)
+    return sample, settings, direct
+
+
+async def test_a_cut_before_commit_leaves_no_row_and_the_rerun_inserts_each_once(faulty: Faulty) -> None:
+    sample, settings, direct = await migrated_sample(faulty)
+    expected = steps.make_plan(*(await _graph(direct))).rows_per_table()
+    # mid-transaction: projects, nodes and access rights are in; the files are on their way
+    faulty.proxies.dst_db.after(match=b"INSERT INTO file_meta_data", do="cut")
+
+    with pytest.raises(InsertError) as failed:
+        await migrate_project(settings)
+    assert "rolled back" in str(failed.value)
+    assert faulty.proxies.dst_db.faults, "the cut must have happened"
+    assert sum((await row_counts(direct, sample.all_projects)).values()) == 0
+    assert await open_uploads(direct) == []
+
+    faulty.proxies.heal()
+    faulty.proxies.dst_s3.reset_counts()
+    report = await migrate_project(settings)
+
+    assert report.status == "migrated" and report.rows_inserted == expected
+    assert report.objects_copied == 0 and report.copy_task_runs == 0  # every object was already there
+    assert [r for r in faulty.proxies.dst_s3.requests if r.method == "PUT"] == []
+    assert await row_counts(direct, sample.all_projects) == {t: expected.get(t, 0) for t in await row_counts(direct, sample.all_projects)}
+    assert await duplicate_rows(direct) == {}
+    verified = await steps.verify_migration(direct, deep=True)
+    assert verified.equal, [str(d) for d in verified.differences]
+
+
+async def test_a_commit_whose_answer_is_lost_is_found_complete_by_the_rerun(faulty: Faulty) -> None:
+    sample, settings, direct = await migrated_sample(faulty)
+    expected = steps.make_plan(*(await _graph(direct))).rows_per_table()
+    db = faulty.proxies.dst_db
+
+    def lose_the_answer() -> None:  # COMMIT reaches the server; its reply does not come back
+        db.after(down=1, do="cut")
+
+    db.after(match=b"COMMIT", do=lose_the_answer)
+    with pytest.raises(InsertError) as failed:
+        await migrate_project(settings)
+    assert len(db.faults) == 2, db.faults
+    counts = await row_counts(direct, sample.all_projects)
+    assert all_or_nothing(counts, expected) is None, counts
+    assert "nothing was inserted" not in str(failed.value), "the commit may well have happened"
+
+    db.heal()
+    report = await migrate_project(settings)
+    assert report.status == "already-migrated" and report.rows == 0
+    assert sorted(report.already_present) == sorted(sample.all_projects)
+    assert await duplicate_rows(direct) == {}
+    verified = await steps.verify_migration(direct, deep=False)
+    assert verified.equal, [str(d) for d in verified.differences]
+
+
+async def _graph(settings):
+    report = await steps.preflight(settings, probe_write=False)
+    return await steps.read_project_graph(settings, report), report
