@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .graph import FileEntry, ProjectGraph, ProjectRecord, Row
+from .remap import IdMap, outside_links, root_of
 from .schema import GENERATED_COLUMNS, PROJECT_TABLES
 
 
@@ -38,7 +39,8 @@ class PlannedProject(BaseModel):
     dst_uuid: str
     name: str
     hidden: bool
-    parent_uuid: str | None
+    parent_uuid: str | None  # source uuid of the project whose node created this job project
+    root_uuid: str | None = None  # source uuid of the root project asked for (its graph moves as one)
     nodes: int
     files: int
     objects: int
@@ -52,6 +54,7 @@ class MigrationPlan(BaseModel):
     left_behind: dict[str, int] = Field(default_factory=dict)
     dropped_groups: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    schema_drift: list[str] = Field(default_factory=list)  # columns dropped or defaulted between revisions
 
     @property
     def total_bytes(self) -> int:
@@ -69,6 +72,23 @@ class MigrationPlan(BaseModel):
                 out[table] = mine
         return out
 
+    def roots(self) -> dict[str, list[PlannedProject]]:
+        """Source root uuid -> the projects of its graph (root first)."""
+        groups: dict[str, list[PlannedProject]] = {}
+        for p in self.projects:
+            groups.setdefault(p.root_uuid or p.src_uuid, []).append(p)
+        return groups
+
+    def subset(self, dst_uuids: list[str] | set[str]) -> MigrationPlan:
+        """The part of the plan that concerns these (destination) projects."""
+        keep = set(dst_uuids)
+        rows = {t: rs for t, rs in ((t, [r for r in rs if r.get(_project_key(t)) in keep]) for t, rs in self.rows.items()) if rs}
+        return self.model_copy(update={
+            "projects": [p for p in self.projects if p.dst_uuid in keep],
+            "rows": rows,
+            "copies": [c for c in self.copies if c.dst_key.split("/", 1)[0] in keep],
+        })
+
     def summary_lines(self) -> list[str]:
         lines = [f"{len(self.projects)} project(s):"]
         for p in self.projects:
@@ -83,15 +103,21 @@ class MigrationPlan(BaseModel):
         if self.left_behind:
             lines.append("left behind (deployment-bound): " + ", ".join(f"{t} {n}" for t, n in self.left_behind.items()))
         lines += [f"dropped group: {g}" for g in self.dropped_groups]
+        lines += [f"schema drift: {d}" for d in self.schema_drift]
         lines += [f"warning: {w}" for w in self.warnings]
         return lines
 
 
-def build_plan(graph: ProjectGraph, dest: DestinationFacts) -> MigrationPlan:
+def build_plan(
+    graph: ProjectGraph, dest: DestinationFacts, namespaces: dict[str, str] | None = None
+) -> MigrationPlan:
+    """``namespaces`` (root -> copy namespace; uuid_policy=new): give every project and node a new id
+    and rewrite every reference (:mod:`projmig.remap`). None: the destination keeps the source's ids."""
     rows: dict[str, list[Row]] = {}
     copies: dict[str, ObjectCopy] = {}
     planned: list[PlannedProject] = []
     dropped: list[str] = []
+    parents = {p.uuid: p.parent_uuid for p in graph.projects}
 
     for project in graph.projects:
         for table, table_rows in project.rows.items():
@@ -116,13 +142,14 @@ def build_plan(graph: ProjectGraph, dest: DestinationFacts) -> MigrationPlan:
                 name=project.name,
                 hidden=project.hidden,
                 parent_uuid=project.parent_uuid,
+                root_uuid=root_of(project.uuid, parents),
                 nodes=len(project.rows.get("projects_nodes", [])),
                 files=len(project.files),
                 objects=sum(len(e.objects) for e in project.files),
                 bytes=sum(e.size for e in project.files),
             )
         )
-    return MigrationPlan(
+    plan = MigrationPlan(
         projects=planned,
         rows={t: rows[t] for t in PROJECT_TABLES if rows.get(t)},
         copies=list(copies.values()),
@@ -130,6 +157,22 @@ def build_plan(graph: ProjectGraph, dest: DestinationFacts) -> MigrationPlan:
         dropped_groups=list(dict.fromkeys(dropped)),
         warnings=list(graph.warnings),
     )
+    return _with_new_ids(plan, IdMap.for_graph(graph, namespaces)) if namespaces is not None else plan
+
+
+def _project_key(table: str) -> str:
+    return {"projects": "uuid", "file_meta_data": "project_id"}.get(table, "project_uuid")
+
+
+def _with_new_ids(plan: MigrationPlan, ids: IdMap) -> MigrationPlan:
+    """The same plan under the new ids: rows, object keys and project names all rewritten."""
+    warnings = plan.warnings + outside_links(plan.rows, ids)
+    rows = {
+        table: [ids.row(r, r[_project_key(table)]) for r in table_rows] for table, table_rows in plan.rows.items()
+    }
+    copies = [c.model_copy(update={"dst_key": ids.key(c.src_key), "file_id": ids.key(c.file_id)}) for c in plan.copies]
+    projects = [p.model_copy(update={"dst_uuid": ids.project(p.src_uuid)}) for p in plan.projects]
+    return plan.model_copy(update={"rows": rows, "copies": copies, "projects": projects, "warnings": warnings})
 
 
 def _map_row(

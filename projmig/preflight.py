@@ -13,11 +13,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import alembic_revision, open_engine
+from .drift import check_drift
 from .errors import PreflightError
 from .graph import hidden_descendants, projects_of_user
 from .plan import DestinationFacts
+from .remap import copy_namespace, destination_identity, new_project_uuid, root_of
 from .s3 import Retrier, explain_bucket_error, s3_client
-from .schema import PROJECT_TABLES, ColumnDiff, compare_tables, reflect
+from .schema import ColumnDiff
 from .settings import MigrationSettings, S3Settings, UuidPolicy
 
 PROBE_KEY = ".projmig-preflight"
@@ -32,6 +34,9 @@ class PreflightReport(BaseModel):
     facts: DestinationFacts
     products: dict[str, int | None] = Field(default_factory=dict)  # destination product -> its group
     schema_drift: list[dict[str, Any]] = Field(default_factory=list)
+    drift_notes: list[str] = Field(default_factory=list)  # each column dropped or defaulted, in words
+    namespaces: dict[str, str] | None = None  # uuid_policy=new: root -> namespace of its copy's ids
+    new_uuids: dict[str, str] = Field(default_factory=dict)  # uuid_policy=new: source -> destination uuid
 
     @property
     def resume(self) -> bool:
@@ -100,6 +105,8 @@ async def _check_databases(
 ) -> PreflightReport:
     src_rev, dst_rev = await alembic_revision(src), await alembic_revision(dst)
     drift: list[ColumnDiff] = []
+    drift_notes: list[str] = []
+    drifting = False
     if src_rev is None or dst_rev is None:
         missing = [r for r, v in (("source", src_rev), ("destination", dst_rev)) if v is None]
         problems.append(f"{' and '.join(missing)} database has no alembic_version: is it an osparc-simcore database?")
@@ -110,15 +117,7 @@ async def _check_databases(
                 "(upgrade one side, or set options.allow_schema_drift to migrate where the columns allow it)"
             )
         else:
-            drift = compare_tables(await reflect(src, PROJECT_TABLES), await reflect(dst, PROJECT_TABLES))
-            for diff in drift:
-                if diff.required_in_destination:
-                    problems.append(
-                        f"schema drift: destination {diff.table} requires {', '.join(diff.required_in_destination)} "
-                        "(NOT NULL, no default) that the source does not have"
-                    )
-                if diff.type_changes:
-                    problems.append(f"schema drift: {diff.table} column types differ: {'; '.join(diff.type_changes)}")
+            drifting = True  # columns compared, and the rows to move checked, once they are known
 
     # what to move
     roots = [str(u) for u in settings.project_uuids]
@@ -135,6 +134,10 @@ async def _check_databases(
     children = await hidden_descendants(src, roots) if settings.source.include_hidden and roots else []
     projects = roots + [c for c, _ in children]
     found.update(await _creation_dates(src, [c for c, _ in children]))
+    if drifting and projects:
+        checked = await check_drift(src, dst, projects, revisions=(src_rev or "", dst_rev or ""))
+        problems += checked.problems
+        drift, drift_notes = checked.diffs, checked.notes
 
     # who receives it
     facts, products = await _destination_facts(settings, src, dst, projects, problems)
@@ -164,6 +167,11 @@ async def _check_databases(
                 problems.append(f"collision: destination file_id {file_id} already belongs to project {owner}")
             if len(clashes) > 5:
                 problems.append("collision: more destination file_ids clash")
+    namespaces: dict[str, str] | None = None
+    new_uuids: dict[str, str] = {}
+    if settings.options.uuid_policy == UuidPolicy.NEW and projects:
+        namespaces, new_uuids = _copy_ids(settings, roots, children)
+        already = await _earlier_copies(dst, new_uuids, found, problems)
 
     return PreflightReport(
         source_revision=src_rev,
@@ -174,7 +182,48 @@ async def _check_databases(
         facts=facts,
         products=products,
         schema_drift=[d.__dict__ for d in drift if not d.identical],
+        drift_notes=drift_notes,
+        namespaces=namespaces,
+        new_uuids=new_uuids,
     )
+
+
+def _copy_ids(
+    settings: MigrationSettings, roots: list[str], children: list[tuple[str, str]]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """uuid_policy=new: each root's namespace, and every project's new uuid."""
+    where = destination_identity(settings.destination.db.describe(), settings.destination.s3.bucket)
+    namespaces = {root: copy_namespace(where, root, settings.options.copy_label) for root in roots}
+    parents: dict[str, str | None] = {root: None for root in roots}
+    parents.update(dict(children))
+    return namespaces, {uuid: new_project_uuid(namespaces[root_of(uuid, parents)], uuid) for uuid in parents}
+
+
+async def _earlier_copies(
+    dst: AsyncConnection, new_uuids: dict[str, str], found: dict[str, tuple[datetime, str]], problems: list[str]
+) -> list[str]:
+    """The new ids must be free, or hold this same copy from an earlier run (resume)."""
+    already: list[str] = []
+    existing = await _creation_dates(dst, list(new_uuids.values()))
+    for src_uuid, dst_uuid in new_uuids.items():
+        if dst_uuid not in existing:
+            continue
+        created, name = existing[dst_uuid]
+        if created == found[src_uuid][0]:
+            already.append(dst_uuid)
+        else:
+            problems.append(
+                f"collision: the destination has a project {dst_uuid} ({name!r}) that is not the copy of {src_uuid}: "
+                "choose another options.copy_label"
+            )
+    clashes = (await dst.execute(
+        text("SELECT file_id, project_id FROM file_meta_data WHERE split_part(file_id, '/', 1) = ANY(:new) "
+             "AND (project_id IS NULL OR project_id <> split_part(file_id, '/', 1)) ORDER BY file_id LIMIT 6"),
+        {"new": list(new_uuids.values())},
+    )).all()
+    for file_id, owner in clashes[:5]:
+        problems.append(f"collision: destination file_id {file_id} already belongs to project {owner}")
+    return already
 
 
 async def _creation_dates(conn: AsyncConnection, uuids: list[str]) -> dict[str, tuple[datetime, str]]:

@@ -83,7 +83,9 @@ async def read_project_graph(settings: MigrationSettings, report: PreflightRepor
 
 
 def make_plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
-    return build_plan(graph, report.facts)
+    plan = build_plan(graph, report.facts, report.namespaces)
+    plan.schema_drift = list(report.drift_notes)
+    return plan
 
 
 @_resolving
