@@ -235,7 +235,8 @@ def cleanup(
         settings = await resolved(load(config, project_uuids=project))
         report = await steps.preflight(settings, probe_write=False)
         migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
-        return await steps.abort_our_uploads(settings, {c.dst_key for c in migration.copies}, older_than=age)
+        ours = {c.dst_key for c in migration.copies} | {report.probe_key}  # objects, and the preflight's write probe
+        return await steps.abort_our_uploads(settings, ours, older_than=age)
 
     aborted = run(main())
     for key in aborted:

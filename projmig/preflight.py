@@ -16,6 +16,7 @@ from .db import alembic_revision, open_engine
 from .drift import check_drift
 from .errors import PreflightError
 from .graph import hidden_descendants, projects_of_user
+from .objects import abort_uploads
 from .plan import DestinationFacts
 from .remap import copy_namespace, destination_identity, new_project_uuid, root_of
 from .s3 import Retrier, explain_bucket_error, s3_client
@@ -42,6 +43,11 @@ class PreflightReport(BaseModel):
     def resume(self) -> bool:
         return bool(self.already_migrated)
 
+    @property
+    def probe_key(self) -> str:
+        """The destination key of the write probe: an upload opened and aborted at once (ours)."""
+        return f"{self.roots[0]}/{PROBE_KEY}" if self.roots else PROBE_KEY
+
 
 async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True) -> PreflightReport:
     quick = Retrier(attempts=2, timeout=20, initial_wait=0.5, max_wait=2)
@@ -66,7 +72,7 @@ async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True
             # the only write of the preflight, and only once everything else is right
             problems += await check_bucket(
                 "destination", settings.destination.s3, quick, listing=False,
-                write_probe_key=f"{report.roots[0]}/{PROBE_KEY}" if report.roots else PROBE_KEY,
+                write_probe_key=report.probe_key,
             )
             if problems:
                 raise PreflightError(problems)
@@ -83,6 +89,8 @@ async def check_bucket(
                 await retry(f"{where}: head", lambda: client.head_bucket(Bucket=s3.bucket))
                 await retry(f"{where}: list", lambda: client.list_objects_v2(Bucket=s3.bucket, MaxKeys=1))
             if write_probe_key:
+                # a run killed between the two calls below left its probe open: abort it first
+                await abort_uploads(client, s3.bucket, write_probe_key, retry, keys={write_probe_key})
                 upload = await retry(
                     f"{where}: write",
                     lambda: client.create_multipart_upload(Bucket=s3.bucket, Key=write_probe_key),

@@ -1,0 +1,107 @@
+"""No multipart upload of ours stays open in the destination once a migration is over: after a
+failure retrying cannot fix (aborted at once), after a killed process (the rerun finishes or aborts
+what it left), and ``projmig cleanup`` aborts old ones of ours and nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from flows.migrate import migrate_project
+from projmig import steps
+from projmig.errors import TransferError
+from projmig.preflight import PROBE_KEY
+from projmig.s3 import s3_client
+
+from .conftest import REPO, MiB, Faulty, MigrationProcess, open_uploads, prefect_env
+
+pytestmark = pytest.mark.usefixtures("prefect")
+
+
+def is_part_put(method: str, target: str) -> bool:
+    return method == "PUT" and "uploadId=" in target
+
+
+async def test_a_failure_retrying_cannot_fix_aborts_the_upload_at_once(faulty: Faulty) -> None:
+    sample = await faulty.sample(files=2, directory_objects=0, soft_link=False, multipart_size=30 * MiB)
+    big = next(k for k in sample.objects if k.endswith(".h5"))
+    settings = faulty.settings(sample.uuid)
+    proxy = faulty.proxies.dst_s3
+    proxy.fail_requests(1000, 403, "AccessDenied", match=is_part_put)
+
+    with pytest.raises(TransferError) as failed:
+        await migrate_project(settings)
+    assert not failed.value.transient
+    assert big in str(failed.value) and "AccessDenied" in str(failed.value)
+    assert await open_uploads(faulty.direct(sample.uuid)) == []
+    # refused parts were not retried: no part of an upload was asked for twice
+    tries = Counter(
+        (q["uploadId"][0], q["partNumber"][0])
+        for r in proxy.requests if is_part_put(r.method, r.target)
+        for q in [parse_qs(urlsplit(r.target).query)]
+    )
+    assert proxy.faults and set(tries.values()) == {1}, tries
+
+
+async def test_a_process_killed_during_the_write_probe_leaves_no_upload_behind(faulty: Faulty, tmp_path) -> None:
+    sample = await faulty.sample(files=3, directory_objects=0, multipart_size=0)
+    config = faulty.config_file(tmp_path / "cfg.json", sample.uuid)
+    bucket = faulty.env.destination_s3.bucket
+    proxy = faulty.proxies.dst_s3
+    run = None
+
+    def kill_before_the_abort_leaves() -> None:  # the probe upload is open, its abort not yet sent
+        run.kill()
+        proxy.cut(then="refuse")  # what the process had not sent yet never leaves
+
+    proxy.after(match=f"DELETE /{bucket}/{sample.uuid}/{PROBE_KEY}".encode(), do=kill_before_the_abort_leaves)
+    run = MigrationProcess(config)
+    code, out = await run.wait()
+    assert run.killed and code == -9, out
+    direct = faulty.direct(sample.uuid)
+    assert [u["Key"] for u in await open_uploads(direct)] == [f"{sample.uuid}/{PROBE_KEY}"]
+
+    faulty.proxies.heal()
+    report = await migrate_project(faulty.settings(sample.uuid))
+    assert report.status == "migrated"
+    assert await open_uploads(direct) == []
+
+
+async def test_cleanup_aborts_only_old_uploads_of_the_migrated_projects(faulty: Faulty, tmp_path) -> None:
+    sample = await faulty.sample(files=3, directory_objects=0, multipart_size=12 * MiB)
+    direct = faulty.direct(sample.uuid)
+    big = next(k for k in sample.objects if k.endswith(".h5"))
+    node = big.split("/")[1]
+    ours = {big, f"{sample.uuid}/{PROBE_KEY}"}  # an interrupted copy, a killed preflight's probe
+    theirs = {
+        f"{sample.uuid}/{node}/outputs/uploaded in the destination.bin",  # not a key the migration copies
+        f"00000000-1111-2222-3333-444444444444/{node}/outputs/other project.bin",
+    }
+    async with s3_client(direct.destination.s3) as client:
+        for key in sorted(ours | theirs):
+            await client.create_multipart_upload(Bucket=direct.destination.s3.bucket, Key=key)
+    config = faulty.config_file(tmp_path / "cfg.json", sample.uuid)
+
+    def cleanup(age: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "cleanup", "--config", str(config), "--older-than", age],
+            cwd=REPO, env=prefect_env(), capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert "0 unfinished uploads aborted" in cleanup("1h")  # all of them are younger than that
+    assert {u["Key"] for u in await open_uploads(direct)} == ours | theirs
+
+    out = cleanup("0s")
+    assert "2 unfinished uploads aborted" in out, out
+    assert {u["Key"] for u in await open_uploads(direct)} == theirs
+
+    # and a migration afterwards does not touch them either
+    await migrate_project(faulty.settings(sample.uuid))
+    assert {u["Key"] for u in await open_uploads(direct)} == theirs
+    assert (await steps.verify_migration(direct, deep=False)).equal
