@@ -150,9 +150,9 @@ class Retrier:
                         return await call()
         except RetryError as exc:
             last = exc.last_attempt.exception()
-            raise TransferError(
-                f"{what}: {describe_error(last)} (gave up after {self.attempts} attempts)", transient=True
-            ) from last
+            # our own deadline fired (a bare TimeoutError says nothing): say so
+            cause = f"no answer within {deadline:g} s" if type(last) is TimeoutError else describe_error(last)
+            raise TransferError(f"{what}: {cause} (gave up after {self.attempts} attempts)", transient=True) from last
         raise AssertionError("unreachable")  # pragma: no cover
 
 
