@@ -64,11 +64,11 @@ class StrictModel(BaseModel):
 class DatabaseSettings(StrictModel):
     """A PostgreSQL database: host/port/user/password/database, or one DSN."""
 
-    host: str | None = None
-    port: int = Field(5432, ge=1, le=65535)
-    user: str | None = None
-    password: Credential | None = None
-    database: str | None = None
+    host: str | None = Field(None, description="database server host name or address")
+    port: int = Field(5432, ge=1, le=65535, description="database server port")
+    user: str | None = Field(None, description="database user (needs read rights in the source, write in the destination)")
+    password: Credential | None = Field(None, description="that user's password")
+    database: str | None = Field(None, description="database name (osparc-simcore's, e.g. simcoredb)")
     dsn: Credential | None = Field(
         None, description="postgresql://user:password@host:port/database; replaces the fields above"
     )
@@ -130,11 +130,11 @@ class S3Settings(StrictModel):
     """An S3 bucket and the credentials to reach it."""
 
     endpoint: str | None = Field(None, description="https://host:port; empty for AWS")
-    region: str = "us-east-1"
-    provider: Provider = Provider.AWS
-    access_key: Credential
-    secret_key: Credential
-    bucket: str = Field(min_length=3, max_length=63)
+    region: str = Field("us-east-1", description="S3 region")
+    provider: Provider = Field(Provider.AWS, description="the S3 implementation behind the endpoint")
+    access_key: Credential = Field(description="S3 access key id")
+    secret_key: Credential = Field(description="S3 secret access key")
+    bucket: str = Field(min_length=3, max_length=63, description="the deployment's bucket (osparc-simcore's storage bucket)")
 
     @field_validator("endpoint")
     @classmethod

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from prefect.blocks.system import Secret
@@ -35,12 +36,13 @@ from prefect.client.schemas.filters import (
 from projmig import steps
 from projmig.sandbox import free_port
 from projmig.sandbox.sample import SampleSpec, build_sample_project
+from projmig.sandbox.simcore import asyncpg_dsn
 
 from ..conftest import Simcore
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
-DST_DB_BLOCK = "projmig-test-destination-db-password"
+DST_DB_BLOCK = "destination-db-password"  # the README's name
 DST_S3_BLOCK = "projmig-test-destination-s3-secret-key"
 
 
@@ -52,7 +54,8 @@ class PrefectServer:
     def env(self, **extra: str) -> dict[str, str]:
         """A client process's environment: this server's API, a home of its own, nothing of the test session's."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and not k.startswith("PROJMIG_")}
-        return {**env, "PREFECT_API_URL": self.url, "PREFECT_HOME": str(self.home / "client"),
+        return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `python`, `prefect`: the README's
+                "PREFECT_API_URL": self.url, "PREFECT_HOME": str(self.home / "client"),
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
 
     def client(self) -> PrefectClient:
@@ -126,9 +129,16 @@ def secrets_of(simcore: Simcore) -> list[str]:
     return [box.source.pg_password, box.destination.pg_password, box.source.s3_secret_key, box.destination.s3_secret_key]
 
 
-async def save_secret_blocks(server: PrefectServer, simcore: Simcore) -> None:
+async def save_secret_blocks(server: PrefectServer, simcore: Simcore, readme: bool = False) -> None:
+    blocks = [(DST_DB_BLOCK, simcore.destination_db.password), (DST_S3_BLOCK, simcore.destination_s3.secret_key)]
+    if readme:  # the README's command for the database password, as an operator runs it
+        (command,) = [line for line in (REPO / "README.md").read_text().splitlines() if "Secret(value=os.environ" in line]
+        saved = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120,
+                               env=server.env(DST_DB_PASSWORD=blocks[0][1].get_secret_value()))  # type: ignore[union-attr]
+        assert saved.returncode == 0, saved.stdout + saved.stderr
+        blocks = blocks[1:]
     async with server.client() as client:
-        for name, value in ((DST_DB_BLOCK, simcore.destination_db.password), (DST_S3_BLOCK, simcore.destination_s3.secret_key)):
+        for name, value in blocks:
             await Secret(value=value.get_secret_value()).asave(name, overwrite=True, client=client)  # type: ignore[union-attr]
 
 
@@ -158,7 +168,7 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
     sample = await sample_project(fixture_simcore)
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(deployment_config(fixture_simcore)))
-    await save_secret_blocks(prefect_server, fixture_simcore)
+    await save_secret_blocks(prefect_server, fixture_simcore, readme=True)
 
     log = tmp_path / "serve.log"
     served = start([str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", "sandbox"],
@@ -266,10 +276,25 @@ async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
                 assert time.monotonic() < deadline, "the workers did not come online in 90 s"
                 time.sleep(0.5)
             deployment = await client.read_deployment_by_name("migrate-project/pool")
-            runs = [
-                await client.create_flow_run_from_deployment(deployment.id, parameters={"project_uuid": s.uuid})
-                for s in samples
-            ]
+            # hold both runs in their preflight (the source's projects table locked) until both run
+            # at once: with one run per worker at most, that is one run on each worker
+            lock = await asyncpg.connect(asyncpg_dsn(fixture_simcore.source_db))
+            held = lock.transaction()
+            await held.start()
+            await lock.execute("LOCK TABLE projects IN ACCESS EXCLUSIVE MODE")
+            try:
+                runs = [
+                    await client.create_flow_run_from_deployment(deployment.id, parameters={"project_uuid": s.uuid})
+                    for s in samples
+                ]
+                deadline = time.monotonic() + 120
+                while not all(r.state and r.state.is_running() for r in runs):
+                    assert time.monotonic() < deadline, f"not both running after 120 s: {[r.state for r in runs]}"
+                    time.sleep(0.5)
+                    runs = [await client.read_flow_run(r.id) for r in runs]
+            finally:
+                await held.rollback()
+                await lock.close()
             deadline = time.monotonic() + 240
             while True:
                 runs = [await client.read_flow_run(r.id) for r in runs]
@@ -282,7 +307,7 @@ async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
             stop(worker)
     outputs = [log.read_text() for log in logs]
     assert [r.state.name for r in runs] == ["Completed", "Completed"], "\n".join(outputs)  # type: ignore[union-attr]
-    # one run per worker (each takes one at a time): the projects were migrated side by side
+    # and each worker's log names the one run it executed
     assert sorted(sum(str(r.id) in out for r in runs) for out in outputs) == [1, 1], "\n".join(outputs)
     for sample in samples:
         verified = await steps.verify_migration(fixture_simcore.settings(sample.uuid), deep=True)
