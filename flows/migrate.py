@@ -30,6 +30,7 @@ from projmig.report import MigrationReport, human_bytes
 from projmig.settings import MigrationOptions, MigrationSettings, UuidPolicy, literal_credentials, resolve_secrets, secret_refs
 
 from . import tasks
+from .many import migrate_each
 from .progress import report_bytes, report_total
 
 
@@ -49,8 +50,14 @@ def _run_name() -> str:
     uuids = params.get("project_uuids") or ([params["project_uuid"]] if params.get("project_uuid") else [])
     settings = params.get("settings")
     if not uuids and settings is not None:
-        uuids = getattr(settings, "project_uuids", None) or settings.get("source", {}).get("project_uuid") or []
+        if isinstance(settings, dict):
+            uuids = settings.get("source", {}).get("project_uuid") or []
+        else:
+            uuids = settings.project_uuids
         uuids = uuids if isinstance(uuids, list) else [uuids]
+    owner = params.get("source_owner_user_id") or getattr(getattr(settings, "source", None), "owner_user_id", None)
+    if not uuids and owner is not None:
+        return f"migrate-projects-of-user-{owner}"
     first = str(uuids[0])[:8] if uuids else "projects"
     return f"migrate-{first}" + (f"-and-{len(uuids) - 1}-more" if len(uuids) > 1 else "")
 
@@ -66,6 +73,7 @@ async def migrate_project(
     include_hidden: bool | None = None,
     dry_run: bool | None = None,
     uuid_policy: UuidPolicy | None = None,
+    copy_label: str | None = None,
 ) -> MigrationReport:
     """Migrate one project (or several) with its files from a source to a destination deployment.
 
@@ -80,6 +88,7 @@ async def migrate_project(
         include_hidden: also move hidden job projects created from these projects.
         dry_run: print the plan, write nothing.
         uuid_policy: keep the source's ids, or give the copy new ones.
+        copy_label: with uuid_policy=new, names the copy (the same label resumes it; another makes another copy).
     """
     if settings is None:
         raise ProjmigError("settings are required (a cfg.json's content, or the deployment's default parameters)")
@@ -92,6 +101,7 @@ async def migrate_project(
         include_hidden=include_hidden,
         dry_run=dry_run,
         uuid_policy=uuid_policy,
+        copy_label=copy_label,
     )
     settings.require_something_to_move("parameters")
     _refuse_pasted_credentials(settings)
@@ -116,6 +126,8 @@ async def migrate_project(
         return report
 
     report = MigrationReport.from_plan(plan, "migrated")
+    if len(checked.roots) > 1:  # each root project's graph in its own transaction: see flows/many.py
+        return await migrate_each(settings, plan, report, timer, logger)
     keys = {c.dst_key for c in plan.copies}
     try:
         with timer("copy"):

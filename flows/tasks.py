@@ -17,7 +17,7 @@ from prefect.context import TaskRunContext
 
 from projmig import steps
 from projmig.graph import ProjectGraph
-from projmig.insert import InsertResult
+from projmig.insert import InsertResult, ProjectInsert
 from projmig.objects import CopyOutcome, ObjectState
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.preflight import PreflightReport
@@ -92,6 +92,13 @@ async def insert_rows(
     settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState]
 ) -> InsertResult:
     return await steps.insert_rows(settings, plan, verified)
+
+
+@task(name="insert-rows-each", cache_policy=NONE)
+async def insert_rows_each(
+    settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
+) -> list[ProjectInsert]:
+    return await steps.insert_rows_each(settings, plan, verified, roots)
 
 
 @task(name="abort-uploads", cache_policy=NONE)

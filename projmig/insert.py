@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -117,3 +118,32 @@ async def _insert_rows(conn: AsyncConnection, table: Table, rows: list[Row]) -> 
             await conn.execute(stmt, batch)
         else:
             await conn.execute(insert(table), batch)
+
+
+class ProjectInsert(BaseModel):
+    """One root project's graph, inserted in its own transaction (or not, and why)."""
+
+    root: str  # source uuid of the root project
+    projects: list[str]  # destination uuids: the root and its hidden children
+    result: InsertResult | None = None
+    error: str | None = None
+
+
+async def insert_each(
+    engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], roots: list[str], *,
+    concurrency: int = 4,
+) -> list[ProjectInsert]:
+    """Each root's graph (the root and its hidden children) in a transaction of its own, ``concurrency``
+    at once: a project that fails is rolled back alone and the others are kept."""
+    groups = plan.roots()
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(root: str) -> ProjectInsert:
+        uuids = [p.dst_uuid for p in groups[root]]
+        async with slots:
+            try:
+                return ProjectInsert(root=root, projects=uuids, result=await insert_plan(engine, plan.subset(uuids), verified))
+            except InsertError as exc:
+                return ProjectInsert(root=root, projects=uuids, error=str(exc))
+
+    return list(await asyncio.gather(*(one(root) for root in roots)))

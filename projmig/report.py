@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from .plan import MigrationPlan, PlannedProject
 
-Status = Literal["migrated", "already-migrated", "dry-run", "failed"]
+Status = Literal["migrated", "already-migrated", "dry-run", "failed", "partial"]  # partial: some projects failed
 
 
 def human_bytes(n: float) -> str:
@@ -37,6 +37,8 @@ class MigrationReport(BaseModel):
     left_behind: dict[str, int] = Field(default_factory=dict)
     dropped_groups: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    schema_drift: list[str] = Field(default_factory=list)  # columns dropped or defaulted between revisions
+    failed: dict[str, str] = Field(default_factory=dict)  # root project (source uuid) -> why it was not migrated
     error: str | None = None
 
     @classmethod
@@ -51,6 +53,7 @@ class MigrationReport(BaseModel):
             left_behind=plan.left_behind,
             dropped_groups=plan.dropped_groups,
             warnings=plan.warnings,
+            schema_drift=plan.schema_drift,
         )
 
     @property
@@ -76,6 +79,12 @@ class MigrationReport(BaseModel):
             )
         if self.status == "failed":
             return f"failed: {self.error}"
+        if self.status == "partial":
+            roots = len({p.root_uuid or p.src_uuid for p in self.projects})
+            return (
+                f"partly migrated: {len(self.failed)} of {roots} root projects failed (rerun to retry them); "
+                f"{self.objects_copied} objects copied ({human_bytes(self.bytes_copied)}), {self.rows} rows inserted"
+            )
         return (
             f"migrated {what}: {self.objects_copied} objects copied ({human_bytes(self.bytes_copied)}), "
             f"{self.objects_skipped} already there, {self.rows} rows inserted in {self.total_seconds:.1f} s"
@@ -116,6 +125,8 @@ class MigrationReport(BaseModel):
             if self.copy_task_runs:
                 lines.append(f"copy task runs: {self.copy_task_runs}")
         for title, items in (
+            ("failed projects", [f"`{root}`: {why}" for root, why in self.failed.items()]),
+            ("schema drift", self.schema_drift),
             ("left behind (deployment-bound)", [f"{t}: {n} rows" for t, n in self.left_behind.items()]),
             ("dropped groups", self.dropped_groups),
             ("warnings", self.warnings),

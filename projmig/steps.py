@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, TypeVar
 
-from .db import open_engine
+from .db import create_engine, open_engine
 from .graph import ProjectGraph, read_graph
-from .insert import InsertResult, insert_plan
+from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
 from .objects import (
     CopyOutcome,
     ObjectCopier,
@@ -41,6 +41,7 @@ __all__ = [
     "copy_objects",
     "verify_objects",
     "insert_rows",
+    "insert_rows_each",
     "abort_our_uploads",
     "verify_migration",
 ]
@@ -137,6 +138,19 @@ async def insert_rows(
 ) -> InsertResult:
     async with open_engine(settings.destination.db, "destination") as engine:
         return await insert_plan(engine, plan, verified)
+
+
+@_resolving
+async def insert_rows_each(
+    settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
+) -> list[ProjectInsert]:
+    """Several root projects: each root's graph in its own transaction (``options.project_concurrency`` at once)."""
+    concurrency = settings.options.project_concurrency
+    engine = create_engine(settings.destination.db, pool_size=concurrency)
+    try:
+        return await insert_each(engine, plan, verified, roots, concurrency=concurrency)
+    finally:
+        await engine.dispose()
 
 
 @_resolving

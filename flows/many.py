@@ -1,0 +1,107 @@
+"""Several root projects in one flow run (``project_uuids`` or ``owner_user_id``).
+
+What stays shared, so that many projects cost no more task runs than one big one: one preflight,
+one graph, one plan, the copy batches (files of all projects batched together, bounded by count and
+bytes) and one listing to verify them. What is per root project (the root and its hidden children):
+whether all of its objects arrived, and its rows, inserted in a transaction of its own
+(``options.project_concurrency`` at once, inside one task run). A project whose objects failed to copy,
+or whose transaction failed, is reported with the reason and does not hold back or roll back the
+others; a rerun skips what is there (objects by listing, projects by uuid + creation date) and
+finishes the rest. Every root failing fails the flow run; some failing ends it as ``partial``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.utilities.annotations import quote
+
+from projmig.errors import ProjmigError, TransferError
+from projmig.objects import ObjectState
+from projmig.plan import MigrationPlan
+from projmig.report import MigrationReport
+from projmig.settings import MigrationSettings
+
+from . import tasks
+
+
+async def migrate_each(
+    settings: MigrationSettings, plan: MigrationPlan, report: MigrationReport, timer: Any, logger: Any
+) -> MigrationReport:
+    from .migrate import _copy, _publish  # the same copy machinery as a single project
+
+    groups = plan.roots()
+    copy_error: Exception | None = None
+    with timer("copy"):
+        try:
+            outcomes = await _copy(settings, plan.copies, report, logger)
+        except Exception as exc:  # what the other batches copied is kept; decided per project below
+            copy_error, outcomes = exc, None
+            logger.error("copying failed: %s", exc)
+    with timer("verify"):
+        there, missing = await tasks.compare(settings, plan.copies)
+    verified = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
+    missing_keys = {c.dst_key for c, _ in missing}
+
+    failed: dict[str, str] = {}
+    ready: list[str] = []
+    for root, projects in groups.items():
+        own = {p.dst_uuid for p in projects}
+        lacking = sorted(k for k in missing_keys if k.split("/", 1)[0] in own)
+        if not lacking:
+            ready.append(root)
+            continue
+        cause = f": {copy_error}" if copy_error is not None else ""
+        failed[root] = f"{len(lacking)} objects not copied (e.g. {lacking[0]}){cause}"
+    failed_keys = {k for k in missing_keys if any(k.split("/", 1)[0] in {p.dst_uuid for p in groups[r]} for r in failed)}
+    if failed_keys:
+        if isinstance(copy_error, TransferError) and copy_error.transient:
+            logger.warning("unfinished multipart uploads of the failed projects are kept for a rerun to continue")
+        else:
+            await tasks.abort_uploads(settings, failed_keys)
+
+    with timer("insert"):
+        results = await tasks.insert_rows_each(settings, quote(plan), verified, ready) if ready else []
+    inserted_rows = 0
+    for result in results:
+        if result.error is not None:
+            failed[result.root] = result.error
+            continue
+        assert result.result is not None
+        inserted_rows += result.result.rows
+        report.already_present += result.result.already_present
+        for table, n in result.result.inserted.items():
+            report.rows_inserted[table] = report.rows_inserted.get(table, 0) + n
+        for table, columns in result.result.dropped_columns.items():
+            note = f"{table}: source columns not in the destination, left out: {', '.join(columns)}"
+            if note not in report.warnings:
+                report.warnings.append(note)
+    done_keys = {c.dst_key for c in plan.copies} - failed_keys
+    await tasks.abort_uploads(settings, done_keys)  # leftovers of earlier, different attempts
+
+    if outcomes is not None:
+        report.objects_copied = sum(1 for o in outcomes if o.action != "skipped")
+        report.objects_skipped = len(outcomes) - report.objects_copied
+        report.bytes_copied = sum(o.bytes_sent if o.action == "copied" else o.size for o in outcomes if o.action != "skipped")
+        report.bytes_skipped = sum(o.size for o in outcomes if o.action == "skipped")
+    else:  # which objects this run copied is not known: count what is there now
+        report.objects_skipped, report.bytes_skipped = len(there), sum(o.size for o in there)
+        report.warnings.append(
+            f"copying failed midway: {len(there)} of {len(plan.copies)} objects are in the destination "
+            "(copied by this run or an earlier one)"
+        )
+    report.failed = {root: failed[root] for root in groups if root in failed}
+    for root, why in report.failed.items():
+        logger.error("project %s not migrated: %s", root, why)
+    if report.failed:
+        report.status = "partial"
+    elif report.objects_copied == 0 and inserted_rows == 0:
+        report.status = "already-migrated"
+    report.seconds = timer.seconds
+    if len(report.failed) == len(groups):
+        report.status, report.error = "failed", f"every project failed: {'; '.join(report.failed.values())}"
+    await _publish(report)
+    logger.info(report.headline())
+    if report.status == "failed":
+        raise ProjmigError(report.headline())
+    return report
