@@ -204,6 +204,27 @@ def prefect_env() -> dict[str, str]:
     return env
 
 
+class Kill:
+    """A trigger action for the proxies: ``kill -9`` the migration process, and let nothing leave that
+    it had not sent yet (a real kill stops the sender; the proxy would still relay what it holds)."""
+
+    __name__ = "kill -9"
+
+    def __init__(self, proxies: Proxies):
+        self.proxies = proxies
+        self.process: MigrationProcess | None = None
+
+    def start(self, config: Path) -> MigrationProcess:
+        self.process = MigrationProcess(config)
+        return self.process
+
+    def __call__(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+        for proxy in self.proxies.each():
+            proxy.cut(then="refuse")
+
+
 class MigrationProcess:
     """``projmig migrate --config cfg.json`` in a subprocess, killable with SIGKILL at any moment."""
 
