@@ -244,6 +244,29 @@ def cleanup(
     out.print(f"{len(aborted)} unfinished uploads aborted", highlight=False)
 
 
+@app.command()
+def rollback(
+    config: ConfigOption,
+    project: ProjectOption = None,
+    include_hidden: Annotated[bool | None, typer.Option("--include-hidden/--no-hidden")] = None,
+    uuid_policy: Annotated[UuidPolicy | None, typer.Option(help="the policy the migration ran with")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be removed, remove nothing")] = False,
+) -> None:
+    """Remove from the destination what the migration with this cfg.json inserted: its rows (one
+    transaction), then its objects. Refuses, removing nothing, if a destination project changed after
+    the migration. A rerun after a rollback is a no-op."""
+    from projmig import steps
+
+    async def main() -> Any:
+        settings = await resolved(load(config, project_uuids=project, include_hidden=include_hidden, uuid_policy=uuid_policy))
+        return await steps.rollback_migration(settings, dry_run=dry_run)
+
+    result = run(main())
+    for line in result.summary_lines():
+        out.print(line, highlight=False, soft_wrap=True)
+    out.print(result.headline(), highlight=False, soft_wrap=True)
+
+
 def parse_age(text: str) -> timedelta:
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     try:

@@ -27,8 +27,17 @@ from .objects import (
 )
 from .plan import MigrationPlan, ObjectCopy, build_plan
 from .preflight import PreflightReport, run_preflight
+from .rollback import (
+    RollbackResult,
+    abort_listed_uploads,
+    delete_objects,
+    find_objects,
+    recompute_plan,
+    refuse_shared_bucket,
+    remove_rows,
+)
 from .s3 import Retrier, s3_client
-from .settings import MigrationSettings, resolve_secrets
+from .settings import MigrationSettings, UuidPolicy, resolve_secrets
 from .verify import Difference, VerifyReport, compare_objects_sha256, compare_rows, verify_copies
 
 MiB = 1024 * 1024
@@ -44,6 +53,9 @@ __all__ = [
     "insert_rows_each",
     "abort_our_uploads",
     "verify_migration",
+    "rollback_rows",
+    "rollback_objects",
+    "rollback_migration",
 ]
 
 
@@ -197,6 +209,54 @@ async def verify_migration(settings: MigrationSettings, *, deep: bool = True) ->
     result.differences += differences
     result.seconds = time.monotonic() - started
     return result
+
+
+@_resolving
+async def rollback_rows(settings: MigrationSettings, *, dry_run: bool = False) -> RollbackResult:
+    """Recompute the migration's plan from the source; in one destination transaction, check that its
+    projects are unchanged since the migration and delete their rows (dry run: count them); then find
+    the migration's objects in the destination (deleted by :func:`rollback_objects`)."""
+    refuse_shared_bucket(settings)
+    retry = retrier(settings)
+    s3 = settings.source.s3
+    async with (
+        open_engine(settings.source.db, "source") as src,
+        open_engine(settings.destination.db, "destination") as dst,
+        s3_client(s3) as client,
+    ):
+
+        async def lister(prefix: str) -> dict[str, tuple[int, str]]:
+            found = await list_prefix(client, s3.bucket, prefix, retry)
+            return {k: (v.size, v.etag) for k, v in found.items()}
+
+        async with src.connect() as conn:
+            plan = await recompute_plan(conn, lister, settings)
+        removal = await remove_rows(
+            dst, src, plan, keep_ids=settings.options.uuid_policy == UuidPolicy.KEEP, dry_run=dry_run
+        )
+    async with s3_client(settings.destination.s3) as client:
+        return await find_objects(client, settings.destination.s3.bucket, plan, removal, retry, dry_run=dry_run)
+
+
+@_resolving
+async def rollback_objects(settings: MigrationSettings, result: RollbackResult) -> RollbackResult:
+    """Delete the objects :func:`rollback_rows` found (batched DeleteObjects) and abort the unfinished
+    uploads of the migration's keys."""
+    retry = retrier(settings)
+    bucket = settings.destination.s3.bucket
+    async with s3_client(settings.destination.s3) as client:
+        removed = await delete_objects(client, bucket, list(result.objects), retry)
+        aborted = await abort_listed_uploads(client, bucket, result.uploads, retry)
+    return result.model_copy(update={"objects_removed": removed, "uploads_aborted": aborted})
+
+
+async def rollback_migration(settings: MigrationSettings, *, dry_run: bool = False) -> RollbackResult:
+    """Remove from the destination what the migration with these settings inserted: rows, then objects.
+    Raises :class:`projmig.rollback.RollbackRefused` (nothing removed) when a project changed since."""
+    result = await rollback_rows(settings, dry_run=dry_run)
+    if dry_run:
+        return result
+    return await rollback_objects(settings, result)
 
 
 @asynccontextmanager

@@ -1,0 +1,90 @@
+"""The ``rollback-migration`` flow: remove from the destination what a migration inserted.
+
+Two tasks, each a library step (``projmig.steps``): ``rollback-rows`` recomputes the migration's plan
+from the source, checks in one destination transaction that its projects are unchanged since the
+migration and deletes their rows (refusing, with nothing removed, otherwise: see
+:mod:`projmig.rollback` for the rule); ``rollback-objects`` then deletes the migration's objects.
+A markdown artifact ``projmig-rollback`` says what was removed.
+
+Run it locally with the migration's own settings::
+
+    from flows.rollback import rollback_migration
+    result = rollback_migration(settings)                 # or: await rollback_migration(settings)
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from projmig import steps
+from projmig.errors import ProjmigError
+from projmig.rollback import RollbackResult
+from projmig.settings import MigrationSettings, UuidPolicy
+
+
+@task(name="rollback-rows", cache_policy=NONE)
+async def rollback_rows(settings: MigrationSettings, dry_run: bool = False) -> RollbackResult:
+    return await steps.rollback_rows(settings, dry_run=dry_run)
+
+
+@task(name="rollback-objects", cache_policy=NONE, retries=1, retry_delay_seconds=2)
+async def rollback_objects(settings: MigrationSettings, result: RollbackResult) -> RollbackResult:
+    return await steps.rollback_objects(settings, result)
+
+
+@flow(name="rollback-migration", log_prints=False)
+async def rollback_migration(
+    settings: MigrationSettings | None = None,
+    project_uuid: UUID | None = None,
+    project_uuids: list[UUID] | None = None,
+    source_owner_user_id: int | None = None,
+    include_hidden: bool | None = None,
+    uuid_policy: UuidPolicy | None = None,
+    copy_label: str | None = None,
+    dry_run: bool = False,
+) -> RollbackResult:
+    """Remove from the destination what the migration with these settings inserted (rows in one
+    transaction, then objects); refuse, removing nothing, if a destination project changed since.
+
+    Args:
+        settings: the migration's settings (the same as for migrate-project).
+        project_uuid: the migrated project (overrides the settings).
+        project_uuids: several migrated projects.
+        source_owner_user_id: the migration moved every project of this source user.
+        include_hidden: the migration moved the hidden job projects too.
+        uuid_policy: the policy the migration ran with.
+        copy_label: with uuid_policy=new, the label of the copy to remove.
+        dry_run: show what would be removed, remove nothing.
+    """
+    from .migrate import _refuse_pasted_credentials, resolve_credentials
+
+    if settings is None:
+        raise ProjmigError("settings are required (the migration's cfg.json content)")
+    logger = get_run_logger()
+    settings = settings.with_overrides(
+        project_uuids=([project_uuid] if project_uuid else []) + list(project_uuids or []),
+        source_owner_user_id=source_owner_user_id,
+        include_hidden=include_hidden,
+        uuid_policy=uuid_policy,
+        copy_label=copy_label,
+    )
+    settings.require_something_to_move("parameters")
+    _refuse_pasted_credentials(settings)
+    settings = await resolve_credentials(settings)
+
+    result = await rollback_rows(settings, dry_run=dry_run)
+    if not dry_run and not result.nothing:
+        result = await rollback_objects(settings, result)
+    for line in result.summary_lines():
+        logger.info(line)
+    await create_markdown_artifact(
+        key="projmig-rollback",
+        markdown="\n".join([f"## projmig: {result.headline()}", "", *[f"    {line}" for line in result.summary_lines()]]),
+        description=result.headline(),
+    )
+    logger.info(result.headline())
+    return result

@@ -1,0 +1,531 @@
+"""Roll a migration back: remove from the destination what it inserted, its rows in one transaction,
+then its objects. Refuse, removing nothing, when a destination project changed after the migration.
+
+**Which rows are the migration's.** Rollback takes the migration's own configuration and recomputes
+its plan from the source (the same roots, hidden children with ``include_hidden``, and under
+``uuid_policy=new`` the same destination ids: they derive from the destination, the source uuid and
+``copy_label``). Every destination project of that plan that is there must be what the migration
+inserted, unchanged since:
+
+1. its ``creation_date`` is the source project's (the insert keeps it): else it is another project
+   that only has the uuid, and rollback refuses;
+2. its ``last_change_date`` is the one the migration wrote. The insert keeps the source's value, so
+   while the source project is unchanged that is the source's current ``last_change_date``: equal
+   means unchanged, later means modified in the destination (every change in osparc moves it to
+   *now*; the ``projects_nodes`` trigger does so for every node change).
+   If the source project changed since the migration (its ``last_change_date`` is now later than
+   the destination's), the value the migration wrote is no longer known. Then the destination's own
+   record of the insert decides: the insert transaction stamped its time on the rows the destination
+   fills itself (``projects_nodes.modified`` and ``projects_metadata.modified`` by trigger, the
+   owner's ``project_to_groups.created`` by the owner-group trigger). A ``last_change_date`` later
+   than that time was written by a change after the migration: refused. Earlier: it is the older
+   source value the migration copied, and the project is the migration's;
+3. nothing else changed after that insert time either: no node, metadata, access right
+   (``project_to_groups.created/modified``) or file row (``file_meta_data.created_at/last_modified``)
+   is stamped later. A file row the recomputed plan no longer has (deleted in the source since) is
+   still the migration's when it is older than the insert, and goes with its object;
+4. no row the migration does not write points at the project or its nodes (folders, wallets, tags,
+   pricing units, computations, conversations, hidden job projects created in the destination, or
+   hidden children migrated with ``include_hidden`` when the rollback's configuration lacks it):
+   every foreign key to ``projects``/``projects_nodes`` is found by reflection.
+
+A planned project that is not in the destination has nothing to remove (rolled back already, or
+never inserted); when none is there and none of the objects either, rollback is a no-op that says
+so. With ``uuid_policy=keep`` the destination must not be the source itself: the same database is
+detected (an advisory lock held in one is seen from the other) and so is the same bucket, and
+rollback refuses, since there the "copy" is the original.
+
+**What is removed.** In one destination transaction, tables in reverse foreign-key order (
+``file_meta_data`` explicitly, then ``project_to_groups``, ``projects_networks``,
+``projects_extensions``, ``projects_to_jobs``, ``projects_metadata``, ``projects_nodes`` and last
+``projects``), every row of these projects. The checks above run in that same transaction, with the
+project rows locked, so nothing can change between the check and the delete. Then, only once the
+rows are gone (osparc never sees a file row without its object), the objects: the keys the plan
+copies, and the objects the removed file rows name (a directory entry: every object under its
+prefix), each only under the prefix of a removed project (a soft link's target is never removed
+through the link). Batched ``DeleteObjects`` (1,000 keys a request), retried like every S3 call;
+unfinished multipart uploads of these keys are aborted. If deleting objects fails, a rerun finds no
+rows and deletes the planned keys that are left.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, Field
+from sqlalchemy import MetaData, text
+from sqlalchemy.engine import Row as SqlRow
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .errors import PreflightError, TransferError
+from .graph import SIMCORE_LOCATION, projects_of_user, read_graph
+from .insert import project_key
+from .objects import ObjectState, list_prefix, list_uploads
+from .plan import DestinationFacts, MigrationPlan, build_plan
+from .remap import copy_namespace, destination_identity
+from .report import human_bytes
+from .s3 import Retrier, describe_error, is_transient
+from .schema import PROJECT_TABLES, insert_order, reflect
+from .settings import MigrationSettings, UuidPolicy
+
+DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 maximum)
+
+Lister = Callable[[str], Awaitable[dict[str, tuple[int, str]]]]
+
+
+class RollbackRefused(PreflightError):
+    """The destination holds something this migration did not write, or changed since: nothing removed."""
+
+    def __init__(self, problems: list[str] | str):
+        problems = [problems] if isinstance(problems, str) else problems
+        super().__init__([f"{p}; nothing was removed" for p in problems])
+
+
+class RollbackProject(BaseModel):
+    src_uuid: str
+    dst_uuid: str
+    name: str
+    hidden: bool
+    present: bool  # in the destination when the rollback started
+
+
+class RollbackResult(BaseModel):
+    dry_run: bool = False
+    projects: list[RollbackProject] = Field(default_factory=list)
+    rows: dict[str, int] = Field(default_factory=dict)  # table -> rows removed (dry run: that would be)
+    objects: dict[str, int] = Field(default_factory=dict)  # destination key -> size: to remove
+    uploads: list[tuple[str, str]] = Field(default_factory=list)  # (key, upload id) unfinished, ours
+    objects_left: int = 0  # under the projects' prefixes but not written by this migration: kept
+    objects_removed: int = 0
+    uploads_aborted: int = 0
+
+    @property
+    def removed_projects(self) -> list[RollbackProject]:
+        return [p for p in self.projects if p.present]
+
+    @property
+    def absent_projects(self) -> list[RollbackProject]:
+        return [p for p in self.projects if not p.present]
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.objects.values())
+
+    @property
+    def nothing(self) -> bool:
+        return not self.removed_projects and not self.objects and not self.uploads
+
+    def headline(self) -> str:
+        n = len(self.removed_projects)
+        what = f"{n} project{'s' if n != 1 else ''}"
+        rows = sum(self.rows.values())
+        if self.nothing:
+            names = ", ".join(p.dst_uuid for p in self.projects) or "no project"
+            prefix = "dry run: " if self.dry_run else ""
+            return (
+                f"{prefix}nothing to roll back: {names} not in the destination, and none of the migration's objects "
+                "(rolled back already, or never migrated)"
+            )
+        uploads = f", {len(self.uploads)} unfinished uploads" if self.uploads else ""
+        if self.dry_run:
+            return (
+                f"dry run: would remove {what}: {rows} rows, {len(self.objects)} objects "
+                f"({human_bytes(self.bytes)}){uploads}; nothing was removed"
+            )
+        aborted = f", {self.uploads_aborted} unfinished uploads aborted" if self.uploads_aborted else ""
+        return (
+            f"rolled back {what}: {rows} rows and {self.objects_removed} objects ({human_bytes(self.bytes)}) "
+            f"removed{aborted}"
+        )
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        verb = "would remove" if self.dry_run else "removed"
+        for p in self.projects:
+            kind = "hidden job" if p.hidden else "study"
+            origin = "" if p.src_uuid == p.dst_uuid else f" (copy of {p.src_uuid})"
+            state = verb if p.present else "not in the destination"
+            lines.append(f"  {p.dst_uuid}{origin} {p.name!r} ({kind}): {state}")
+        if self.rows:
+            lines.append(f"rows {verb}: " + ", ".join(f"{t} {n}" for t, n in self.rows.items()))
+        if self.objects or self.uploads:
+            lines.append(f"objects {verb}: {len(self.objects)} ({human_bytes(self.bytes)})")
+        if self.uploads:
+            lines.append(f"unfinished uploads {'to abort' if self.dry_run else 'aborted'}: {len(self.uploads)}")
+        if self.objects_left:
+            lines.append(
+                f"kept: {self.objects_left} objects under these projects' prefixes that the migration did not write"
+            )
+        return lines
+
+
+# --- which rows: the migration's plan, recomputed -------------------------------------------------
+
+
+async def recompute_plan(src: AsyncConnection, lister: Lister, settings: MigrationSettings) -> MigrationPlan:
+    """The plan the migration with these settings made (and would make now: see the module's rule)."""
+    roots = [str(u) for u in settings.project_uuids]
+    problems = []
+    if settings.source.owner_user_id is not None:
+        owned = await projects_of_user(src, settings.source.owner_user_id)
+        if not owned:
+            problems.append(f"source user {settings.source.owner_user_id} owns no projects (source.owner_user_id)")
+        roots += [u for u in owned if u not in roots]
+    found = {r[0] for r in await src.execute(text("SELECT uuid FROM projects WHERE uuid = ANY(:u)"), {"u": roots})}
+    problems += [
+        f"source project {u} does not exist: rollback recomputes what the migration wrote from the source project "
+        "(source.project_uuid)"
+        for u in roots
+        if u not in found
+    ]
+    if problems:
+        raise RollbackRefused(problems)
+    graph = await read_graph(src, lister, roots, include_hidden=settings.source.include_hidden)
+    namespaces = None
+    if settings.options.uuid_policy == UuidPolicy.NEW:
+        where = destination_identity(settings.destination.db.describe(), settings.destination.s3.bucket)
+        namespaces = {root: copy_namespace(where, root, settings.options.copy_label) for root in roots}
+    # rollback reads the plan's ids, dates, file ids and keys: the remapped owner/group values do not matter
+    facts = DestinationFacts(
+        owner_id=settings.destination.user_id, owner_gid=0, everyone_gid=None,
+        product_name=settings.destination.product_name, bucket=settings.destination.s3.bucket,
+    )
+    return build_plan(graph, facts, namespaces)
+
+
+def refuse_shared_bucket(settings: MigrationSettings) -> None:
+    src, dst = settings.source.s3, settings.destination.s3
+    if (
+        settings.options.uuid_policy == UuidPolicy.KEEP
+        and src.bucket == dst.bucket
+        and src.endpoint == dst.endpoint
+        and src.region == dst.region
+    ):
+        raise RollbackRefused(
+            f"the destination bucket is the source bucket ({dst.describe()}): with uuid_policy=keep its objects "
+            "are the source project's own"
+        )
+
+
+# --- the rows, in one transaction -----------------------------------------------------------------
+
+
+class RowRemoval(BaseModel):
+    present: list[str] = Field(default_factory=list)  # destination uuids found (and removed)
+    rows: dict[str, int] = Field(default_factory=dict)
+    file_keys: list[str] = Field(default_factory=list)  # objects named by the removed file rows
+    file_prefixes: list[str] = Field(default_factory=list)  # directory entries: every object under these
+
+
+async def remove_rows(
+    dst: AsyncEngine, src: AsyncEngine, plan: MigrationPlan, *, keep_ids: bool, dry_run: bool
+) -> RowRemoval:
+    """Check that the destination holds the plan's projects as the migration left them, and delete
+    every row of them in one transaction (``dry_run``: count them, delete nothing)."""
+    uuids = [p.dst_uuid for p in plan.projects]
+    async with dst.connect() as conn:
+        async with conn.begin():
+            # the lock the insert takes: a migration inserting these projects right now finishes first
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(u)) FROM unnest(CAST(:u AS text[])) AS u ORDER BY u"),
+                {"u": uuids},
+            )
+            metadata = await reflect(conn, PROJECT_TABLES)
+            found = {
+                r.uuid: r
+                for r in await conn.execute(
+                    text("SELECT uuid, name, creation_date, last_change_date FROM projects WHERE uuid = ANY(:u) "
+                         "ORDER BY uuid FOR UPDATE"),
+                    {"u": uuids},
+                )
+            }
+            present = [u for u in uuids if u in found]
+            removal = RowRemoval(present=present)
+            if not present:
+                return removal
+            if keep_ids:
+                await _refuse_same_database(conn, src)
+            inserted = await _insert_times(conn, metadata, present)
+            problems: dict[str, str] = {}  # uuid -> the first reason to refuse it: one line per project
+            for found_problems in (
+                _check_dates(plan, found, inserted),
+                await _changed_since_insert(conn, metadata, {u: inserted[u][0] for u in present if u in inserted}),
+                await _foreign_references(conn, present),
+            ):
+                for uuid, problem in found_problems:
+                    problems.setdefault(uuid, problem)
+            if problems:
+                raise RollbackRefused([problems[u] for u in present if u in problems])
+            await _delete_rows(conn, metadata, present, removal, dry_run=dry_run)
+    return removal
+
+
+async def _refuse_same_database(conn: AsyncConnection, src: AsyncEngine) -> None:
+    """uuid_policy=keep into the source deployment itself: the 'copy' is the original."""
+    key = secrets.randbits(62)
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    async with src.connect() as other, other.begin():
+        free = await other.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key})
+    if not free:
+        raise RollbackRefused(
+            "the destination database is the source database: with uuid_policy=keep the destination projects are "
+            "the source projects themselves"
+        )
+
+
+async def _insert_times(
+    conn: AsyncConnection, metadata: MetaData, uuids: list[str]
+) -> dict[str, tuple[datetime, datetime]]:
+    """uuid -> when the insert transaction ran (with time zone, and as the server writes a ``timestamp``),
+    from the rows the destination stamps itself on insert."""
+    parts = []
+    if "projects_nodes" in metadata.tables:
+        parts.append("SELECT project_uuid AS u, modified AS s FROM projects_nodes WHERE project_uuid = ANY(:u)")
+    if "projects_metadata" in metadata.tables:
+        parts.append("SELECT project_uuid, modified FROM projects_metadata WHERE project_uuid = ANY(:u)")
+    if "project_to_groups" in metadata.tables:
+        parts.append(
+            "SELECT g.project_uuid, g.created FROM project_to_groups g JOIN projects p ON p.uuid = g.project_uuid "
+            "JOIN users o ON o.id = p.prj_owner AND o.primary_gid = g.gid WHERE g.project_uuid = ANY(:u)"
+        )
+    if not parts:
+        return {}
+    rows = await conn.execute(
+        text(f"SELECT u, min(s), min(s)::timestamp FROM ({' UNION ALL '.join(parts)}) AS stamps GROUP BY u"),
+        {"u": uuids},
+    )
+    return {u: (at, local) for u, at, local in rows if at is not None}
+
+
+def _check_dates(
+    plan: MigrationPlan, found: dict[str, SqlRow[Any]], inserted: dict[str, tuple[datetime, datetime]]
+) -> list[tuple[str, str]]:
+    planned = {r["uuid"]: r for r in plan.rows.get("projects", [])}
+    problems = []
+    for project in plan.projects:
+        row = found.get(project.dst_uuid)
+        if row is None:
+            continue
+        label = f"destination project {project.dst_uuid} ({row.name!r})"
+        want = planned[project.dst_uuid]
+        written, now = want.get("last_change_date"), row.last_change_date
+        insert_time = inserted.get(project.dst_uuid)
+        if row.creation_date != want.get("creation_date"):
+            problem = (
+                f"{label} was not inserted by this migration: created {row.creation_date}, the source project "
+                f"{project.src_uuid} was created {want.get('creation_date')}"
+            )
+        elif now == written:
+            continue  # exactly what the migration wrote
+        elif written is not None and now > written:
+            problem = f"{label} was modified after the migration: last changed {now}, the migration wrote {written}"
+        # else the source changed since the migration: did the destination change after the insert?
+        elif insert_time is None:
+            problem = (
+                f"{label}: cannot tell whether it was modified after the migration (the source project changed "
+                f"since: last changed {written}, the destination's {now}; no insert time recorded)"
+            )
+        elif now > insert_time[1]:
+            problem = (
+                f"{label} was modified after the migration: last changed {now}, after the migration inserted it "
+                f"({insert_time[1]})"
+            )
+        else:
+            continue  # the older source value the migration copied
+        problems.append((project.dst_uuid, problem))
+    return problems
+
+
+_CHANGES: dict[str, tuple[str, str, str]] = {
+    # table: (project column, changed since the insert, example)
+    "projects_nodes": ("project_uuid", "r.modified > s.at", "'node ' || min(r.node_id)"),
+    "projects_metadata": ("project_uuid", "r.modified > s.at", "'its metadata'"),
+    "project_to_groups": ("project_uuid", "r.created > s.at OR r.modified > s.at", "'access of group ' || min(r.gid)"),
+    "file_meta_data": ("project_id", "r.created_at > s.at OR r.last_modified > s.at", "'file ' || min(r.file_id)"),
+}
+
+
+async def _changed_since_insert(
+    conn: AsyncConnection, metadata: MetaData, inserted: dict[str, datetime]
+) -> list[tuple[str, str]]:
+    if not inserted:
+        return []
+    parts = [
+        f"SELECT '{table}', r.{column}, count(*), {example} FROM {table} r "
+        f"JOIN stamps s ON s.u = r.{column} WHERE {changed} GROUP BY r.{column}"
+        for table, (column, changed, example) in _CHANGES.items()
+        if table in metadata.tables
+    ]
+    rows = await conn.execute(
+        text(
+            "WITH stamps(u, at) AS (SELECT * FROM unnest(CAST(:u AS varchar[]), CAST(:at AS timestamptz[]))) "
+            + " UNION ALL ".join(parts) + " ORDER BY 2, 1"
+        ),
+        {"u": list(inserted), "at": list(inserted.values())},
+    )
+    return [
+        (uuid, f"destination project {uuid} was modified after the migration: {table} has {n} rows changed since it "
+               f"was inserted (e.g. {example})")
+        for table, uuid, n, example in rows
+    ]
+
+
+async def _foreign_references(conn: AsyncConnection, uuids: list[str]) -> list[tuple[str, str]]:
+    """Rows the migration does not write that point at these projects or their nodes (any foreign key)."""
+    fks = await conn.execute(text(
+        "SELECT n.nspname, c.relname, t.relname, "
+        "array(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY AS u(num, i) "
+        "      JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.num ORDER BY u.i), "
+        "array(SELECT a.attname FROM unnest(k.confkey) WITH ORDINALITY AS u(num, i) "
+        "      JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.num ORDER BY u.i) "
+        "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_class t ON t.oid = k.confrelid "
+        "WHERE k.contype = 'f' AND k.confrelid IN (to_regclass('projects'), to_regclass('projects_nodes')) "
+        "ORDER BY c.relname, k.conname"
+    ))
+    q = conn.dialect.identifier_preparer.quote
+    found: dict[str, list[str]] = {}
+    jobs: set[str] = set()
+    for schema, table, target, columns, target_columns in fks.all():
+        target_key = "uuid" if target == "projects" else "project_uuid"
+        on = " AND ".join(f"x.{q(tc)} = r.{q(c)}" for c, tc in zip(columns, target_columns))
+        own = f" AND NOT r.{q(project_key(table))} = ANY(:u)" if table in PROJECT_TABLES else ""
+        rows = await conn.execute(
+            text(
+                f"SELECT x.{target_key}, count(*) FROM {q(schema)}.{q(table)} r JOIN {q(target)} x ON {on} "
+                f"WHERE x.{target_key} = ANY(:u){own} GROUP BY 1"
+            ),
+            {"u": uuids},
+        )
+        for uuid, n in rows:
+            found.setdefault(uuid, []).append(f"{table}.{columns[0]} {n}")
+            if table == "projects_metadata":
+                jobs.add(uuid)
+    hint = " (hidden job projects of it: give source.include_hidden if the migration moved them)"
+    return [
+        (uuid, f"destination project {uuid} is used by rows the migration did not write: {', '.join(refs)}"
+               f"{hint if uuid in jobs else ''}")
+        for uuid, refs in found.items()
+    ]
+
+
+async def _delete_rows(
+    conn: AsyncConnection, metadata: MetaData, uuids: list[str], removal: RowRemoval, *, dry_run: bool
+) -> None:
+    """Every row of these projects, children first (file_meta_data ... projects). Dry run: the same
+    rows, selected and counted."""
+    file_columns = "file_id, object_name, is_directory, is_soft_link, location_id"
+    for table in reversed(insert_order(metadata)):
+        where = f"WHERE {project_key(table.name)} = ANY(:u)"
+        if table.name == "file_meta_data":
+            sql = (f"SELECT {file_columns} FROM file_meta_data {where}" if dry_run
+                   else f"DELETE FROM file_meta_data {where} RETURNING {file_columns}")
+            files = (await conn.execute(text(sql), {"u": uuids})).all()
+            n = len(files)
+            _collect_file_objects(files, uuids, removal)
+        elif dry_run:
+            n = await conn.scalar(text(f"SELECT count(*) FROM {table.name} {where}"), {"u": uuids})
+        else:
+            n = (await conn.execute(text(f"DELETE FROM {table.name} {where}"), {"u": uuids})).rowcount
+        if n:
+            removal.rows[table.name] = n
+    removal.rows = {t: removal.rows[t] for t in PROJECT_TABLES if t in removal.rows}
+
+
+def _collect_file_objects(files: list[SqlRow[Any]], uuids: list[str], removal: RowRemoval) -> None:
+    prefixes = tuple(f"{u}/" for u in uuids)
+    for row in files:
+        name = row.object_name or row.file_id
+        if row.is_soft_link or str(row.location_id or SIMCORE_LOCATION) != SIMCORE_LOCATION:
+            continue  # a link's target is its own entry's object; other locations are not in the bucket
+        if not name.startswith(prefixes):
+            continue
+        if row.is_directory:
+            removal.file_prefixes.append(name.rstrip("/") + "/")
+        else:
+            removal.file_keys.append(name)
+
+
+# --- the objects ----------------------------------------------------------------------------------
+
+
+async def find_objects(
+    client: Any, bucket: str, plan: MigrationPlan, removal: RowRemoval, retry: Retrier, *, dry_run: bool
+) -> RollbackResult:
+    """What of the migration is in the destination bucket: one listing per project prefix."""
+    prefixes = [f"{p.dst_uuid}/" for p in plan.projects]
+    ours = {c.dst_key for c in plan.copies if c.dst_key.startswith(tuple(prefixes))} | set(removal.file_keys)
+    directories = tuple(removal.file_prefixes)
+    objects: dict[str, int] = {}
+    uploads: list[tuple[str, str]] = []
+    left = 0
+    for prefix in prefixes:
+        listing: dict[str, ObjectState] = await list_prefix(client, bucket, prefix, retry)
+        for key, state in listing.items():
+            if key in ours or (directories and key.startswith(directories)):
+                objects[key] = state.size
+            else:
+                left += 1
+        uploads += [
+            (u["Key"], u["UploadId"]) for u in await list_uploads(client, bucket, prefix, retry)
+            if u["Key"] in ours or (directories and u["Key"].startswith(directories))
+        ]
+    present = set(removal.present)
+    return RollbackResult(
+        dry_run=dry_run,
+        projects=[
+            RollbackProject(src_uuid=p.src_uuid, dst_uuid=p.dst_uuid, name=p.name, hidden=p.hidden,
+                            present=p.dst_uuid in present)
+            for p in plan.projects
+        ],
+        rows=removal.rows,
+        objects=dict(sorted(objects.items())),
+        uploads=uploads,
+        objects_left=left,
+    )
+
+
+async def delete_objects(client: Any, bucket: str, keys: list[str], retry: Retrier) -> int:
+    """Delete ``keys`` with batched DeleteObjects; keys a server reports transient errors for are retried."""
+    deleted = 0
+    for start in range(0, len(keys), DELETE_BATCH):
+        pending = set(keys[start:start + DELETE_BATCH])
+        where = f"delete {len(pending)} objects from s3://{bucket}"
+
+        async def attempt() -> None:
+            batch = sorted(pending)
+            resp = await client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
+            errors = {e["Key"]: e for e in resp.get("Errors", [])}
+            pending.intersection_update(errors)
+            if not errors:
+                return
+            first = next(iter(errors.values()))
+            failure = ClientError({"Error": {"Code": first.get("Code", ""), "Message": first.get("Message", "")}},
+                                  "DeleteObjects")
+            if is_transient(failure):
+                raise failure  # the Retrier tries the keys that failed again
+            raise TransferError(f"{where}: {first['Key']}: {describe_error(failure)} ({len(errors)} keys failed)")
+
+        await retry(where, attempt)
+        deleted += len(keys[start:start + DELETE_BATCH])
+    return deleted
+
+
+async def abort_listed_uploads(client: Any, bucket: str, uploads: list[tuple[str, str]], retry: Retrier) -> int:
+    aborted = 0
+    for key, upload_id in uploads:
+        try:
+            await retry(f"abort upload of {key}",
+                        lambda k=key, u=upload_id: client.abort_multipart_upload(Bucket=bucket, Key=k, UploadId=u))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":  # finished or aborted meanwhile
+                raise TransferError(f"abort upload of {key}: {describe_error(exc)}") from exc
+            continue
+        aborted += 1
+    return aborted

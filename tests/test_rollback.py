@@ -1,0 +1,268 @@
+"""Rollback on real servers (both schemas): a migration's rows and objects removed, and only
+those; refused, with nothing removed, when the destination changed after the migration; a
+rerun is a no-op; migrating again afterwards works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from projmig import steps
+from projmig.insert import project_key
+from projmig.plan import MigrationPlan
+from projmig.rollback import RollbackRefused
+from projmig.s3 import s3_client
+from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
+from projmig.sandbox.simcore import asyncpg_dsn
+from projmig.schema import PROJECT_TABLES
+from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
+
+from .conftest import Simcore
+
+PROJMIG = str(Path(sys.executable).parent / "projmig")
+KiB, MiB = 1024, 1024 * 1024
+
+
+def projmig(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PROJMIG, *args], capture_output=True, text=True, timeout=120)
+
+
+def small(seed: int, **changes: Any) -> SampleSpec:
+    spec = dict(seed=seed, name=f"study {seed}", files=3, file_size=4 * KiB, multipart_size=0, directory_objects=2,
+                directory_object_size=KiB, hidden_children=0, child_files=1, deployment_bound_rows=False,
+                special_names=False)
+    return SampleSpec(**{**spec, **changes})
+
+
+async def migrate(settings: MigrationSettings) -> MigrationPlan:
+    """The migration's steps without Prefect (the flow runs them the same way)."""
+    report = await steps.preflight(settings, probe_write=False)
+    plan = steps.make_plan(await steps.read_project_graph(settings, report), report)
+    _, todo = await steps.compare(settings, plan.copies)
+    await steps.copy_objects(settings, todo)
+    await steps.insert_rows(settings, plan, await steps.verify_objects(settings, plan.copies))
+    return plan
+
+
+async def sql(db: DatabaseSettings, statement: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(asyncpg_dsn(db))
+    try:
+        return await conn.fetch(statement, *args)
+    finally:
+        await conn.close()
+
+
+async def snapshot(db: DatabaseSettings) -> dict[str, list[str]]:
+    """Every row of every table, as sorted JSON text."""
+    conn = await asyncpg.connect(asyncpg_dsn(db))
+    try:
+        tables = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return {t: sorted(r[0] for r in await conn.fetch(f'SELECT row_to_json(t)::text FROM public."{t}" t'))
+                for t in tables}
+    finally:
+        await conn.close()
+
+
+def without(snap: dict[str, list[str]], uuids: set[str]) -> dict[str, list[str]]:
+    """The snapshot minus the rows of these projects in the tables a migration writes."""
+    return {
+        t: [r for r in rows if json.loads(r).get(project_key(t)) not in uuids] if t in PROJECT_TABLES else rows
+        for t, rows in snap.items()
+    }
+
+
+async def keys(s3: S3Settings) -> set[str]:
+    async with s3_client(s3) as client:
+        found: set[str] = set()
+        async for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket):
+            found.update(o["Key"] for o in page.get("Contents", []))
+        return found
+
+
+def write_config(tmp_path: Path, config: dict[str, Any], name: str = "cfg.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+async def test_rollback_removes_that_migration_and_nothing_else(simcore: Simcore, tmp_path: Path) -> None:
+    bob = simcore.source_ids.users["bob"].id
+    a = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(
+        1, multipart_size=6 * MiB, multipart_part_size=5 * MiB, hidden_children=2, soft_link=True,
+        special_names=True, deployment_bound_rows=True))
+    b = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(2))
+    c = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=bob, spec=small(3, hidden_children=1))
+    of_alice = {"owner_user_id": simcore.alice, "include_hidden": True}
+    everything_of_alice = simcore.settings(None, source=of_alice)
+    mine = set(a.all_projects) | {b.uuid}
+    first = await migrate(everything_of_alice)
+    assert {p.dst_uuid for p in first.projects} == mine
+    other = simcore.settings(c.uuid, source={"include_hidden": True})  # another migration, kept
+    await migrate(other)
+    before, objects = await snapshot(simcore.destination_db), await keys(simcore.destination_s3)
+    cfg = write_config(tmp_path, simcore.config(None, source=of_alice))
+
+    dry = projmig("rollback", "--config", cfg, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: would remove 4 projects" in dry.stdout and "nothing was removed" in dry.stdout
+    assert f"objects would remove: {len(a.objects) + len(b.objects)}" in dry.stdout
+    assert await snapshot(simcore.destination_db) == before and await keys(simcore.destination_s3) == objects
+
+    done = projmig("rollback", "--config", cfg)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = sum(1 for t, rs in before.items() if t in PROJECT_TABLES for r in rs if json.loads(r).get(project_key(t)) in mine)
+    assert f"rolled back 4 projects: {rows} rows and {len(a.objects) + len(b.objects)} objects" in done.stdout, done.stdout
+    assert await snapshot(simcore.destination_db) == without(before, mine)  # only these rows went
+    assert await keys(simcore.destination_s3) == objects - set(a.objects) - set(b.objects)
+
+    again = await steps.rollback_migration(everything_of_alice)  # a rerun: nothing left to remove, and it says so
+    assert again.nothing and again.rows == {} and again.objects_removed == 0
+    assert again.headline().startswith(f"nothing to roll back: {a.uuid}") and "not in the destination" in again.headline()
+
+    # migrating again works: the owner-group trigger gives each project its row again, no clash
+    await migrate(everything_of_alice)
+    verified = await steps.verify_migration(everything_of_alice, deep=False)
+    assert verified.equal, [str(d) for d in verified.differences]
+    assert await keys(simcore.destination_s3) == objects
+
+
+async def modify(simcore: Simcore, case: str, sample: SampleProject) -> str:
+    """Change the destination copy of ``sample`` as osparc would; returns the refusal expected."""
+    dst, uuid = simcore.destination_db, sample.uuid
+    carol = simcore.destination_ids.users["carol"]
+    if case == "renamed":
+        await sql(dst, "UPDATE projects SET name = 'renamed', last_change_date = now() WHERE uuid = $1", uuid)
+        return rf"destination project {uuid} \('renamed'\) was modified after the migration: last changed .*, the migration wrote"
+    if case == "node edited":  # the projects_nodes trigger moves last_change_date
+        await sql(dst, "UPDATE projects_nodes SET label = 'edited' WHERE project_uuid = $1 AND node_id = $2", uuid, sample.node_ids[0])
+        return rf"destination project {uuid} .* was modified after the migration: last changed"
+    if case == "file uploaded":  # storage writes file_meta_data only: last_change_date stays
+        await sql(dst, "INSERT INTO file_meta_data (location_id, location, bucket_name, object_name, project_id, node_id, "
+                  "user_id, created_at, file_id, last_modified, file_size) VALUES ('0', 'simcore.s3', $1, $2, $3, $4, $5, "
+                  "now(), $2, now(), 0)", simcore.destination_s3.bucket, f"{uuid}/{sample.node_ids[0]}/new.txt",
+                  uuid, sample.node_ids[0], carol.id)
+        return rf"destination project {uuid} was modified after the migration: file_meta_data has 1 rows changed .*new.txt"
+    if case == "shared":
+        await sql(dst, "INSERT INTO project_to_groups (project_uuid, gid, read) VALUES ($1, $2, true)",
+                  uuid, simcore.destination_ids.everyone_gid)
+        return rf"destination project {uuid} was modified after the migration: project_to_groups has 1 rows changed"
+    if case == "moved to a folder":
+        folder = (await sql(dst, "INSERT INTO folders_v2 (name, product_name, user_id, created_by_gid) "
+                            "VALUES ('f', 'osparc', $1, $2) RETURNING folder_id", carol.id, carol.primary_gid))[0][0]
+        await sql(dst, "INSERT INTO projects_to_folders (project_uuid, folder_id, user_id) VALUES ($1, $2, $3)",
+                  uuid, folder, carol.id)
+        return rf"destination project {uuid} is used by rows the migration did not write: projects_to_folders.project_uuid 1"
+    if case == "not this migration's":
+        await sql(dst, "UPDATE projects SET creation_date = '2020-01-01' WHERE uuid = $1", uuid)
+        return rf"destination project {uuid} .* was not inserted by this migration: created 2020-01-01"
+    raise AssertionError(case)
+
+
+CASES = ["renamed", "node edited", "file uploaded", "shared", "moved to a folder", "not this migration's"]
+
+
+async def test_changed_after_the_migration_is_refused_and_nothing_is_removed(simcore: Simcore, tmp_path: Path) -> None:
+    *samples, parent = await asyncio.gather(*(
+        build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
+                             spec=small(10 + i, directory_objects=0, hidden_children=int(i == len(CASES) + 1)))
+        for i in range(len(CASES) + 2)
+    ))
+    await migrate(simcore.settings(None, source={"project_uuids": [s.uuid for s in samples]}))
+    await migrate(simcore.settings(parent.uuid, source={"include_hidden": True}))
+    expected = {case: await modify(simcore, case, sample) for case, sample in zip(CASES, samples)}
+    before, objects = await snapshot(simcore.destination_db), await keys(simcore.destination_s3)
+
+    for case, sample in zip(CASES, samples):
+        with pytest.raises(RollbackRefused, match=expected[case]) as refused:
+            await steps.rollback_migration(simcore.settings(sample.uuid))
+        assert len(refused.value.problems) == 1 and refused.value.problems[0].endswith("nothing was removed"), case
+    # the hidden job was migrated with the parent: a rollback without include_hidden would orphan it
+    with pytest.raises(RollbackRefused, match=rf"{parent.uuid} is used by rows .*projects_metadata.parent_project_uuid 1\b.*include_hidden"):
+        await steps.rollback_migration(simcore.settings(parent.uuid))
+    # the CLI: one error line, exit 2
+    result = projmig("rollback", "--config", write_config(tmp_path, simcore.config(samples[0].uuid)))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: destination project") and "nothing was removed" in lines[0], lines
+    assert await snapshot(simcore.destination_db) == before and await keys(simcore.destination_s3) == objects
+
+    # one refused project refuses the whole rollback; the unmodified one alone goes
+    both = simcore.settings(None, source={"project_uuids": [samples[0].uuid, samples[-1].uuid]})
+    with pytest.raises(RollbackRefused):
+        await steps.rollback_migration(both)
+    assert await snapshot(simcore.destination_db) == before
+    done = await steps.rollback_migration(simcore.settings(samples[-1].uuid))
+    assert [p.dst_uuid for p in done.removed_projects] == [samples[-1].uuid]
+    assert await snapshot(simcore.destination_db) == without(before, {samples[-1].uuid})
+    done = await steps.rollback_migration(simcore.settings(parent.uuid, source={"include_hidden": True}))
+    assert {p.dst_uuid for p in done.removed_projects} == set(parent.all_projects)
+
+
+async def test_source_changed_since_the_migration(simcore: Simcore) -> None:
+    """The source moved on: the destination's own insert time tells the migration's rows from later changes."""
+    kept, edited = [await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
+                                               spec=small(40 + i, directory_objects=0)) for i in range(2)]
+    await migrate(simcore.settings(None, source={"project_uuids": [kept.uuid, edited.uuid]}))
+    before = await snapshot(simcore.destination_db)
+    # kept: the source changed (a node, so last_change_date; one file deleted, one added) but the destination did not
+    gone = [f for f in kept.file_ids if "/outputs/output_" in f][-1]  # not the soft link's target
+    await sql(simcore.source_db, "UPDATE projects_nodes SET label = 'changed in the source' WHERE project_uuid = $1", kept.uuid)
+    await sql(simcore.source_db, "DELETE FROM file_meta_data WHERE file_id = $1", gone)
+    # edited: changed in the destination first, then in the source: the source's date is later than the destination's
+    await sql(simcore.destination_db, "UPDATE projects_nodes SET label = 'edited' WHERE project_uuid = $1", edited.uuid)
+    await sql(simcore.source_db, "UPDATE projects_nodes SET label = 'changed in the source' WHERE project_uuid = $1", edited.uuid)
+    edited_rows = await snapshot(simcore.destination_db)
+
+    with pytest.raises(RollbackRefused, match=rf"{edited.uuid} .* was modified after the migration: last changed .*, after the migration inserted it"):
+        await steps.rollback_migration(simcore.settings(edited.uuid))
+    assert await snapshot(simcore.destination_db) == edited_rows
+
+    result = await steps.rollback_migration(simcore.settings(kept.uuid))
+    assert [p.dst_uuid for p in result.removed_projects] == [kept.uuid]
+    assert result.objects_removed == len(kept.objects)  # the deleted source file's object too: its row named it
+    assert gone in result.objects
+    remaining = await snapshot(simcore.destination_db)
+    assert without(remaining, {edited.uuid}) == without(before, {kept.uuid, edited.uuid})
+    assert not {k for k in await keys(simcore.destination_s3) if k.startswith(kept.uuid)}
+
+
+async def test_fresh_uuid_copies_roll_back_alone(simcore: Simcore) -> None:
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
+                                        spec=small(50, hidden_children=1, soft_link=True))
+    kept = simcore.settings(sample.uuid, source={"include_hidden": True})
+    copy = simcore.settings(sample.uuid, source={"include_hidden": True}, options={"uuid_policy": "new"})
+    home = simcore.settings(sample.uuid, source={"include_hidden": True}, options={"uuid_policy": "new"},
+                            destination={"db": simcore.source_db, "s3": simcore.source_s3, "user_id": simcore.alice})
+    await migrate(kept)
+    destination, destination_keys = await snapshot(simcore.destination_db), await keys(simcore.destination_s3)
+    source, source_keys = await snapshot(simcore.source_db), await keys(simcore.source_s3)
+    copied = {p.dst_uuid for p in (await migrate(copy)).projects}
+    copied_home = {p.dst_uuid for p in (await migrate(home)).projects}
+    assert len(copied | copied_home | set(sample.all_projects)) == 6
+
+    result = await steps.rollback_migration(copy)
+    assert {p.dst_uuid for p in result.removed_projects} == copied
+    assert {p.src_uuid for p in result.removed_projects} == set(sample.all_projects)
+    assert await snapshot(simcore.destination_db) == destination  # the kept-ids migration untouched
+    assert await keys(simcore.destination_s3) == destination_keys
+
+    result = await steps.rollback_migration(home)  # a copy inside the source deployment: the original stays
+    assert {p.dst_uuid for p in result.removed_projects} == copied_home
+    assert await snapshot(simcore.source_db) == source and await keys(simcore.source_s3) == source_keys
+    assert (await steps.rollback_migration(home)).nothing
+
+    # uuid_policy=keep with the source as destination: the "copy" would be the original itself
+    same_bucket = simcore.settings(sample.uuid, destination={"db": simcore.source_db, "s3": simcore.source_s3})
+    with pytest.raises(RollbackRefused, match="the destination bucket is the source bucket"):
+        await steps.rollback_migration(same_bucket)
+    same_db = simcore.settings(sample.uuid, destination={"db": simcore.source_db})
+    with pytest.raises(RollbackRefused, match="the destination database is the source database"):
+        await steps.rollback_migration(same_db)
+    assert await snapshot(simcore.source_db) == source and await keys(simcore.source_s3) == source_keys
