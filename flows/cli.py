@@ -186,6 +186,8 @@ def print_report(report: MigrationReport) -> None:
         out.print(f"left behind (deployment-bound): {table_name} {n} rows", highlight=False)
     for group in report.dropped_groups:
         out.print(f"dropped group: {group}", highlight=False)
+    for note in report.schema_drift:
+        out.print(f"schema drift: {note}", highlight=False, soft_wrap=True)
     for warning in report.warnings:
         out.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     out.print(report.headline(), highlight=False, soft_wrap=True)

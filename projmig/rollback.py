@@ -151,9 +151,9 @@ class RollbackResult(BaseModel):
             state = verb if p.present else "not in the destination"
             lines.append(f"  {p.dst_uuid}{origin} {p.name!r} ({kind}): {state}")
         if self.rows:
-            lines.append(f"rows {verb}: " + ", ".join(f"{t} {n}" for t, n in self.rows.items()))
+            lines.append(f"{verb} rows: " + ", ".join(f"{t} {n}" for t, n in self.rows.items()))
         if self.objects or self.uploads:
-            lines.append(f"objects {verb}: {len(self.objects)} ({human_bytes(self.bytes)})")
+            lines.append(f"{verb} objects: {len(self.objects)} ({human_bytes(self.bytes)})")
         if self.uploads:
             lines.append(f"unfinished uploads {'to abort' if self.dry_run else 'aborted'}: {len(self.uploads)}")
         if self.objects_left:

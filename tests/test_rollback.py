@@ -112,7 +112,7 @@ async def test_rollback_removes_that_migration_and_nothing_else(simcore: Simcore
     dry = projmig("rollback", "--config", cfg, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "dry run: would remove 4 projects" in dry.stdout and "nothing was removed" in dry.stdout
-    assert f"objects would remove: {len(a.objects) + len(b.objects)}" in dry.stdout
+    assert f"would remove objects: {len(a.objects) + len(b.objects)}" in dry.stdout
     assert await snapshot(simcore.destination_db) == before and await keys(simcore.destination_s3) == objects
 
     done = projmig("rollback", "--config", cfg)
