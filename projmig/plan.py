@@ -128,7 +128,8 @@ def build_plan(
                 if mapped is not None:
                     rows.setdefault(table, []).append(mapped)
         _ensure_owner_access(rows, project.uuid, dest)
-        rows.setdefault("file_meta_data", []).extend(_file_row(entry, project, dest) for entry in project.files)
+        sources = {r["file_id"]: r for r in project.rows.get("file_meta_data", [])}
+        rows.setdefault("file_meta_data", []).extend(_file_row(sources[entry.file_id], entry, dest) for entry in project.files)
         for entry in project.files:
             for obj in entry.objects:
                 copies.setdefault(
@@ -222,8 +223,7 @@ def _ensure_owner_access(rows: dict[str, list[Row]], project_uuid: str, dest: De
     access[:] = kept
 
 
-def _file_row(entry: FileEntry, project: ProjectRecord, dest: DestinationFacts) -> Row:
-    source = next(r for r in project.rows["file_meta_data"] if r["file_id"] == entry.file_id)
+def _file_row(source: Row, entry: FileEntry, dest: DestinationFacts) -> Row:
     row: dict[str, Any] = dict(source)
     row["user_id"] = dest.owner_id
     row["upload_id"] = None
