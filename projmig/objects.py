@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -40,6 +40,7 @@ MiB = 1024 * 1024
 MARKER = "projmig-source-etag"
 MAX_PARTS = 10_000
 MAX_SINGLE_COPY = 5 * 1024 * MiB  # CopyObject's limit
+READ_CHUNK = 1 * MiB  # bytes taken from a response body at once
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,26 @@ def is_multipart_etag(etag: str) -> bool:
 
 def composite_etag(part_md5s: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+
+
+async def read_body(resp: dict[str, Any], size: int) -> tuple[io.BytesIO, int]:
+    """A GET's body and how many bytes it had, read into one buffer of the expected size.
+
+    ``body.read()`` joins the received chunks (a second copy), and a ``bytes`` body is wrapped by
+    botocore in a ``BytesIO`` that aiohttp copies again before sending: a buffer of our own is sent
+    as it is, in 64 KiB writes. A body longer than ``size`` grows the buffer (the caller checks)."""
+    data = io.BytesIO()
+    if size > 0:
+        data.seek(size - 1)
+        data.write(b"\0")
+        data.seek(0)
+    got = 0
+    async with resp["Body"] as body:
+        while chunk := await body.read(READ_CHUNK):
+            data.write(chunk)
+            got += len(chunk)
+    data.seek(0)
+    return data, got
 
 
 async def list_prefix(client: Any, bucket: str, prefix: str, retry: Retrier) -> dict[str, ObjectState]:
@@ -224,22 +245,23 @@ class ObjectCopier:
     async def _copy_whole(self, item: ObjectCopy) -> CopyOutcome:
         await self.budget.acquire(item.size)
         try:
-            async def get() -> tuple[dict[str, Any], bytes]:
+            async def get() -> tuple[dict[str, Any], io.BytesIO, int]:
                 resp = await self.src.get_object(Bucket=self.src_bucket, Key=item.src_key)
-                async with resp["Body"] as body:
-                    return resp, await body.read()
+                data, got = await read_body(resp, item.size)
+                return resp, data, got
 
-            resp, data = await self.retry(f"{item.src_key}: GET", get)
-            _check_unchanged(item, etag_of(resp["ETag"]), len(data))
-            put = await self.retry(
-                f"{item.dst_key}: PUT",
-                lambda: self.dst.put_object(
-                    Bucket=self.dst_bucket, Key=item.dst_key, Body=data, **_carried_headers(resp)
-                ),
-            )
+            resp, data, got = await self.retry(f"{item.src_key}: GET", get)
+            _check_unchanged(item, etag_of(resp["ETag"]), got)
+            headers = _carried_headers(resp)
+
+            async def put() -> dict[str, Any]:
+                data.seek(0)  # a retried PUT sends the body again
+                return await self.dst.put_object(Bucket=self.dst_bucket, Key=item.dst_key, Body=data, **headers)
+
+            put_resp = await self.retry(f"{item.dst_key}: PUT", put)
         finally:
             await self.budget.release(item.size)
-        etag = etag_of(put["ETag"])
+        etag = etag_of(put_resp["ETag"])
         if etag != item.etag:
             await self._discard(item.dst_key)
             raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; removed, rerun to copy again")
@@ -366,71 +388,115 @@ class ObjectCopier:
     ) -> tuple[list[tuple[int, str, bytes]], int, str | None]:
         """Upload the missing parts; returns (number, etag, md5) per part, bytes sent, whole-object MD5.
 
-        With a layout of our own, every part is read (finished ones too) so that the whole-object
-        MD5 can be compared with a single-part source's ETag, hashed in order within a window.
+        ``part_window`` parts are in flight at once; a part's bytes are held in memory (counted in
+        the byte budget) from its GET until its PUT is answered. With a layout of our own, every part
+        is read (finished ones too) so that the whole-object MD5 can be compared with a single-part
+        source's ETag: then a part's bytes are held until all earlier parts are hashed. Parts take
+        their budget in part order, so the part that the hashing waits for always holds its own.
         """
-        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        offsets = [0] * len(sizes)
+        for i in range(1, len(sizes)):
+            offsets[i] = offsets[i - 1] + sizes[i - 1]
         need_bytes = not same_layout
         whole = hashlib.md5() if need_bytes else None
         sent = 0
+        results: dict[int, tuple[str, bytes]] = {}
+        holding: dict[int, int] = {}  # part -> bytes of the budget it holds
+        held: dict[int, io.BytesIO] = {}  # finished parts waiting for the in-order hash
+        next_hash = 1
+        slots = asyncio.Semaphore(self.part_window)
+        failed: list[BaseException] = []
 
-        async def one(number: int) -> tuple[int, str, bytes, bytes | None]:
+        async def free(number: int) -> None:
+            size = holding.pop(number, None)
+            if size is not None:
+                await self.budget.release(size)
+
+        async def hash_in_order() -> None:
+            nonlocal next_hash
+            while next_hash in held:
+                number = next_hash
+                data = held.pop(number)
+                next_hash += 1
+                assert whole is not None
+                with data.getbuffer() as view:
+                    whole.update(view)
+                await free(number)
+
+        async def one(number: int) -> None:
             nonlocal sent
             size, start = sizes[number - 1], offsets[number - 1]
-            if number in done and not need_bytes:
-                return number, done[number], b"", None
             byte_range = f"bytes={start}-{start + size - 1}"
-            await self.budget.acquire(size)
-            hold = False  # the bytes stay in memory until hashed in order
             try:
-                async def get() -> bytes:
+                async def get() -> tuple[io.BytesIO, int]:
                     resp = await self.src.get_object(
                         Bucket=self.src_bucket, Key=item.src_key, Range=byte_range, IfMatch=f'"{item.etag}"'
                     )
-                    async with resp["Body"] as body:
-                        return await body.read()
+                    return await read_body(resp, size)
 
-                data = await self.retry(f"{item.src_key}: GET part {number}", get)
-                if len(data) != size:
-                    raise TransferError(f"{item.src_key}: part {number} returned {len(data)} bytes, expected {size}")
-                md5 = hashlib.md5(data).digest() if need_bytes else b""
+                data, got = await self.retry(f"{item.src_key}: GET part {number}", get)
+                if got != size:
+                    raise TransferError(f"{item.src_key}: part {number} returned {got} bytes, expected {size}")
+                md5 = b""
+                if need_bytes:
+                    with data.getbuffer() as view:
+                        md5 = hashlib.md5(view).digest()
                 if number in done and md5.hex() == done[number]:
-                    hold = need_bytes
-                    return number, done[number], md5, data
-                resp = await self.retry(
-                    f"{item.dst_key}: PUT part {number}",
-                    lambda: self.dst.upload_part(
-                        Bucket=self.dst_bucket, Key=item.dst_key, UploadId=upload_id, PartNumber=number, Body=data,
-                        **({"ContentMD5": base64.b64encode(md5).decode()} if need_bytes else {}),
-                    ),
-                )
-                sent += size
-                self.on_bytes(size)
-                etag = etag_of(resp["ETag"])
-                if need_bytes and etag != md5.hex():
-                    raise TransferError(f"{item.dst_key}: part {number} arrived with ETag {etag}, sent {md5.hex()}")
-                hold = need_bytes
-                return number, etag, md5, data if need_bytes else None
+                    etag = done[number]
+                else:
+                    extra = {"ContentMD5": base64.b64encode(md5).decode()} if need_bytes else {}
+
+                    async def put() -> dict[str, Any]:
+                        data.seek(0)  # a retried PUT sends the part again
+                        return await self.dst.upload_part(
+                            Bucket=self.dst_bucket, Key=item.dst_key, UploadId=upload_id, PartNumber=number,
+                            Body=data, **extra,
+                        )
+
+                    resp = await self.retry(f"{item.dst_key}: PUT part {number}", put)
+                    sent += size
+                    self.on_bytes(size)
+                    etag = etag_of(resp["ETag"])
+                    if need_bytes and etag != md5.hex():
+                        raise TransferError(f"{item.dst_key}: part {number} arrived with ETag {etag}, sent {md5.hex()}")
+                results[number] = (etag, md5)
+                if need_bytes:
+                    held[number] = data
+                    await hash_in_order()
+            except BaseException as exc:
+                failed.append(exc)
+                raise
             finally:
-                if not hold:
-                    await self.budget.release(size)
+                slots.release()
+                if number not in held:
+                    await free(number)
 
-        results: list[tuple[int, str, bytes]] = []
-
-        async def release(result: tuple[int, str, bytes, bytes | None]) -> None:
-            if result[3] is not None:
-                await self.budget.release(sizes[result[0] - 1])
-
-        async def in_order(result: tuple[int, str, bytes, bytes | None]) -> None:
-            number, etag, md5, data = result
-            if whole is not None and data is not None:
-                whole.update(data)
-            await release(result)
-            results.append((number, etag, md5))
-
-        jobs = [lambda n=n: one(n) for n in range(1, len(sizes) + 1)]
-        await _windowed(jobs, self.part_window, in_order, discard=release)
-        return results, sent, whole.hexdigest() if whole is not None else None
+        running: list[asyncio.Task[None]] = []
+        try:
+            for number in range(1, len(sizes) + 1):
+                if failed:
+                    break
+                if number in done and not need_bytes:
+                    results[number] = (done[number], b"")
+                    continue
+                await self.budget.acquire(sizes[number - 1])
+                holding[number] = sizes[number - 1]
+                await slots.acquire()
+                if failed:  # while this part waited, another one failed
+                    break
+                running.append(asyncio.ensure_future(one(number)))
+            await asyncio.gather(*running)
+            if failed:
+                raise failed[0]
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            held.clear()
+            for number in list(holding):
+                await free(number)
+        parts = [(n, *results[n]) for n in range(1, len(sizes) + 1)]
+        return parts, sent, whole.hexdigest() if whole is not None else None
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -443,32 +509,6 @@ class ObjectCopier:
 
     async def _discard(self, key: str) -> None:
         await self.retry(f"{key}: delete", lambda: self.dst.delete_object(Bucket=self.dst_bucket, Key=key))
-
-
-async def _windowed(
-    jobs: list[Callable[[], Awaitable[Any]]],
-    window: int,
-    in_order: Callable[[Any], Awaitable[None]],
-    discard: Callable[[Any], Awaitable[None]],
-) -> None:
-    """Run jobs with at most ``window`` in flight, handing results over in submission order.
-
-    On failure the jobs still in flight are cancelled, and results nobody will consume are
-    handed to ``discard`` (so that what they hold is released)."""
-    pending: deque[asyncio.Task[Any]] = deque()
-    try:
-        for job in jobs:
-            pending.append(asyncio.ensure_future(job()))
-            if len(pending) >= window:
-                await in_order(await pending.popleft())
-        while pending:
-            await in_order(await pending.popleft())
-    finally:
-        for task in pending:
-            task.cancel()
-        for outcome in await asyncio.gather(*pending, return_exceptions=True):
-            if not isinstance(outcome, BaseException):
-                await discard(outcome)
 
 
 def _check_unchanged(item: ObjectCopy, etag: str, size: int) -> None:
