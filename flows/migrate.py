@@ -25,9 +25,10 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 
 from projmig.errors import ConfigError, ProjmigError, TransferError
-from projmig.objects import CopyOutcome, batch_transfers
+from projmig.objects import CopyOutcome, ObjectState, batch_transfers
 from projmig.report import MigrationReport, human_bytes
 from projmig.settings import MigrationOptions, MigrationSettings, UuidPolicy, literal_credentials, resolve_secrets, secret_refs
+from projmig.verify import verified_states
 
 from . import tasks
 from .many import migrate_each
@@ -130,12 +131,10 @@ async def migrate_project(
         return await migrate_each(settings, plan, report, timer, logger)
     keys = {c.dst_key for c in plan.copies}
     try:
-        with timer("copy"):
-            outcomes = await _copy(settings, plan.copies, report, logger)
-        with timer("verify"):
-            verified = await tasks.verify_objects(settings, plan.copies)
+        # timed inside: "copy" (compare + copy task runs), "verify" (the listing after them)
+        outcomes, verified = await _copy_and_verify(settings, plan.copies, report, logger, timer)
         with timer("insert"):
-            inserted = await tasks.insert_rows(settings, quote(plan), verified)
+            inserted = await tasks.insert_rows(settings, quote(plan), quote(verified))
     except ProjmigError as exc:
         if isinstance(exc, TransferError) and exc.transient:
             logger.warning(
@@ -214,26 +213,43 @@ def _copy_runner(options: MigrationOptions, logger: Any) -> Iterator[_CopyRunner
 
 
 async def _copy(settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any) -> list[CopyOutcome]:
+    """Copy what the destination lacks (several projects: flows/many.py verifies per project)."""
     with _copy_runner(settings.options, logger) as runner:
-        return await _copy_on(runner, settings, copies, report, logger)
+        outcomes, _ = await _copy_on(runner, settings, copies, report, logger, _Timer(), strict=False)
+    return outcomes
+
+
+async def _copy_and_verify(
+    settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any, timer: _Timer
+) -> tuple[list[CopyOutcome], dict[str, ObjectState]]:
+    """Copy what the destination lacks, then verify every object: (outcomes, key -> verified state)."""
+    with _copy_runner(settings.options, logger) as runner:
+        return await _copy_on(runner, settings, copies, report, logger, timer)
 
 
 async def _copy_on(
-    runner: _CopyRunner, settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any
-) -> list[CopyOutcome]:
-    """Copy what the destination lacks; then check again, and copy once more what still differs
-    (a cached task result can be stale if someone deleted the objects since)."""
+    runner: _CopyRunner, settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any,
+    timer: _Timer, *, strict: bool = True,
+) -> tuple[list[CopyOutcome], dict[str, ObjectState]]:
+    """Copy what the destination lacks; then list the destination again: that listing verifies every
+    planned object (size and ETag), and what still differs (a cached task result can be stale if
+    someone deleted the objects since) is copied once more. ``strict``: fail if anything still
+    differs after that (VerificationError), else return what is there."""
     opts = settings.options
-    there, todo = await tasks.compare(settings, copies)
+    started = time.monotonic()
+    there, todo = await tasks.compare(settings, quote(copies))
     outcomes = list(there)
     if there:
         logger.info("%d objects (%s) already in the destination", len(there), human_bytes(sum(o.size for o in there)))
     report_total(len(todo), sum(c.size for c, _ in todo))
-    if not todo:
-        return outcomes
+    if not todo:  # that listing, just now, saw every object with its source's size and ETag
+        timer.add("verify", time.monotonic() - started)
+        return outcomes, verified_states(there, [], len(copies))
+    timer.add("copy", time.monotonic() - started)
     progress = await create_progress_artifact(progress=0.0, key="projmig-copy", description="copying objects")
     done_bytes = sum(o.size for o in there)
     for attempt in (1, 2):
+        started = time.monotonic()
         batches = batch_transfers(
             todo, large=opts.multipart_threshold, max_files=opts.batch_max_files, max_bytes=opts.batch_max_bytes
         )
@@ -260,14 +276,20 @@ async def _copy_on(
                 description=f"{len(outcomes) + len(copied)}/{report.objects} objects, "
                 f"{human_bytes(done_bytes)}/{human_bytes(report.bytes_total)} ({pct:.0f}%)",
             )
+        timer.add("copy", time.monotonic() - started)
         if failures:
             raise failures[0]
-        there, todo = await tasks.compare(settings, [c for c, _ in todo])
-        outcomes += [o for o in copied if o.dst_key not in {c.dst_key for c, _ in todo}]
+        with timer("verify"):
+            there, todo = await tasks.compare(settings, quote(copies))
+        differing = {c.dst_key for c, _ in todo}
+        outcomes += [o for o in copied if o.dst_key not in differing]
         if not todo:
             break
-        logger.warning("%d objects still differ from their source after copying: copying them again", len(todo))
-    return outcomes
+        if attempt == 1:
+            logger.warning("%d objects still differ from their source after copying: copying them again", len(todo))
+    if not strict:
+        return outcomes, {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
+    return outcomes, verified_states(there, todo, len(copies))
 
 
 async def _publish(report: MigrationReport) -> None:
@@ -285,4 +307,7 @@ class _Timer:
         try:
             yield
         finally:
-            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.monotonic() - started, 3)
+            self.add(stage, time.monotonic() - started)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + seconds, 3)

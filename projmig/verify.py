@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .errors import VerificationError
 from .graph import read_rows
-from .objects import ObjectState, compare_with_destination
+from .objects import CopyOutcome, ObjectState, compare_with_destination
 from .plan import MigrationPlan, ObjectCopy
 from .s3 import Retrier
 from .schema import GENERATED_COLUMNS, PROJECT_TABLES, reflect
@@ -42,13 +42,20 @@ async def verify_copies(dst: Any, bucket: str, copies: list[ObjectCopy], retry: 
     """Every planned object is in the destination with its source's size and ETag (or projmig's
     marker of the source ETag it was verified against); returns key -> destination state."""
     there, missing = await compare_with_destination(dst, bucket, copies, retry)
+    return verified_states(there, missing, len(copies))
+
+
+def verified_states(
+    there: list[CopyOutcome], missing: list[tuple[ObjectCopy, ObjectState | None]], total: int
+) -> dict[str, ObjectState]:
+    """key -> destination state from a comparison of every planned object; any mismatch fails."""
     if missing:
         shown = ", ".join(
             f"{c.dst_key} ({'missing' if s is None else f'{s.size} bytes, ETag {s.etag}'}; source {c.size} bytes, ETag {c.etag})"
             for c, s in missing[:3]
         )
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise VerificationError(f"{len(missing)} of {len(copies)} objects do not match their source: {shown}{more}")
+        raise VerificationError(f"{len(missing)} of {total} objects do not match their source: {shown}{more}")
     return {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
 
 
