@@ -137,6 +137,11 @@ class RollbackResult(BaseModel):
                 f"({human_bytes(self.bytes)}){uploads}; nothing was removed"
             )
         aborted = f", {self.uploads_aborted} unfinished uploads aborted" if self.uploads_aborted else ""
+        if not n:
+            return (
+                f"rolled back what was left: no project rows (removed before), {self.objects_removed} objects "
+                f"({human_bytes(self.bytes)}) removed{aborted}"
+            )
         return (
             f"rolled back {what}: {rows} rows and {self.objects_removed} objects ({human_bytes(self.bytes)}) "
             f"removed{aborted}"
@@ -512,7 +517,10 @@ async def delete_objects(client: Any, bucket: str, keys: list[str], retry: Retri
                 raise failure  # the Retrier tries the keys that failed again
             raise TransferError(f"{where}: {first['Key']}: {describe_error(failure)} ({len(errors)} keys failed)")
 
-        await retry(where, attempt)
+        try:
+            await retry(where, attempt)
+        except ClientError as exc:  # not worth retrying (e.g. access denied)
+            raise TransferError(f"{where}: {describe_error(exc)}") from exc
         deleted += len(keys[start:start + DELETE_BATCH])
     return deleted
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, TypeVar
 
 from .db import create_engine, open_engine
+from .errors import TransferError
 from .graph import ProjectGraph, read_graph
 from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
 from .objects import (
@@ -244,9 +245,13 @@ async def rollback_objects(settings: MigrationSettings, result: RollbackResult) 
     uploads of the migration's keys."""
     retry = retrier(settings)
     bucket = settings.destination.s3.bucket
-    async with s3_client(settings.destination.s3) as client:
-        removed = await delete_objects(client, bucket, list(result.objects), retry)
-        aborted = await abort_listed_uploads(client, bucket, result.uploads, retry)
+    try:
+        async with s3_client(settings.destination.s3) as client:
+            removed = await delete_objects(client, bucket, list(result.objects), retry)
+            aborted = await abort_listed_uploads(client, bucket, result.uploads, retry)
+    except TransferError as exc:
+        rows = "the rows are removed; " if result.removed_projects and not result.dry_run else ""
+        raise TransferError(f"{exc} ({rows}rerun the rollback to remove the objects left)", transient=exc.transient) from exc
     return result.model_copy(update={"objects_removed": removed, "uploads_aborted": aborted})
 
 
