@@ -19,7 +19,9 @@ inserted, unchanged since:
    fills itself (``projects_nodes.modified`` and ``projects_metadata.modified`` by trigger, the
    owner's ``project_to_groups.created`` by the owner-group trigger). A ``last_change_date`` later
    than that time was written by a change after the migration: refused. Earlier: it is the older
-   source value the migration copied, and the project is the migration's;
+   source value the migration copied, and the project is the migration's. (``last_change_date`` has
+   no time zone: it is compared in the destination server's, the one its trigger writes in; a source
+   clock ahead of the destination's can only make this refuse, never remove a changed project);
 3. nothing else changed after that insert time either: no node, metadata, access right
    (``project_to_groups.created/modified``) or file row (``file_meta_data.created_at/last_modified``)
    is stamped later. A file row the recomputed plan no longer has (deleted in the source since) is
