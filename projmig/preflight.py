@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import alembic_revision, open_engine
@@ -64,8 +65,19 @@ async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True
         if problems:
             raise PreflightError(problems)
 
-        async with engines["source"].connect() as src, engines["destination"].connect() as dst:
-            report = await _check_databases(settings, src, dst, problems)
+        try:
+            async with engines["source"].connect() as src, engines["destination"].connect() as dst:
+                try:
+                    report = await _check_databases(settings, src, dst, problems)
+                except Exception as exc:
+                    if not _connection_lost(exc):
+                        raise
+                    lost = [r for r, c in (("source", src), ("destination", dst)) if c.invalidated]
+                    raise _lost(settings, lost, exc) from exc
+        except Exception as exc:
+            if isinstance(exc, PreflightError) or not _connection_lost(exc):
+                raise
+            raise _lost(settings, [], exc) from exc
         if problems:
             raise PreflightError(problems)
         if probe_write:
@@ -77,6 +89,20 @@ async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True
             if problems:
                 raise PreflightError(problems)
         return report
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, (OSError, TimeoutError)) or isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _lost(settings: MigrationSettings, roles: list[str], exc: BaseException) -> PreflightError:
+    """A database connection lost during the checks: one line per database, not a traceback."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    detail = (str(cause).splitlines() or [type(cause).__name__])[0]
+    return PreflightError([
+        f"{role} database {getattr(settings, role).db.describe()}: connection lost during the checks ({detail}); "
+        "nothing was written" for role in roles or ["source", "destination"]
+    ])
 
 
 async def check_bucket(
