@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from .errors import ProjmigError, TransferError, VerificationError
 from .plan import ObjectCopy
 from .s3 import Retrier, describe_error, error_code, is_transient
+from .s3data import BotoData, DataPath, digest
 
 log = logging.getLogger("projmig.objects")
 
@@ -40,7 +41,6 @@ MiB = 1024 * 1024
 MARKER = "projmig-source-etag"
 MAX_PARTS = 10_000
 MAX_SINGLE_COPY = 5 * 1024 * MiB  # CopyObject's limit
-READ_CHUNK = 1 * MiB  # bytes taken from a response body at once
 
 
 @dataclass(frozen=True)
@@ -83,26 +83,6 @@ def is_multipart_etag(etag: str) -> bool:
 
 def composite_etag(part_md5s: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
-
-
-async def read_body(resp: dict[str, Any], size: int) -> tuple[io.BytesIO, int]:
-    """A GET's body and how many bytes it had, read into one buffer of the expected size.
-
-    ``body.read()`` joins the received chunks (a second copy), and a ``bytes`` body is wrapped by
-    botocore in a ``BytesIO`` that aiohttp copies again before sending: a buffer of our own is sent
-    as it is, in 64 KiB writes. A body longer than ``size`` grows the buffer (the caller checks)."""
-    data = io.BytesIO()
-    if size > 0:
-        data.seek(size - 1)
-        data.write(b"\0")
-        data.seek(0)
-    got = 0
-    async with resp["Body"] as body:
-        while chunk := await body.read(READ_CHUNK):
-            data.write(chunk)
-            got += len(chunk)
-    data.seek(0)
-    return data, got
 
 
 async def list_prefix(client: Any, bucket: str, prefix: str, retry: Retrier) -> dict[str, ObjectState]:
@@ -195,16 +175,25 @@ class ObjectCopier:
         part_concurrency: int = 8,
         memory_limit: int = 128 * MiB,
         on_bytes: Callable[[int], None] | None = None,
+        src_data: DataPath | None = None,
+        dst_data: DataPath | None = None,
+        slots: asyncio.Semaphore | None = None,
+        budget: ByteBudget | None = None,
     ):
+        """``src``/``dst``: aiobotocore clients; ``src_data``/``dst_data``: what GETs and PUTs the
+        bytes (:mod:`projmig.s3data`; default: the clients themselves). ``slots``/``budget``: limits
+        shared with other copiers (default: this copier's own ``concurrency`` and ``memory_limit``)."""
         self.src, self.dst = src, dst
+        self.src_data = src_data or BotoData(src)
+        self.dst_data = dst_data or BotoData(dst)
         self.src_bucket, self.dst_bucket = src_bucket, dst_bucket
         self.retry = retry
         self.server_side = server_side
         self.threshold = multipart_threshold
         self.chunksize = multipart_chunksize
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = slots or asyncio.Semaphore(concurrency)
         self.part_window = part_concurrency
-        self.budget = ByteBudget(memory_limit)
+        self.budget = budget or ByteBudget(memory_limit)
         self.on_bytes = on_bytes or (lambda n: None)
 
     async def copy_all(self, items: list[tuple[ObjectCopy, ObjectState | None]]) -> list[CopyOutcome]:
@@ -245,20 +234,14 @@ class ObjectCopier:
     async def _copy_whole(self, item: ObjectCopy) -> CopyOutcome:
         await self.budget.acquire(item.size)
         try:
-            async def get() -> tuple[dict[str, Any], io.BytesIO, int]:
-                resp = await self.src.get_object(Bucket=self.src_bucket, Key=item.src_key)
-                data, got = await read_body(resp, item.size)
-                return resp, data, got
-
-            resp, data, got = await self.retry(f"{item.src_key}: GET", get)
+            resp, data, got = await self.retry(
+                f"{item.src_key}: GET", lambda: self.src_data.get(self.src_bucket, item.src_key, item.size)
+            )
             _check_unchanged(item, etag_of(resp["ETag"]), got)
             headers = _carried_headers(resp)
-
-            async def put() -> dict[str, Any]:
-                data.seek(0)  # a retried PUT sends the body again
-                return await self.dst.put_object(Bucket=self.dst_bucket, Key=item.dst_key, Body=data, **headers)
-
-            put_resp = await self.retry(f"{item.dst_key}: PUT", put)
+            put_resp = await self.retry(
+                f"{item.dst_key}: PUT", lambda: self.dst_data.put(self.dst_bucket, item.dst_key, data, **headers)
+            )
         finally:
             await self.budget.release(item.size)
         etag = etag_of(put_resp["ETag"])
@@ -412,48 +395,47 @@ class ObjectCopier:
             if size is not None:
                 await self.budget.release(size)
 
+        hashing = asyncio.Lock()  # one part at a time into the whole-object MD5, in part order
+
+        def update(data: io.BytesIO) -> None:
+            assert whole is not None
+            with data.getbuffer() as view:
+                whole.update(view)
+
         async def hash_in_order() -> None:
             nonlocal next_hash
-            while next_hash in held:
-                number = next_hash
-                data = held.pop(number)
-                next_hash += 1
-                assert whole is not None
-                with data.getbuffer() as view:
-                    whole.update(view)
-                await free(number)
+            async with hashing:
+                while next_hash in held:
+                    number = next_hash
+                    data = held.pop(number)
+                    next_hash += 1
+                    await asyncio.to_thread(update, data)  # hashlib releases the GIL: the loop goes on
+                    await free(number)
 
         async def one(number: int) -> None:
             nonlocal sent
             size, start = sizes[number - 1], offsets[number - 1]
             byte_range = f"bytes={start}-{start + size - 1}"
             try:
-                async def get() -> tuple[io.BytesIO, int]:
-                    resp = await self.src.get_object(
-                        Bucket=self.src_bucket, Key=item.src_key, Range=byte_range, IfMatch=f'"{item.etag}"'
-                    )
-                    return await read_body(resp, size)
-
-                data, got = await self.retry(f"{item.src_key}: GET part {number}", get)
+                _, data, got = await self.retry(
+                    f"{item.src_key}: GET part {number}",
+                    lambda: self.src_data.get(
+                        self.src_bucket, item.src_key, size, byte_range=byte_range, if_match=f'"{item.etag}"'
+                    ),
+                )
                 if got != size:
                     raise TransferError(f"{item.src_key}: part {number} returned {got} bytes, expected {size}")
-                md5 = b""
-                if need_bytes:
-                    with data.getbuffer() as view:
-                        md5 = hashlib.md5(view).digest()
+                md5 = await digest("md5", data) if need_bytes else b""
                 if number in done and md5.hex() == done[number]:
                     etag = done[number]
                 else:
-                    extra = {"ContentMD5": base64.b64encode(md5).decode()} if need_bytes else {}
-
-                    async def put() -> dict[str, Any]:
-                        data.seek(0)  # a retried PUT sends the part again
-                        return await self.dst.upload_part(
-                            Bucket=self.dst_bucket, Key=item.dst_key, UploadId=upload_id, PartNumber=number,
-                            Body=data, **extra,
-                        )
-
-                    resp = await self.retry(f"{item.dst_key}: PUT part {number}", put)
+                    content_md5 = base64.b64encode(md5).decode() if need_bytes else None
+                    resp = await self.retry(
+                        f"{item.dst_key}: PUT part {number}",
+                        lambda: self.dst_data.upload_part(
+                            self.dst_bucket, item.dst_key, upload_id, number, data, content_md5=content_md5
+                        ),
+                    )
                     sent += size
                     self.on_bytes(size)
                     etag = etag_of(resp["ETag"])

@@ -7,10 +7,13 @@ worker, a rerun after a crash) and its inputs stay hashable and free of live obj
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, TypeVar
 
@@ -19,6 +22,7 @@ from .errors import TransferError
 from .graph import ProjectGraph, read_graph
 from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
 from .objects import (
+    ByteBudget,
     CopyOutcome,
     ObjectCopier,
     ObjectState,
@@ -38,6 +42,7 @@ from .rollback import (
     remove_rows,
 )
 from .s3 import Retrier, s3_client
+from .s3data import DataPath, data_path
 from .settings import MigrationSettings, UuidPolicy, resolve_secrets
 from .verify import Difference, VerifyReport, compare_objects_sha256, compare_rows, verify_copies
 
@@ -119,24 +124,102 @@ async def copy_objects(
     share: int = 1,
     on_bytes: Callable[[int], None] | None = None,
 ) -> list[CopyOutcome]:
-    """Copy ``items``; ``share``: how many of these calls run at once (they split the limits)."""
+    """Copy ``items``. Inside :func:`shared_copy` (same settings, same event loop) the call uses its
+    clients and limits; else its own, with ``share``: how many such calls run at once (they split
+    the limits)."""
     opts = settings.options
-    async with _clients(settings) as (src, dst):
-        copier = ObjectCopier(
-            src,
-            dst,
-            settings.source.s3.bucket,
-            settings.destination.s3.bucket,
-            retry=retrier(settings),
-            server_side=settings.source.s3.same_endpoint_as(settings.destination.s3),
-            multipart_threshold=opts.multipart_threshold,
-            multipart_chunksize=opts.multipart_chunksize,
+    shared = _shared_copy.get()
+    if shared is not None and shared.serves(settings):
+        return await shared.copier(settings, on_bytes).copy_all(items)
+    lean = opts.s3_data_client == "lean"
+    pool = max(opts.copy_concurrency // share, opts.part_concurrency) + 4
+    async with (
+        _clients(settings) as (src, dst),
+        data_path(settings.source.s3, src, lean=lean, max_connections=pool) as src_data,
+        data_path(settings.destination.s3, dst, lean=lean, max_connections=pool) as dst_data,
+    ):
+        copier = _copier(
+            settings, src, dst, src_data, dst_data, on_bytes,
             concurrency=max(1, opts.copy_concurrency // share),
-            part_concurrency=opts.part_concurrency,
             memory_limit=max(opts.multipart_chunksize, opts.memory_limit // share),
-            on_bytes=on_bytes,
         )
         return await copier.copy_all(items)
+
+
+def _copier(
+    settings: MigrationSettings, src: Any, dst: Any, src_data: DataPath, dst_data: DataPath,
+    on_bytes: Callable[[int], None] | None, **limits: Any,
+) -> ObjectCopier:
+    opts = settings.options
+    return ObjectCopier(
+        src,
+        dst,
+        settings.source.s3.bucket,
+        settings.destination.s3.bucket,
+        retry=retrier(settings),
+        server_side=settings.source.s3.same_endpoint_as(settings.destination.s3),
+        multipart_threshold=opts.multipart_threshold,
+        multipart_chunksize=opts.multipart_chunksize,
+        part_concurrency=opts.part_concurrency,
+        on_bytes=on_bytes,
+        src_data=src_data,
+        dst_data=dst_data,
+        **limits,
+    )
+
+
+@dataclass
+class _SharedCopy:
+    settings: MigrationSettings
+    loop: asyncio.AbstractEventLoop
+    src: Any
+    dst: Any
+    src_data: DataPath
+    dst_data: DataPath
+    slots: asyncio.Semaphore
+    budget: ByteBudget
+
+    def serves(self, settings: MigrationSettings) -> bool:
+        mine = self.settings
+        return (
+            asyncio.get_running_loop() is self.loop
+            and settings.source.s3 == mine.source.s3
+            and settings.destination.s3 == mine.destination.s3
+            and settings.options == mine.options
+        )
+
+    def copier(self, settings: MigrationSettings, on_bytes: Callable[[int], None] | None) -> ObjectCopier:
+        return _copier(settings, self.src, self.dst, self.src_data, self.dst_data, on_bytes,
+                       slots=self.slots, budget=self.budget)
+
+
+_shared_copy: ContextVar[_SharedCopy | None] = ContextVar("projmig_shared_copy", default=None)
+
+
+@asynccontextmanager
+async def shared_copy(settings: MigrationSettings) -> AsyncIterator[None]:
+    """Let the :func:`copy_objects` calls awaited in this block, in this event loop (the concurrent
+    copy task runs of a flow), share one pair of clients, one connection pool per side and the
+    limits (``copy_concurrency`` objects, ``memory_limit`` bytes, across all of them): a batch that
+    finishes late gets every free slot instead of its share, and no call opens clients of its own."""
+    settings = resolve_secrets(settings)
+    opts = settings.options
+    lean = opts.s3_data_client == "lean"
+    pool = max(opts.copy_concurrency, opts.part_concurrency) + 4
+    async with (
+        s3_client(settings.source.s3, max_connections=pool) as src,
+        s3_client(settings.destination.s3, max_connections=pool) as dst,
+        data_path(settings.source.s3, src, lean=lean, max_connections=pool) as src_data,
+        data_path(settings.destination.s3, dst, lean=lean, max_connections=pool) as dst_data,
+    ):
+        token = _shared_copy.set(_SharedCopy(
+            settings=settings, loop=asyncio.get_running_loop(), src=src, dst=dst, src_data=src_data,
+            dst_data=dst_data, slots=asyncio.Semaphore(opts.copy_concurrency), budget=ByteBudget(opts.memory_limit),
+        ))
+        try:
+            yield
+        finally:
+            _shared_copy.reset(token)
 
 
 @_resolving

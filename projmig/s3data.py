@@ -1,0 +1,282 @@
+"""The three calls that move object bytes: GET an object (or a byte range), PUT an object, PUT a part.
+
+Two implementations of the same calls, chosen per side by :func:`data_path`:
+
+- :class:`BotoData`: aiobotocore, for every provider (AWS's virtual-hosted addressing included).
+- :class:`LeanData`: aiohttp with a SigV4 signature of our own, for path-style endpoints (MinIO,
+  Ceph, SeaweedFS: ``provider`` other than AWS, ``endpoint`` given). botocore spends ~1.2 ms of CPU
+  per request in its generic machinery (event hooks, serialisation, endpoint rules, user agent,
+  response parsing); this path ~0.3 ms, which is what bounds the copy of many small objects
+  (measured here: 1,000 objects of 64 KiB, 3.2 s -> 0.9 s of client CPU).
+
+Both return the same botocore-shaped answers (``ETag``, ``ContentLength``, ``ContentType``, ...,
+``Metadata``) and fail the same way: an S3 error reply is a botocore ``ClientError`` with the reply's
+code, message and HTTP status; a cut connection an aiohttp error. So retries
+(:class:`projmig.s3.Retrier`), error messages and the resume logic do not depend on the path.
+Everything else (listings, HEAD, multipart create/complete/abort, server-side copy) stays botocore.
+
+Bodies are read into one preallocated buffer of the expected size and sent from it as they are
+(``io.BytesIO``, written in 64 KiB pieces): ``body.read()`` would join the received chunks (a
+second copy) and botocore's ``BytesIO`` around a ``bytes`` body is copied again by aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+from xml.etree import ElementTree
+
+import aiohttp
+from botocore.exceptions import ClientError
+from yarl import URL
+
+from .settings import Provider, S3Settings, _reveal
+
+MiB = 1024 * 1024
+READ_CHUNK = 1 * MiB  # bytes taken from a response body at once
+OFF_LOOP = 1 * MiB  # hash bodies at least this large in a worker thread (the event loop keeps going)
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+CARRIED = {  # botocore name -> header, for the headers a copy carries over
+    "ContentType": "content-type",
+    "ContentEncoding": "content-encoding",
+    "ContentDisposition": "content-disposition",
+    "CacheControl": "cache-control",
+}
+
+
+class DataPath(Protocol):
+    async def get(
+        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None
+    ) -> tuple[dict[str, Any], io.BytesIO, int]:
+        """(answer headers, body, bytes received): the body in a buffer of ``size`` bytes."""
+
+    async def put(self, bucket: str, key: str, body: io.BytesIO, **headers: Any) -> dict[str, Any]:
+        """PutObject; ``headers`` in botocore's names (ContentType, ..., Metadata)."""
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, body: io.BytesIO, *, content_md5: str | None = None
+    ) -> dict[str, Any]: ...
+
+
+async def read_body(body: Any, size: int) -> tuple[io.BytesIO, int]:
+    """A response body and how many bytes it had, read into one buffer of the expected size
+    (a body longer than ``size`` grows the buffer: the caller checks the count)."""
+    data = io.BytesIO()
+    if size > 0:
+        data.seek(size - 1)
+        data.write(b"\0")
+        data.seek(0)
+    got = 0
+    while chunk := await body.read(READ_CHUNK):
+        data.write(chunk)
+        got += len(chunk)
+    data.seek(0)
+    return data, got
+
+
+async def digest(algorithm: str, data: io.BytesIO) -> bytes:
+    """md5/sha256 of a buffer; a large one in a worker thread (hashlib releases the GIL)."""
+    def run() -> bytes:
+        with data.getbuffer() as view:
+            return hashlib.new(algorithm, view).digest()
+
+    if len(data.getbuffer()) >= OFF_LOOP:
+        return await asyncio.to_thread(run)
+    return run()
+
+
+class BotoData:
+    """The data calls through an aiobotocore client."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    async def get(
+        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None
+    ) -> tuple[dict[str, Any], io.BytesIO, int]:
+        extra = {k: v for k, v in (("Range", byte_range), ("IfMatch", if_match)) if v}
+        resp = await self.client.get_object(Bucket=bucket, Key=key, **extra)
+        async with resp["Body"] as body:
+            data, got = await read_body(body, size)
+        return resp, data, got
+
+    async def put(self, bucket: str, key: str, body: io.BytesIO, **headers: Any) -> dict[str, Any]:
+        body.seek(0)  # a retried call sends the body again
+        return await self.client.put_object(Bucket=bucket, Key=key, Body=body, **headers)
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, body: io.BytesIO, *, content_md5: str | None = None
+    ) -> dict[str, Any]:
+        body.seek(0)
+        extra = {"ContentMD5": content_md5} if content_md5 else {}
+        return await self.client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body, **extra
+        )
+
+
+def lean_possible(settings: S3Settings) -> bool:
+    """Path-style addressing at an explicit endpoint: what LeanData speaks."""
+    return bool(settings.endpoint) and settings.provider != Provider.AWS
+
+
+class LeanData:
+    """The data calls over aiohttp, signed with AWS Signature Version 4 (path-style addressing).
+
+    Over http the payload is signed (its SHA-256), as botocore does; over https it is sent as
+    ``UNSIGNED-PAYLOAD``, as botocore does for streamed bodies (TLS protects it)."""
+
+    def __init__(self, settings: S3Settings, http: aiohttp.ClientSession):
+        assert settings.endpoint
+        parts = urlsplit(settings.endpoint)
+        default_port = {"http": 80, "https": 443}[parts.scheme]
+        self.host = parts.hostname or ""
+        if ":" in self.host:  # an IPv6 literal
+            self.host = f"[{self.host}]"
+        if parts.port and parts.port != default_port:
+            self.host += f":{parts.port}"
+        self.base = f"{parts.scheme}://{self.host}{parts.path.rstrip('/')}"
+        self.prefix = parts.path.rstrip("/")
+        self.sign_payload = parts.scheme == "http"
+        self.region = settings.region
+        self.access_key = _reveal(settings.access_key, "access_key")
+        self._secret = _reveal(settings.secret_key, "secret_key")
+        self._keys: dict[str, bytes] = {}
+        self.http = http
+
+    # -- the calls ------------------------------------------------------------------------------
+
+    async def get(
+        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None
+    ) -> tuple[dict[str, Any], io.BytesIO, int]:
+        headers = {k: v for k, v in (("range", byte_range), ("if-match", if_match)) if v}
+        url, signed = self._signed("GET", bucket, key, {}, headers, EMPTY_SHA256)
+        async with self.http.get(url, headers=signed) as resp:
+            if resp.status not in (200, 206):
+                raise await _client_error(resp, "GetObject")
+            answer = _answer(resp)
+            data, got = await read_body(resp.content, size)
+        return answer, data, got
+
+    async def put(self, bucket: str, key: str, body: io.BytesIO, **headers: Any) -> dict[str, Any]:
+        fields = {name: str(headers[field]) for field, name in CARRIED.items() if headers.get(field)}
+        for meta, value in (headers.get("Metadata") or {}).items():
+            fields[f"x-amz-meta-{meta.lower()}"] = str(value)
+        return await self._send("PUT", "PutObject", bucket, key, {}, fields, body)
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, body: io.BytesIO, *, content_md5: str | None = None
+    ) -> dict[str, Any]:
+        query = {"partNumber": str(number), "uploadId": upload_id}
+        fields = {"content-md5": content_md5} if content_md5 else {}
+        return await self._send("PUT", "UploadPart", bucket, key, query, fields, body)
+
+    async def _send(
+        self, method: str, operation: str, bucket: str, key: str, query: dict[str, str], headers: dict[str, str],
+        body: io.BytesIO,
+    ) -> dict[str, Any]:
+        body.seek(0)  # a retried call sends the body again
+        payload = (await digest("sha256", body)).hex() if self.sign_payload else "UNSIGNED-PAYLOAD"
+        url, signed = self._signed(method, bucket, key, query, headers, payload)
+        async with self.http.request(method, url, headers=signed, data=body) as resp:
+            if resp.status != 200:
+                raise await _client_error(resp, operation)
+            await resp.read()
+            return _answer(resp)
+
+    # -- signature ------------------------------------------------------------------------------
+
+    def _signed(
+        self, method: str, bucket: str, key: str, query: dict[str, str], headers: dict[str, str], payload: str
+    ) -> tuple[URL, dict[str, str]]:
+        path = f"{self.prefix}/{bucket}/{quote(key, safe='/~')}"
+        canonical_query = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
+        )
+        now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        fields = {**{k.lower(): v for k, v in headers.items()}, "x-amz-date": now, "x-amz-content-sha256": payload}
+        names = sorted([*fields, "host"])
+        values = {**fields, "host": self.host}
+        canonical_headers = "".join(f"{n}:{' '.join(str(values[n]).split())}\n" for n in names)
+        signed_headers = ";".join(names)
+        request = "\n".join((method, path, canonical_query, canonical_headers, signed_headers, payload))
+        scope = f"{now[:8]}/{self.region}/s3/aws4_request"
+        to_sign = "\n".join(("AWS4-HMAC-SHA256", now, scope, hashlib.sha256(request.encode()).hexdigest()))
+        signature = hmac.new(self._key(now[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
+        fields["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, SignedHeaders={signed_headers}, "
+            f"Signature={signature}"
+        )
+        url = f"{self.base}/{bucket}/{quote(key, safe='/~')}" + (f"?{canonical_query}" if canonical_query else "")
+        return URL(url, encoded=True), fields
+
+    def _key(self, day: str) -> bytes:
+        key = self._keys.get(day)
+        if key is None:
+            key = f"AWS4{self._secret}".encode()
+            for part in (day, self.region, "s3", "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._keys = {day: key}
+        return key
+
+
+def _answer(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    """A reply's headers under botocore's names."""
+    headers = resp.headers
+    answer: dict[str, Any] = {"ResponseMetadata": {"HTTPStatusCode": resp.status}}
+    if "ETag" in headers:
+        answer["ETag"] = headers["ETag"]
+    if "Content-Length" in headers:
+        answer["ContentLength"] = int(headers["Content-Length"])
+    for field, name in CARRIED.items():
+        if name in headers:
+            answer[field] = headers[name]
+    metadata = {k[11:].lower(): v for k, v in headers.items() if k.lower().startswith("x-amz-meta-")}
+    if metadata:
+        answer["Metadata"] = metadata
+    return answer
+
+
+async def _client_error(resp: aiohttp.ClientResponse, operation: str) -> ClientError:
+    """An S3 error reply as botocore reports it: code and message from the XML body, else the status."""
+    code, message = str(resp.status), resp.reason or ""
+    try:
+        body = await resp.read()
+    except aiohttp.ClientError:
+        body = b""
+    if body:
+        try:
+            root = ElementTree.fromstring(body)
+            code = root.findtext("Code") or code
+            message = root.findtext("Message") or message
+        except ElementTree.ParseError:
+            pass
+    metadata = {
+        "HTTPStatusCode": resp.status,
+        "HTTPHeaders": {k.lower(): v for k, v in resp.headers.items()},
+        "RequestId": resp.headers.get("x-amz-request-id", ""),
+    }
+    return ClientError({"Error": {"Code": code, "Message": message}, "ResponseMetadata": metadata}, operation)
+
+
+@asynccontextmanager
+async def data_path(
+    settings: S3Settings, client: Any, *, lean: bool = True, max_connections: int = 32, connect_timeout: float = 10.0,
+    read_timeout: float = 120.0,
+) -> AsyncIterator[DataPath]:
+    """The data calls for one side: LeanData where possible (and ``lean``), else ``client``'s."""
+    if not (lean and lean_possible(settings)):
+        yield BotoData(client)
+        return
+    connector = aiohttp.TCPConnector(limit=max_connections)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers={"Content-Type"},
+    ) as http:
+        yield LeanData(settings, http)
