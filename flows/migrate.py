@@ -12,8 +12,10 @@ Run it locally::
 
 from __future__ import annotations
 
+import asyncio
 import time
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 from uuid import UUID
@@ -24,6 +26,7 @@ from prefect.blocks.system import Secret
 from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 
+from projmig import steps
 from projmig.errors import ConfigError, ProjmigError, TransferError
 from projmig.objects import CopyOutcome, ObjectState, batch_transfers
 from projmig.report import MigrationReport, human_bytes
@@ -167,12 +170,19 @@ async def migrate_project(
 
 def _refuse_pasted_credentials(settings: MigrationSettings) -> None:
     """A deployment's parameters are stored and shown by Prefect: credentials there must be references."""
+    pasted = literal_credentials(settings)
+    if not pasted:
+        return
+    from prefect.context import FlowRunContext
     from prefect.runtime import deployment
 
-    if deployment.id is None:
-        return
-    pasted = literal_credentials(settings)
-    if pasted:
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        # the run in hand says it (prefect.runtime.deployment.id reads the run again from the API)
+        deployment_id = context.flow_run.deployment_id
+    else:
+        deployment_id = deployment.id
+    if deployment_id is not None:
         raise ConfigError([
             f"{where}: a deployment's parameters are stored and shown by Prefect; give this credential as "
             '{"env": "NAME"} or {"prefect_secret": "block-name"}, not as a value'
@@ -182,17 +192,18 @@ def _refuse_pasted_credentials(settings: MigrationSettings) -> None:
 
 @dataclass
 class _CopyRunner:
-    submit: Callable[..., Any]  # (task, **parameters) -> PrefectFuture
+    submit: Callable[..., Any] | None  # (task, **parameters) -> PrefectFuture; None: in the flow's event loop
     remote: bool  # task runs in other processes: their byte counts do not reach this process's listeners
 
 
 @contextmanager
 def _copy_runner(options: MigrationOptions, logger: Any) -> Iterator[_CopyRunner]:
-    """Where copy task runs execute: the flow's own task runner (threads), or a Dask cluster
+    """Where copy task runs execute: in the flow's process, concurrently in its event loop (sharing
+    one pair of clients and the copy limits: ``steps.shared_copy``), or on a Dask cluster
     (``options.task_runner = "dask"``: a running scheduler at ``dask_address``, else a local cluster of
     ``dask_workers`` processes, started at the first submitted task and stopped with the flow run)."""
     if options.task_runner != "dask":
-        yield _CopyRunner(submit=lambda task, **parameters: task.submit(**parameters), remote=False)
+        yield _CopyRunner(submit=None, remote=False)
         return
     try:
         from prefect_dask import DaskTaskRunner
@@ -257,25 +268,20 @@ async def _copy_on(
         logger.info("copying %d objects (%s) in %d task runs", len(todo), human_bytes(sum(c.size for c, _ in todo)), len(batches))
         share = min(opts.task_concurrency, len(batches))
         copy_task = tasks.copy_objects if attempt == 1 else tasks.copy_objects.with_options(refresh_cache=True)
-        futures = [runner.submit(copy_task, settings=settings, batch=batch, share=share) for batch in batches]
         failures: list[BaseException] = []
         copied: list[CopyOutcome] = []
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except BaseException as exc:  # keep waiting for the others: what they copy is kept
-                failures.append(exc)
-                continue
-            copied += result
-            done_bytes += sum(o.size for o in result)
-            if runner.remote:
-                report_bytes(sum(o.size for o in result))
-            pct = 100.0 * done_bytes / max(1, report.bytes_total)
-            await update_progress_artifact(
-                progress, progress=pct,
-                description=f"{len(outcomes) + len(copied)}/{report.objects} objects, "
-                f"{human_bytes(done_bytes)}/{human_bytes(report.bytes_total)} ({pct:.0f}%)",
-            )
+        async with aclosing(_run_copies(runner, copy_task, settings, batches, share, failures)) as finished:
+            async for result in finished:
+                copied += result
+                done_bytes += sum(o.size for o in result)
+                if runner.remote:
+                    report_bytes(sum(o.size for o in result))
+                pct = 100.0 * done_bytes / max(1, report.bytes_total)
+                await update_progress_artifact(
+                    progress, progress=pct,
+                    description=f"{len(outcomes) + len(copied)}/{report.objects} objects, "
+                    f"{human_bytes(done_bytes)}/{human_bytes(report.bytes_total)} ({pct:.0f}%)",
+                )
         timer.add("copy", time.monotonic() - started)
         if failures:
             raise failures[0]
@@ -290,6 +296,40 @@ async def _copy_on(
     if not strict:
         return outcomes, {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
     return outcomes, verified_states(there, todo, len(copies))
+
+
+async def _run_copies(
+    runner: _CopyRunner, copy_task: Any, settings: MigrationSettings, batches: list, share: int,
+    failures: list[BaseException],
+) -> AsyncIterator[list[CopyOutcome]]:
+    """Each copy task run's outcomes as it finishes; failures are collected, not raised, so that
+    what the other task runs copy is kept."""
+    if runner.submit is not None:
+        futures = [runner.submit(copy_task, settings=settings, batch=batch, share=share) for batch in batches]
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BaseException as exc:
+                failures.append(exc)
+        return
+    runs = asyncio.Semaphore(settings.options.task_concurrency)
+
+    async def one(batch: list) -> list[CopyOutcome]:
+        async with runs:
+            return await copy_task(settings=settings, batch=batch, share=share)
+
+    async with steps.shared_copy(settings):
+        pending = [asyncio.ensure_future(one(batch)) for batch in batches]
+        try:
+            for next_done in asyncio.as_completed(pending):
+                try:
+                    yield await next_done
+                except Exception as exc:
+                    failures.append(exc)
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _publish(report: MigrationReport) -> None:
