@@ -117,7 +117,11 @@ async def migrate_project(
     if checked.already_migrated:
         logger.info("already in the destination from an earlier run: %s", ", ".join(checked.already_migrated))
     with timer("graph"):
-        graph = await tasks.read_graph(settings, checked)
+        # the destination is listed while the source graph is read (each side's servers at once)
+        listing = None if settings.options.dry_run else tasks.list_destination(
+            settings, steps.destination_prefixes(checked)
+        )
+        graph, listed = await asyncio.gather(tasks.read_graph(settings, checked), listing or _none())
         plan = tasks.plan(quote(graph), checked)
     for line in plan.summary_lines():
         logger.info(line)
@@ -135,7 +139,7 @@ async def migrate_project(
     keys = {c.dst_key for c in plan.copies}
     try:
         # timed inside: "copy" (compare + copy task runs), "verify" (the listing after them)
-        outcomes, verified = await _copy_and_verify(settings, plan.copies, report, logger, timer)
+        outcomes, verified = await _copy_and_verify(settings, plan.copies, report, logger, timer, listed)
         with timer("insert"):
             inserted = await tasks.insert_rows(settings, quote(plan), quote(verified))
     except ProjmigError as exc:
@@ -231,16 +235,22 @@ async def _copy(settings: MigrationSettings, copies: list, report: MigrationRepo
 
 
 async def _copy_and_verify(
-    settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any, timer: _Timer
+    settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any, timer: _Timer,
+    listed: dict[str, dict[str, ObjectState]] | None = None,
 ) -> tuple[list[CopyOutcome], dict[str, ObjectState]]:
-    """Copy what the destination lacks, then verify every object: (outcomes, key -> verified state)."""
+    """Copy what the destination lacks, then verify every object: (outcomes, key -> verified state).
+    ``listed``: the destination's listings taken in this run before (what is there already)."""
     with _copy_runner(settings.options, logger) as runner:
-        return await _copy_on(runner, settings, copies, report, logger, timer)
+        return await _copy_on(runner, settings, copies, report, logger, timer, listed=listed)
+
+
+async def _none() -> None:
+    return None
 
 
 async def _copy_on(
     runner: _CopyRunner, settings: MigrationSettings, copies: list, report: MigrationReport, logger: Any,
-    timer: _Timer, *, strict: bool = True,
+    timer: _Timer, *, strict: bool = True, listed: dict[str, dict[str, ObjectState]] | None = None,
 ) -> tuple[list[CopyOutcome], dict[str, ObjectState]]:
     """Copy what the destination lacks; then list the destination again: that listing verifies every
     planned object (size and ETag), and what still differs (a cached task result can be stale if
@@ -248,12 +258,12 @@ async def _copy_on(
     differs after that (VerificationError), else return what is there."""
     opts = settings.options
     started = time.monotonic()
-    there, todo = await tasks.compare(settings, quote(copies))
+    there, todo = await tasks.compare(settings, quote(copies), quote(listed))
     outcomes = list(there)
     if there:
         logger.info("%d objects (%s) already in the destination", len(there), human_bytes(sum(o.size for o in there)))
     report_total(len(todo), sum(c.size for c, _ in todo))
-    if not todo:  # that listing, just now, saw every object with its source's size and ETag
+    if not todo:  # that listing, taken in this run, saw every object with its source's size and ETag
         timer.add("verify", time.monotonic() - started)
         return outcomes, verified_states(there, [], len(copies))
     timer.add("copy", time.monotonic() - started)

@@ -43,11 +43,16 @@ def plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
     return steps.make_plan(graph, report)
 
 
+@task(name="list-destination", cache_policy=NONE)
+async def list_destination(settings: MigrationSettings, prefixes: list[str]) -> dict[str, dict[str, ObjectState]]:
+    return await steps.list_destination(settings, prefixes)
+
+
 @task(name="compare-destination", cache_policy=NONE)
 async def compare(
-    settings: MigrationSettings, copies: list[ObjectCopy]
+    settings: MigrationSettings, copies: list[ObjectCopy], listed: dict[str, dict[str, ObjectState]] | None = None
 ) -> tuple[list[CopyOutcome], Batch]:
-    return await steps.compare(settings, copies)
+    return await steps.compare(settings, copies, listed)
 
 
 def copy_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

@@ -516,16 +516,21 @@ def _named(item: ObjectCopy, exc: ClientError) -> TransferError:
 
 
 async def compare_with_destination(
-    dst: Any, bucket: str, copies: list[ObjectCopy], retry: Retrier, *, concurrency: int = 16
+    dst: Any, bucket: str, copies: list[ObjectCopy], retry: Retrier, *, concurrency: int = 16,
+    listed: dict[str, dict[str, ObjectState]] | None = None,
 ) -> tuple[list[CopyOutcome], list[tuple[ObjectCopy, ObjectState | None]]]:
-    """(already there, still to copy), from one listing per destination prefix.
+    """(already there, still to copy), from one listing per destination prefix (``listed``:
+    prefix -> its listing, taken earlier in this run; other prefixes are listed now).
 
     Same size and ETag: there. Same size, other ETag: there only if projmig re-chunked it and
     marked it with the source ETag it was verified against (one HEAD each, rare).
     """
     listing: dict[str, ObjectState] = {}
-    for prefix in sorted({_top_prefix(c.dst_key) for c in copies}):
-        listing.update(await list_prefix(dst, bucket, prefix, retry))
+    for prefix in sorted({top_prefix(c.dst_key) for c in copies}):
+        if listed is not None and prefix in listed:
+            listing.update(listed[prefix])
+        else:
+            listing.update(await list_prefix(dst, bucket, prefix, retry))
     there: list[CopyOutcome] = []
     todo: list[tuple[ObjectCopy, ObjectState | None]] = []
     slots = asyncio.Semaphore(concurrency)
@@ -551,7 +556,7 @@ async def compare_with_destination(
     return there, todo
 
 
-def _top_prefix(key: str) -> str:
+def top_prefix(key: str) -> str:
     head, sep, _ = key.partition("/")
     return head + sep
 

@@ -47,6 +47,7 @@ from .settings import MigrationSettings, UuidPolicy, resolve_secrets
 from .verify import Difference, VerifyReport, compare_objects_sha256, compare_rows, verify_copies
 
 MiB = 1024 * 1024
+LISTINGS_AT_ONCE = 4  # prefix listings in flight at once (one per project)
 
 __all__ = [
     "preflight",
@@ -92,13 +93,47 @@ async def read_project_graph(settings: MigrationSettings, report: PreflightRepor
     retry = retrier(settings)
     s3 = settings.source.s3
     async with open_engine(settings.source.db, "source") as engine, s3_client(s3) as client:
+        slots = asyncio.Semaphore(LISTINGS_AT_ONCE)
 
-        async def lister(prefix: str) -> dict[str, tuple[int, str]]:
-            found = await list_prefix(client, s3.bucket, prefix, retry)
+        async def listing(prefix: str) -> dict[str, tuple[int, str]]:
+            async with slots:
+                found = await list_prefix(client, s3.bucket, prefix, retry)
             return {k: (v.size, v.etag) for k, v in found.items()}
 
-        async with engine.connect() as conn:
-            return await read_graph(conn, lister, report.roots, include_hidden=settings.source.include_hidden)
+        # the projects the preflight found are listed while the database is read
+        early = {f"{u}/": asyncio.ensure_future(listing(f"{u}/")) for u in report.projects}
+
+        async def lister(prefix: str) -> dict[str, tuple[int, str]]:
+            started = early.pop(prefix, None)
+            return await started if started is not None else await listing(prefix)
+
+        try:
+            async with engine.connect() as conn:
+                return await read_graph(conn, lister, report.roots, include_hidden=settings.source.include_hidden)
+        finally:
+            for task in early.values():
+                task.cancel()
+            await asyncio.gather(*early.values(), return_exceptions=True)
+
+
+def destination_prefixes(report: PreflightReport) -> list[str]:
+    """The destination prefix of every project the preflight found (its objects' keys start so)."""
+    return [f"{report.new_uuids.get(u, u)}/" for u in report.projects]
+
+
+@_resolving
+async def list_destination(settings: MigrationSettings, prefixes: list[str]) -> dict[str, dict[str, ObjectState]]:
+    """prefix -> what the destination holds under it (for :func:`compare`, taken while the graph is read)."""
+    retry = retrier(settings)
+    slots = asyncio.Semaphore(LISTINGS_AT_ONCE)
+    async with s3_client(settings.destination.s3) as dst:
+
+        async def one(prefix: str) -> dict[str, ObjectState]:
+            async with slots:
+                return await list_prefix(dst, settings.destination.s3.bucket, prefix, retry)
+
+        found = await asyncio.gather(*(one(p) for p in prefixes))
+    return dict(zip(prefixes, found))
 
 
 def make_plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
@@ -109,11 +144,14 @@ def make_plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
 
 @_resolving
 async def compare(
-    settings: MigrationSettings, copies: list[ObjectCopy]
+    settings: MigrationSettings, copies: list[ObjectCopy], listed: dict[str, dict[str, ObjectState]] | None = None
 ) -> tuple[list[CopyOutcome], list[tuple[ObjectCopy, ObjectState | None]]]:
-    """(already in the destination, still to copy)."""
+    """(already in the destination, still to copy); ``listed``: listings taken earlier in this run
+    (:func:`list_destination`), else the destination is listed now."""
     async with s3_client(settings.destination.s3) as dst:
-        return await compare_with_destination(dst, settings.destination.s3.bucket, copies, retrier(settings))
+        return await compare_with_destination(
+            dst, settings.destination.s3.bucket, copies, retrier(settings), listed=listed
+        )
 
 
 @_resolving
