@@ -160,7 +160,10 @@ class _BarListener:
         self.task: Any = None
 
     def total(self, objects: int, nbytes: int) -> None:
-        self.task = self.bar.add_task("copy", total=nbytes, objects=objects)
+        if self.task is None:
+            self.task = self.bar.add_task("copy", total=nbytes, objects=objects)
+        else:  # objects found still differing after the copy are copied again: the bar starts over
+            self.bar.reset(self.task, total=nbytes, objects=objects)
 
     def advance(self, nbytes: int) -> None:
         if self.task is not None:

@@ -268,9 +268,11 @@ async def _copy_on(
         return outcomes, verified_states(there, [], len(copies))
     timer.add("copy", time.monotonic() - started)
     progress = await create_progress_artifact(progress=0.0, key="projmig-copy", description="copying objects")
-    done_bytes = sum(o.size for o in there)
     for attempt in (1, 2):
         started = time.monotonic()
+        done_bytes = sum(o.size for o in there)  # counted again from what the last listing saw
+        if attempt == 2:
+            report_total(len(todo), sum(c.size for c, _ in todo))
         batches = batch_transfers(
             todo, large=opts.multipart_threshold, max_files=opts.batch_max_files, max_bytes=opts.batch_max_bytes
         )

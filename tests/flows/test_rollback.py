@@ -3,10 +3,16 @@ the copy task's cached results (persisted across flow runs) must not hide the de
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 import pytest
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
 from flows.migrate import migrate_project
+from flows.progress import add_listener, remove_listener
 from flows.rollback import rollback_migration
 from projmig import steps
 from projmig.insert import project_key
@@ -31,6 +37,21 @@ async def count_rows(simcore: Simcore, uuids: list[str]) -> int:
         await conn.close()
 
 
+class ProgressRecorder:
+    """What the CLI's progress bar is told: totals, and bytes done since the last total."""
+
+    def __init__(self) -> None:
+        self.totals: list[tuple[int, int]] = []
+        self.done = 0
+
+    def total(self, objects: int, nbytes: int) -> None:
+        self.totals.append((objects, nbytes))
+        self.done = 0
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+
+
 async def test_rollback_flow_then_migrate_again(fixture_simcore: Simcore) -> None:
     simcore = fixture_simcore  # the schemas are covered by tests/test_rollback.py; this is about the flow
     sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=SampleSpec(
@@ -47,8 +68,22 @@ async def test_rollback_flow_then_migrate_again(fixture_simcore: Simcore) -> Non
     async with s3_client(simcore.destination_s3) as client:
         assert (await client.list_objects_v2(Bucket=simcore.destination_s3.bucket)).get("Contents", []) == []
 
-    again = await migrate_project(settings)
+    progress = ProgressRecorder()
+    add_listener(progress)
+    try:
+        again = await migrate_project(settings)
+    finally:
+        remove_listener(progress)
     assert again.status == "migrated", again.headline()
+    # the cached copy results are stale: the objects are copied again, and progress counts them once
+    assert progress.totals and progress.totals[-1][1] == sum(sample.objects.values())
+    assert progress.done == progress.totals[-1][1]
+    async with get_client() as client:
+        shown = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["projmig-copy"])))
+    assert shown
+    for artifact in shown:  # Prefect clamps the value to 100 (with a warning); the description is ours
+        done, total, pct = re.search(r"^(\d+)/(\d+) objects, .* \((\d+)%\)$", artifact.description or "").groups()
+        assert int(done) <= int(total) and int(pct) <= 100, artifact.description
     assert again.rows_inserted["projects"] == 2 and await count_rows(simcore, sample.all_projects) == rows
     verified = await steps.verify_migration(settings, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
