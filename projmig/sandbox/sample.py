@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import uuid
@@ -36,6 +37,7 @@ class SampleSpec:
     files: int = 27  # regular files (with the multipart one, the directory and the link: 30 entries)
     file_size: int = 64 * KiB  # largest regular file; sizes spread from 1 KiB (one is 0 bytes)
     exact_file_size: bool = False  # every regular file exactly file_size (benchmarks)
+    log_file_sizes: bool = False  # sizes log-uniform from 1 KiB to file_size: many small, a few large
     directory_objects: int = 10
     directory_object_size: int = 8 * KiB
     soft_link: bool = True
@@ -187,7 +189,14 @@ async def _insert_project(
             name = SPECIAL_NAMES[i]
         else:
             name = f"data_{i}.bin"
-        size = spec.file_size if spec.exact_file_size else (0 if name == "empty.txt" else rng.randint(KiB, max(KiB, spec.file_size)))
+        if spec.exact_file_size:
+            size = spec.file_size
+        elif name == "empty.txt":
+            size = 0
+        elif spec.log_file_sizes:
+            size = int(math.exp(rng.uniform(math.log(KiB), math.log(max(KiB, spec.file_size)))))
+        else:
+            size = rng.randint(KiB, max(KiB, spec.file_size))
         row = file_row(node, f"outputs/output_{i}/{name}", size)
         uploads.append(("put", row, size))
         node_outputs[node].setdefault(f"output_{i}", {"store": 0, "path": row["file_id"]})

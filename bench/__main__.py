@@ -1,0 +1,167 @@
+"""``python -m bench all | smoke | large small mixed rerun insert memory [--runs N] [--set option=value]``
+
+Starts its own servers (two SeaweedFS, two PostgreSQL on 127.0.0.1) and a Prefect server, seeds
+the source with the sample builder, measures projmig against rclone / s5cmd / a raw aiobotocore
+loop on the same data in the same run, prints one table per scenario and writes
+``bench/results/bench-<selection>-<time>.json`` (and ``latest.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .env import BenchEnv
+from .report import table, write_json
+from .scenarios import (
+    GiB,
+    MiB,
+    ScenarioResult,
+    Sizes,
+    SampleSpec,
+    memory,
+    run_insert,
+    run_large,
+    run_mixed,
+    run_rerun,
+    run_small,
+)
+
+SCENARIOS = ["large", "small", "mixed", "rerun", "insert", "memory"]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(
+    selection: list[str],
+    *,
+    runs: int = 3,
+    sizes: Sizes | None = None,
+    options: dict[str, Any] | None = None,
+    workdir: Path | None = None,
+    sandbox: Any = None,
+    prefect_api_url: str | None = None,
+    results_dir: Path = RESULTS,
+    log: Callable[[str], None] = print,
+    profile: bool = False,
+) -> tuple[dict[str, ScenarioResult], Path]:
+    """Run the chosen scenarios; returns their results and the JSON file written."""
+    began = time.perf_counter()
+    smoke = "smoke" in selection
+    if smoke or "all" in selection:
+        selection = list(SCENARIOS)
+    if "memory" in selection:
+        selection = list(dict.fromkeys([*selection, "large", "rerun"]))  # memory is measured in these
+    sizes = sizes or (Sizes.smoke() if smoke else Sizes())
+    options = options or {}
+    root = Path(workdir or tempfile.mkdtemp(prefix="projmig-bench-"))
+    if not smoke and sizes.large >= GiB and shutil.disk_usage(root).free < 8 * GiB:
+        log("less than 8 GiB free: the large scenario uses 512 MiB")
+        sizes.large = 512 * MiB
+    env = BenchEnv(root, sandbox=sandbox, prefect_api_url=prefect_api_url)
+    if profile:
+        env.profile_dir = results_dir / "profiles"
+    results: dict[str, ScenarioResult] = {}
+    try:
+        log(f"starting servers in {root} ...")
+        env.start()
+        log(f"  servers and Prefect API up in {env.startup_seconds:.1f} s ({env.prefect_api_url})")
+        if not smoke:
+            _warm_up(env, log)
+        rerun_sample = None
+        for name in [s for s in SCENARIOS if s in selection and s != "memory"]:
+            log(f"-- {name}")
+            started = time.perf_counter()
+            if name == "large":
+                res = run_large(env, runs, sizes, options, log)
+            elif name == "small":
+                res = run_small(env, runs, sizes, options, log)
+            elif name == "mixed":
+                res = run_mixed(env, runs, sizes, options, log)
+            elif name == "rerun":
+                res, rerun_sample = run_rerun(env, runs, sizes, options, log)
+            else:
+                if rerun_sample is None:
+                    rerun_sample = env.seed(SampleSpec(
+                        nodes=sizes.rerun_nodes, files=sizes.rerun_files, file_size=sizes.rerun_size,
+                        exact_file_size=True, directory_objects=0, soft_link=False, multipart_size=0,
+                        hidden_children=0, deployment_bound_rows=False, special_names=False, name="bench insert"))
+                res = run_insert(env, runs, rerun_sample, log)
+            res.seconds = time.perf_counter() - started
+            results[name] = res
+            log(table(res))
+            log("")
+        if "memory" in selection:
+            results["memory"] = memory(results)
+            log(table(results["memory"]))
+    finally:
+        log("stopping servers ...")
+        env.stop()
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    total = time.perf_counter() - began
+    meta = {"selection": "smoke" if smoke else "+".join(selection), "runs": runs, "options": options,
+            "sizes": sizes.__dict__, "total_seconds": round(total, 1), "prefect_api": "bench-wide server"
+            if prefect_api_url is None else "given"}
+    path = write_json(results, results_dir, meta)
+    log(f"\nmet: {sum(t.met for r in results.values() for t in r.targets)} of "
+        f"{sum(len(r.targets) for r in results.values())} targets; bench took {total:.0f} s; results in {path}")
+    return results, path
+
+
+def _warm_up(env: BenchEnv, log: Callable[[str], None]) -> None:
+    """One small migration first: Prefect's first flow run in a new database is slow (once)."""
+    from . import tools
+
+    started = time.perf_counter()
+    sample = env.seed(SampleSpec(nodes=1, files=3, hidden_children=0, multipart_size=0, directory_objects=0,
+                                 deployment_bound_rows=False, special_names=False, name="bench warm-up"))
+    dest = env.fresh_destination()
+    try:
+        tools.projmig(env, sample.uuid, dest)
+    finally:
+        env.drop_destination(dest)
+    log(f"  warm-up migration in {time.perf_counter() - started:.1f} s")
+
+
+def _parse_set(values: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in values:
+        key, _, value = item.partition("=")
+        try:
+            options[key] = int(value)
+        except ValueError:
+            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="+", choices=["all", "smoke", *SCENARIOS])
+    parser.add_argument("--runs", type=int, default=None, help="runs per tool (default 3; smoke: 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="a projmig MigrationOptions value for the projmig runs (e.g. task_concurrency=8)")
+    parser.add_argument("--large-mib", type=int, default=None, help="size of the large object (default 1024)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the servers' data here (default: a temp dir)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--profile", action="store_true",
+                        help="record every projmig run with py-spy into <results>/profiles (see bench/profile.py)")
+    args = parser.parse_args(argv)
+    smoke = "smoke" in args.scenarios
+    sizes = Sizes.smoke() if smoke else Sizes()
+    if args.large_mib:
+        sizes.large = args.large_mib * MiB
+    runs = args.runs or (1 if smoke else 3)
+    run(args.scenarios, runs=runs, sizes=sizes, options=_parse_set(args.set), workdir=args.workdir,
+        results_dir=args.results, profile=args.profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The bench's deployments: two PostgreSQL + two SeaweedFS servers on 127.0.0.1 (the sandbox the
+tests use), a source database and bucket seeded with the sample builder, and a fresh destination
+(database from a template + empty bucket) for every measured run, so that runs are comparable."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from projmig.s3 import s3_client
+from projmig.sandbox import LocalDeployment, Sandbox
+from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
+from projmig.settings import DatabaseSettings, S3Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def arun(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def plain(settings: DatabaseSettings | S3Settings) -> dict[str, Any]:
+    """Settings as JSON with the (throwaway sandbox) secrets in clear: for the bench's own children."""
+    data = settings.model_dump(mode="json", exclude_none=True)
+    for name in ("password", "access_key", "secret_key"):
+        value = getattr(settings, name, None)
+        if value is not None:
+            data[name] = value.get_secret_value()
+    return data
+
+
+@dataclass
+class Destination:
+    db: DatabaseSettings
+    s3: S3Settings
+    deployment: LocalDeployment  # whose S3 server holds the bucket
+
+
+class BenchEnv:
+    """Servers, source data and fresh destinations. ``sandbox`` may be one already running (tests)."""
+
+    def __init__(self, workdir: Path, *, sandbox: Sandbox | None = None, prefect_api_url: str | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._own_sandbox = sandbox is None
+        self.sandbox = sandbox or Sandbox(self.workdir / "servers")
+        self.tag = f"{os.getpid()}"
+        self.prefect_api_url = prefect_api_url
+        self._prefect: subprocess.Popen[bytes] | None = None
+        self._counter = itertools.count()
+        self.owner_id = 0
+        self.dst_user_id = 0
+        self.profile_dir: Path | None = None  # py-spy profiles of the projmig runs go here
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self, *, prefect: str = "server") -> BenchEnv:
+        started = time.perf_counter()
+        if self._own_sandbox:
+            self.sandbox.start()
+        arun(self._databases())
+        if prefect == "server" and self.prefect_api_url is None:
+            self._start_prefect_server()
+        self.startup_seconds = time.perf_counter() - started
+        return self
+
+    async def _databases(self) -> None:
+        src, dst = self.sandbox.source, self.sandbox.destination
+        self.source_db, src_ids = await src.create_simcore_database(f"bench_src_{self.tag}", users=["alice"])
+        self.template = f"bench_dst_tpl_{self.tag}"
+        _, dst_ids = await dst.create_simcore_database(self.template, users=["admin", "carol"], skip_user_ids=10)
+        self.source_s3 = await src.create_bucket(f"bench-src-{self.tag}")
+        self.owner_id = src_ids.users["alice"].id
+        self.dst_user_id = dst_ids.users["carol"].id
+        self._databases_made = [(src, self.source_db.database), (dst, self.template)]
+
+    def prefect_env(self) -> dict[str, str]:
+        """Environment of every projmig child: a Prefect API shared by the whole bench (warm, like a
+        deployment's server), or none (each child starts Prefect's ephemeral API, like the CLI)."""
+        env = {
+            "PREFECT_HOME": str(self.workdir / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",  # what `projmig migrate` sets without --verbose
+        }
+        if self.prefect_api_url:
+            env["PREFECT_API_URL"] = self.prefect_api_url
+        return env
+
+    def _start_prefect_server(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, **self.prefect_env(), "PREFECT_UI_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)
+        log = open(self.workdir / "prefect-server.log", "wb")
+        self._prefect = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+             "--no-ui", "--analytics-off", "--no-scheduler", "--no-late-runs"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        url = f"http://127.0.0.1:{port}/api"
+        deadline = time.monotonic() + 180
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            if self._prefect.poll() is not None:
+                raise RuntimeError(f"prefect server exited: {(self.workdir / 'prefect-server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        self.prefect_api_url = url
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("prefect server did not answer within 180 s")
+
+    def stop(self) -> None:
+        if self._prefect is not None:
+            self._prefect.terminate()  # our own child, by its handle
+            try:
+                self._prefect.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._prefect.kill()
+                self._prefect.wait()
+            self._prefect = None
+        if self._own_sandbox:
+            self.sandbox.stop()
+            shutil.rmtree(self.workdir / "servers", ignore_errors=True)
+        else:
+            arun(self._drop_own())
+
+    async def _drop_own(self) -> None:
+        for dep, name in getattr(self, "_databases_made", []):
+            await dep.drop_database(name)
+        await empty_bucket(self.source_s3, delete=True)
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def seed(self, spec: SampleSpec) -> SampleProject:
+        spec = dataclasses.replace(spec, seed=1000 + next(self._counter))  # a project (uuids) of its own
+        return arun(build_sample_project(self.source_db, self.source_s3, owner_id=self.owner_id, spec=spec))
+
+    def fresh_destination(self, *, same_endpoint: bool = False, with_db: bool = True) -> Destination:
+        """A new database (from the destination template) and a new empty bucket."""
+        n = next(self._counter)
+        dep = self.sandbox.source if same_endpoint else self.sandbox.destination
+
+        async def make() -> Destination:
+            db = self.sandbox.destination.database(self.template)
+            if with_db:
+                db = await self.sandbox.destination.create_database(f"bench_dst_{self.tag}_{n}", template=self.template)
+            s3 = await dep.create_bucket(f"bench-dst-{self.tag}-{n}")
+            return Destination(db=db, s3=s3, deployment=dep)
+
+        return arun(make())
+
+    def drop_destination(self, dest: Destination) -> None:
+        async def drop() -> None:
+            if dest.db.database != self.template:
+                await self.sandbox.destination.drop_database(dest.db.database or "")
+            await empty_bucket(dest.s3, delete=True)
+
+        arun(drop())
+
+    def settings(self, project: str, dest: Destination, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "source": {"db": plain(self.source_db), "s3": plain(self.source_s3), "project_uuid": project},
+            "destination": {"db": plain(dest.db), "s3": plain(dest.s3), "user_id": self.dst_user_id},
+            "options": dict(options or {}),
+        }
+
+    # -- the other tools' configuration ----------------------------------------------------------
+
+    def rclone_env(self) -> dict[str, str]:
+        """rclone remotes ``src`` and ``dst`` from the environment (no config file with secrets)."""
+        env = {"RCLONE_CONFIG": str(self.workdir / "rclone.conf")}
+        (self.workdir / "rclone.conf").touch()
+        for name, dep in (("SRC", self.sandbox.source), ("DST", self.sandbox.destination)):
+            prefix = f"RCLONE_CONFIG_{name}_"
+            env.update({
+                prefix + "TYPE": "s3",
+                prefix + "PROVIDER": "SeaweedFS",
+                prefix + "ACCESS_KEY_ID": dep.s3_access_key,
+                prefix + "SECRET_ACCESS_KEY": dep.s3_secret_key,
+                prefix + "ENDPOINT": dep.s3.endpoint,
+                prefix + "REGION": "us-east-1",
+            })
+        return env
+
+    @staticmethod
+    def s5cmd_env(dep: LocalDeployment) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": dep.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": dep.s3_secret_key,
+            "AWS_REGION": "us-east-1",
+            "S3_ENDPOINT_URL": dep.s3.endpoint,
+        }
+
+
+async def empty_bucket(s3: S3Settings, *, delete: bool = False) -> None:
+    async with s3_client(s3) as client:
+        try:
+            uploads = (await client.list_multipart_uploads(Bucket=s3.bucket)).get("Uploads", [])
+        except Exception:  # the bucket is gone already
+            return
+        for upload in uploads:
+            await client.abort_multipart_upload(Bucket=s3.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        paginator = client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=s3.bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                await client.delete_objects(Bucket=s3.bucket, Delete={"Objects": keys, "Quiet": True})
+        if delete:
+            await client.delete_bucket(Bucket=s3.bucket)

@@ -1,0 +1,197 @@
+"""One projmig run in its own process, measured from inside: ``python -m bench.run_projmig OUT.json``
+with the job on stdin (``{"mode": "cli" | "insert", "settings": {...}, "config": "cfg.json"}``).
+
+- ``cli``: ``projmig migrate --config cfg.json``, the command line itself (``flows.cli.app``, what
+  the ``projmig`` script runs), in this process: the whole process's wall time (measured outside)
+  is what an operator waits for. Inside, the ``migrate-project`` flow call is timed, and every
+  library step its task runs call (``projmig.steps.*``); the flow's wall time minus the union of
+  those intervals is the time spent outside projmig's own work: Prefect orchestration (flow and
+  task runs, states, result persistence, artifacts).
+- ``insert``: preflight, graph and plan as the flow does them, then the single-transaction insert
+  alone, timed (no Prefect).
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()
+
+import asyncio  # noqa: E402
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from typing import Any  # noqa: E402
+
+STEPS = ("preflight", "read_project_graph", "list_destination", "make_plan", "compare", "copy_objects", "verify_objects",
+         "insert_rows", "abort_our_uploads")
+
+
+class StepClock:
+    """Wall-time intervals of the library steps, from any thread (task runs run in worker threads)."""
+
+    def __init__(self) -> None:
+        self.intervals: list[tuple[str, float, float]] = []
+        self._lock = threading.Lock()
+
+    def install(self, module: Any) -> None:
+        for name in STEPS:
+            setattr(module, name, self._timed(name, getattr(module, name)))
+
+    def _timed(self, name: str, fn: Any) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                began = time.perf_counter()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    self._add(name, began)
+
+            return timed_async
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._add(name, began)
+
+        return timed
+
+    def _add(self, name: str, began: float) -> None:
+        with self._lock:
+            self.intervals.append((name, began, time.perf_counter()))
+
+    def union(self, names: tuple[str, ...] | None = None, within: tuple[float, float] | None = None) -> float:
+        spans = sorted((b, e) for n, b, e in self.intervals if names is None or n in names)
+        if within is not None:
+            spans = [(max(b, within[0]), min(e, within[1])) for b, e in spans if e > within[0] and b < within[1]]
+        total, cur_b, cur_e = 0.0, None, None
+        for b, e in spans:
+            if cur_e is None or b > cur_e:
+                if cur_e is not None:
+                    total += cur_e - cur_b  # type: ignore[operator]
+                cur_b, cur_e = b, e
+            else:
+                cur_e = max(cur_e, e)
+        if cur_e is not None:
+            total += cur_e - cur_b  # type: ignore[operator]
+        return total
+
+    def summary(self, within: tuple[float, float] | None = None) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for name, b, e in self.intervals:
+            if within is not None and not (within[0] <= b and e <= within[1]):
+                continue
+            entry = out.setdefault(name, {"calls": 0, "seconds": 0.0})
+            entry["calls"] += 1
+            entry["seconds"] = round(entry["seconds"] + e - b, 4)
+        return out
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cli(job: dict[str, Any], result: dict[str, Any]) -> None:
+    from projmig import steps
+
+    clock = StepClock()
+    clock.install(steps)
+    import flows.migrate
+    from flows.cli import app
+
+    flow = flows.migrate.migrate_project
+    timing: dict[str, Any] = {}
+
+    async def timed_flow(*args: Any, **kwargs: Any) -> Any:
+        timing["cpu0"], timing["began"] = cpu_seconds(), time.perf_counter()
+        try:
+            timing["report"] = await flow(*args, **kwargs)
+            return timing["report"]
+        finally:
+            timing["ended"], timing["cpu1"] = time.perf_counter(), cpu_seconds()
+
+    flows.migrate.migrate_project = timed_flow  # the CLI imports it when it runs
+    result["import_seconds"] = time.perf_counter() - STARTED
+    try:
+        app(["migrate", "--config", job["config"]], standalone_mode=False)
+    except SystemExit as exc:  # typer.Exit: an error line was printed
+        raise SystemExit(exc.code) from None
+    report = timing["report"]
+    began, ended = timing["began"], timing["ended"]
+    flow_seconds = ended - began
+    library = clock.union(within=(began, ended))
+    calls = clock.summary(within=(began, ended))  # not the CLI's own preflight before the flow
+    task_runs = sum(int(v["calls"]) for v in calls.values())  # each step call is one task run's body
+    result.update(
+        flow_seconds=flow_seconds,
+        cpu_seconds=timing["cpu1"] - timing["cpu0"],
+        stages=report.seconds,
+        steps=calls,
+        library_seconds=library,
+        transfer_seconds=clock.union(("copy_objects",), within=(began, ended)),
+        overhead_seconds=flow_seconds - library,
+        task_runs=task_runs,
+        copy_task_runs=report.copy_task_runs,
+        ms_per_task_run=1000 * (flow_seconds - library) / max(1, task_runs),
+        status=report.status,
+        objects=report.objects,
+        objects_copied=report.objects_copied,
+        objects_skipped=report.objects_skipped,
+        bytes_total=report.bytes_total,
+        bytes_copied=report.bytes_copied,
+        rows_inserted=report.rows,
+    )
+
+
+async def insert(job: dict[str, Any], result: dict[str, Any]) -> None:
+    from projmig import steps
+    from projmig.objects import ObjectState
+    from projmig.settings import MigrationSettings
+
+    settings = MigrationSettings.parse(job["settings"], origin="bench")
+    result["import_seconds"] = time.perf_counter() - STARTED
+    checked = await steps.preflight(settings, probe_write=False)
+    plan = steps.make_plan(await steps.read_project_graph(settings, checked), checked)
+    verified = {c.dst_key: ObjectState(size=c.size, etag=c.etag) for c in plan.copies}
+    began = time.perf_counter()
+    inserted = await steps.insert_rows(settings, plan, verified)
+    result.update(
+        insert_seconds=time.perf_counter() - began,
+        rows_inserted=inserted.rows,
+        rows_per_table=inserted.inserted,
+    )
+
+
+def peak_rss_mb() -> float:
+    """This process's VmHWM (ru_maxrss would count the forking parent's pages as well)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    out = sys.argv[1]
+    job = json.loads(sys.stdin.read())
+    result: dict[str, Any] = {"mode": job["mode"], "pid": os.getpid()}
+    if job["mode"] == "cli":
+        cli(job, result)
+    else:
+        asyncio.run(insert(job, result))
+    result["self_peak_rss_mb"] = peak_rss_mb()
+    with open(out, "w") as fh:
+        json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main()

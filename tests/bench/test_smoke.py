@@ -1,0 +1,52 @@
+"""The benchmark's smoke run (every scenario, tiny sizes, one run each) on the suite's servers, so
+that ``python -m bench`` keeps working. It asserts what was measured, never how fast."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.__main__ import SCENARIOS, run
+from bench.scenarios import Sizes
+from projmig.sandbox import Sandbox
+
+
+@pytest.mark.timeout(600)
+def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, prefect: None, tmp_path) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    lines: list[str] = []
+    sizes = Sizes.smoke()
+    results, path = run(["smoke"], runs=1, sizes=sizes, sandbox=sandbox, prefect_api_url=PREFECT_API_URL.value(),
+                        workdir=tmp_path / "work", results_dir=tmp_path / "results", log=lines.append)
+    printed = "\n".join(lines)
+
+    assert set(results) == set(SCENARIOS)
+    for name in ("large", "small", "mixed", "rerun"):
+        tools = results[name].samples
+        assert any(t.startswith("projmig") for t in tools) and any(t.startswith("rclone") for t in tools), name
+        assert f"== {name}:" in printed
+        for tool, samples in tools.items():
+            assert samples and all(s.seconds > 0 for s in samples), (name, tool)
+    assert {"s5cmd down+up", "raw aiobotocore"} <= set(results["large"].samples)
+
+    def projmig_detail(name: str, tool: str) -> dict:
+        return results[name].samples[tool][0].detail
+
+    large = projmig_detail("large", "projmig (flow)")
+    assert large["status"] == "migrated" and large["objects_copied"] == 1 and large["bytes_copied"] == sizes.large
+    small = projmig_detail("small", "projmig (flow)")
+    assert small["objects_copied"] == sizes.small_files and small["task_runs"] > 0
+    rerun = projmig_detail("rerun", "projmig rerun (flow)")
+    assert rerun["objects_copied"] == 0 and rerun["bytes_copied"] == 0 and rerun["copy_task_runs"] == 0
+    insert = projmig_detail("insert", "projmig insert (flow)")
+    assert insert["rows_per_table"]["file_meta_data"] == sizes.rerun_files
+    assert results["memory"].targets and "peak RSS" in printed
+    assert "projmig time split" in printed and printed.splitlines()[-1].startswith("met: ")
+
+    written = json.loads(path.read_text())
+    assert set(written["scenarios"]) == set(SCENARIOS)
+    for deployment in (sandbox.source, sandbox.destination):
+        for secret in (deployment.s3_secret_key, deployment.pg_password):
+            assert secret not in path.read_text()
