@@ -233,7 +233,7 @@ class MigrationOptions(StrictModel):
     s3_data_client: Literal["lean", "botocore"] = Field(
         "lean",
         description="what GETs and PUTs object bytes at path-style endpoints (provider MINIO or CEPH): lean "
-        "(aiohttp with our own SigV4 signature: ~4x less CPU per request) or botocore; AWS always uses botocore",
+        "(aiohttp, signed by botocore's SigV4 signer, skipping the rest of botocore's per-request work: less CPU per object) or botocore; AWS always uses botocore",
     )
     task_runner: Literal["threads", "dask"] = Field(
         "threads",
