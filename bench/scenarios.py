@@ -170,11 +170,13 @@ class Sizes:
     rerun_size: int = 1 * KiB
     rerun_nodes: int = 100
     same_endpoint: bool = True
+    ephemeral_rerun: bool = True  # also time a rerun that starts Prefect's ephemeral API (~10 s)
 
     @classmethod
     def smoke(cls) -> Sizes:
         return cls(large=12 * MiB, large_part=5 * MiB, small_files=20, small_size=4 * KiB, mixed_files=8,
-                   mixed_max=256 * KiB, mixed_dir_objects=4, rerun_files=30, rerun_nodes=3, same_endpoint=True)
+                   mixed_max=256 * KiB, mixed_dir_objects=4, rerun_files=30, rerun_nodes=3, same_endpoint=True,
+                   ephemeral_rerun=False)
 
 
 def run_large(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], log: Callable[[str], None]) -> ScenarioResult:
@@ -260,7 +262,7 @@ def run_rerun(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], l
         steps = [
             projmig_rerun,
             lambda: tools.rclone(env, sample.uuid, dest, flags=["--checksum"], label="rclone copy --checksum"),
-            ephemeral_rerun,
+            *([ephemeral_rerun] if sizes.ephemeral_rerun else []),
         ]
         _rounds(runs, steps, result, log)
     finally:
