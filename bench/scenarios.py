@@ -118,7 +118,7 @@ def projmig_split(result: ScenarioResult, tool: str = "projmig (flow)") -> None:
 def _rounds(runs: int, steps: list[Callable[[], list[Sample] | Sample]], result: ScenarioResult, log: Callable[[str], None]) -> None:
     for run in range(runs):
         # each round starts one tool later: no tool always runs right after the same other one
-        # (a dropped bucket's space is reclaimed by SeaweedFS in the background)
+        # (what one run leaves behind, a bucket being dropped or a warm cache, falls on each tool in turn)
         for step in steps[run % len(steps):] + steps[:run % len(steps)]:
             out = step()
             for sample in out if isinstance(out, (list, tuple)) else [out]:
