@@ -1,1 +1,1 @@
-"""How the ``migrate-project`` flow is served and deployed (see ``deployments/serve.py``)."""
+"""How the ``migrate-project`` and ``rollback-migration`` flows are served and deployed (see ``deployments/serve.py``)."""

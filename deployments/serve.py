@@ -1,4 +1,5 @@
-"""Serve the ``migrate-project`` flow as a Prefect deployment, or register it for a work pool's workers.
+"""Serve the ``migrate-project`` flow (and its undo, ``rollback-migration``) as Prefect deployments,
+or register them for a work pool's workers.
 
     python -m deployments.serve --config cfg.json --name onprem-to-aws                 # serve here
     python -m deployments.serve --config cfg.json --name onprem-to-aws --pool projmig  # for workers
@@ -6,6 +7,7 @@
 Then, from anywhere that reaches the same Prefect API::
 
     prefect deployment run 'migrate-project/onprem-to-aws' -p project_uuid=... --watch
+    prefect deployment run 'rollback-migration/onprem-to-aws' -p project_uuid=... --watch   # undo it
 
 The cfg.json names the two deployments (databases, buckets) and the options; it becomes the
 deployment's default ``settings`` parameter. Every credential in it must be a reference
@@ -16,8 +18,10 @@ accepts only references for credentials, so the server refuses a run whose param
 pasted password. The projects to move are not part of the deployment: each run names them
 (``project_uuid``, ``project_uuids`` or ``source_owner_user_id``).
 
-The deployment's entrypoint is the module path ``flows.migrate.migrate_project``: whatever runs the
-flow (this process, a process worker, the Docker image) imports it from the installed package.
+The deployments' entrypoints are module paths (``flows.migrate.migrate_project``,
+``flows.rollback.rollback_migration``): whatever runs a flow (this process, a process worker, the
+Docker image) imports it from the installed package. Both deployments of a name share the cfg.json:
+a rollback run with the migration run's parameters removes what that run inserted.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from projmig.errors import ConfigError
 from projmig.settings import MigrationSettings, literal_credentials
 
 FLOW_NAME = "migrate-project"
-ENTRYPOINT = "flows.migrate.migrate_project"
+ROLLBACK_FLOW_NAME = "rollback-migration"
 PASSWORD_SCHEMA = {"format": "password", "type": "string", "writeOnly": True}
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -71,58 +75,70 @@ def references_only(schema: dict[str, Any]) -> dict[str, Any]:
     return walk(copy.deepcopy(schema))
 
 
-def make_deployment(name: str, config: Path, *, tags: list[str] | None = None) -> Any:
-    """A ``RunnerDeployment`` of ``migrate-project`` named ``name`` with the cfg.json's settings as defaults."""
+def make_deployments(name: str, config: Path, *, tags: list[str] | None = None) -> list[Any]:
+    """``RunnerDeployment``\ s of ``migrate-project`` and ``rollback-migration`` named ``name``, with the
+    cfg.json's settings as their defaults."""
     from prefect.types.entrypoint import EntrypointType
     from prefect.utilities.callables import ParameterSchema
 
     from flows.migrate import migrate_project
+    from flows.rollback import rollback_migration
 
-    deployment = migrate_project.to_deployment(
-        name=name,
-        parameters=deployment_parameters(config),
-        description=(
-            f"Migrate osparc-simcore projects with {config.name}'s deployments and options. "
-            "Name the projects per run: -p project_uuid=... (or project_uuids, source_owner_user_id)."
-        ),
-        tags=["projmig", *(tags or [])],
-        enforce_parameter_schema=True,
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    )
-    schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
-    deployment._parameter_openapi_schema = ParameterSchema(**references_only(schema))
-    return deployment
+    parameters = deployment_parameters(config)
+    projects = "Name the projects per run: -p project_uuid=... (or project_uuids, source_owner_user_id)."
+    deployments = []
+    for flow, description in (
+        (migrate_project, f"Migrate osparc-simcore projects with {config.name}'s deployments and options. {projects}"),
+        (rollback_migration, f"Remove from the destination what migrate-project/{name} inserted, refusing if a "
+                             f"project changed there since. {projects}"),
+    ):
+        deployment = flow.to_deployment(
+            name=name,
+            parameters=parameters,
+            description=description,
+            tags=["projmig", *(tags or [])],
+            enforce_parameter_schema=True,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+        schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
+        deployment._parameter_openapi_schema = ParameterSchema(**references_only(schema))
+        deployments.append(deployment)
+    return deployments
 
 
 @app.command()
 def main(
     config: Annotated[Path, typer.Option("--config", "-c", help="cfg.json whose credentials are all references")],
-    name: Annotated[str, typer.Option("--name", "-n", help="deployment name: runs are `migrate-project/<name>`")] = "default",
+    name: Annotated[str, typer.Option("--name", "-n", help="deployment name: runs are `migrate-project/<name>` (and `rollback-migration/<name>`)")] = "default",
     pool: Annotated[
-        str | None, typer.Option(help="register the deployment for the workers of this work pool and exit, instead of serving it")
+        str | None, typer.Option(help="register the deployments for the workers of this work pool and exit, instead of serving them")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="flow runs at once in this process (serve only)")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="extra deployment tag (repeat for several)")] = None,
 ) -> None:
-    """Serve `migrate-project/<name>` (flow runs execute in subprocesses of this one), or register it
-    for a work pool (`--pool`), whose workers run it."""
+    """Serve `migrate-project/<name>` and `rollback-migration/<name>` (flow runs execute in
+    subprocesses of this one), or register them for a work pool (`--pool`), whose workers run them."""
     try:
-        deployment = make_deployment(name, config, tags=tag)
+        deployments = make_deployments(name, config, tags=tag)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         raise typer.Exit(2)
     run = f"prefect deployment run '{FLOW_NAME}/{name}' -p project_uuid=<uuid> --watch"
+    undo = f"prefect deployment run '{ROLLBACK_FLOW_NAME}/{name}' -p project_uuid=<uuid> --watch"
     if pool:
-        deployment_id = deployment.apply(work_pool_name=pool)
-        print(f"registered {FLOW_NAME}/{name} ({deployment_id}) for the workers of work pool {pool!r}")
+        for deployment, flow in zip(deployments, (FLOW_NAME, ROLLBACK_FLOW_NAME)):
+            deployment_id = deployment.apply(work_pool_name=pool)
+            print(f"registered {flow}/{name} ({deployment_id}) for the workers of work pool {pool!r}")
         print(f"start one:  prefect worker start --pool {pool}")
         print(f"run it:     {run}")
+        print(f"undo it:    {undo}")
         return
     from prefect import serve
 
-    print(f"serving {FLOW_NAME}/{name}; run it with: {run}", flush=True)
-    serve(deployment, limit=limit, print_starting_message=False)
+    print(f"serving {FLOW_NAME}/{name} and {ROLLBACK_FLOW_NAME}/{name}; run it with: {run}", flush=True)
+    print(f"undo it with: {undo}", flush=True)
+    serve(*deployments, limit=limit, print_starting_message=False)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def test_the_build_stage_package_holds_the_cli_flows_and_deployments(tmp_path: P
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = tmp_path.glob("projmig-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("flows/cli.py", "flows/migrate.py", "flows/tasks.py", "deployments/serve.py", "projmig/settings.py",
+    for module in ("flows/cli.py", "flows/migrate.py", "flows/tasks.py", "flows/rollback.py", "deployments/serve.py", "projmig/settings.py",
                    "projmig/sandbox/simcore_fixture.sql"):
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

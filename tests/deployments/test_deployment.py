@@ -1,9 +1,10 @@
 """The deployment path end to end, as an operator runs it, on a real Prefect server.
 
-A ``prefect server start`` process (127.0.0.1, its own PREFECT_HOME), the ``migrate-project``
-deployment served by ``python -m deployments.serve`` (and registered for a process work pool whose
-workers run it), runs started by name with parameters, the migration checked in the destination
-database and bucket, and every secret looked for where Prefect keeps or shows things.
+A ``prefect server start`` process (127.0.0.1, its own PREFECT_HOME), the ``migrate-project`` and
+``rollback-migration`` deployments served by ``python -m deployments.serve`` (and registered for a
+process work pool whose workers run them), runs started by name with parameters, the migration (and
+its rollback) checked in the destination database and bucket, and every secret looked for where
+Prefect keeps or shows things.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from prefect.client.schemas.filters import (
 )
 
 from projmig import steps
+from projmig.s3 import s3_client
 from projmig.sandbox import free_port
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
@@ -162,6 +164,18 @@ async def sample_project(simcore: Simcore, seed: int = 0):
     )
 
 
+async def destination_counts(simcore: Simcore, projects: list[str]) -> tuple[int, int]:
+    """(projects rows, objects) of these projects in the destination."""
+    conn = await asyncpg.connect(asyncpg_dsn(simcore.destination_db))
+    try:
+        rows = await conn.fetchval("SELECT count(*) FROM projects WHERE uuid::text = ANY($1::text[])", projects)
+    finally:
+        await conn.close()
+    async with s3_client(simcore.destination_s3) as client:
+        listed = await client.list_objects_v2(Bucket=simcore.destination_s3.bucket)
+    return rows, sum(1 for o in listed.get("Contents", []) if o["Key"].split("/", 1)[0] in projects)
+
+
 async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_out(
     prefect_server: PrefectServer, fixture_simcore: Simcore, tmp_path: Path
 ) -> None:
@@ -196,14 +210,26 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
         assert refused.returncode != 0
         said = " ".join((refused.stdout + refused.stderr).split())
         assert "Validation failed for field 'settings.destination.db.password'" in said, said
+
+        # the migration happened: rows and objects equal to the source (SHA-256 of every object)
+        settings = fixture_simcore.settings(sample.uuid, source={"include_hidden": True})
+        verified = await steps.verify_migration(settings, deep=True)
+        assert verified.equal, [str(d) for d in verified.differences]
+        assert len(verified.projects) == 2 and verified.objects_checked == len(sample.objects)
+        migrated = await destination_counts(fixture_simcore, sample.all_projects)
+
+        # and its undo, served beside it under the same name, run by name with the same parameters
+        await wait_for_deployment(prefect_server, "rollback-migration/sandbox", served, log)
+        undo = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "rollback-migration/sandbox",
+             "-p", f"project_uuid={sample.uuid}", "-p", "include_hidden=true", "--watch", "--watch-timeout", "240"],
+            capture_output=True, text=True, timeout=300, env=prefect_server.env(), cwd=tmp_path,
+        )
+        assert undo.returncode == 0, undo.stdout + undo.stderr + log.read_text()
     finally:
         stop(served)
-
-    # the migration happened: rows and objects equal to the source (SHA-256 of every object)
-    settings = fixture_simcore.settings(sample.uuid, source={"include_hidden": True})
-    verified = await steps.verify_migration(settings, deep=True)
-    assert verified.equal, [str(d) for d in verified.differences]
-    assert len(verified.projects) == 2 and verified.objects_checked == len(sample.objects)
+    assert migrated == (2, len(sample.objects))
+    assert await destination_counts(fixture_simcore, sample.all_projects) == (0, 0)
 
     async with prefect_server.client() as client:
         runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
@@ -261,7 +287,7 @@ async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )
     assert registered.returncode == 0, registered.stdout + registered.stderr
-    assert "registered migrate-project/pool" in registered.stdout
+    assert "registered migrate-project/pool" in registered.stdout and "registered rollback-migration/pool" in registered.stdout
     logs = [tmp_path / f"worker-{i}.log" for i in (1, 2)]
     workers = [
         start([str(BIN / "prefect"), "worker", "start", "--pool", "projmig-test", "--limit", "1", "--name", f"worker-{i}"],
