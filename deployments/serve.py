@@ -127,9 +127,9 @@ def main(
     run = f"prefect deployment run '{FLOW_NAME}/{name}' -p project_uuid=<uuid> --watch"
     undo = f"prefect deployment run '{ROLLBACK_FLOW_NAME}/{name}' -p project_uuid=<uuid> --watch"
     if pool:
-        for deployment, flow in zip(deployments, (FLOW_NAME, ROLLBACK_FLOW_NAME)):
+        for deployment in deployments:
             deployment_id = deployment.apply(work_pool_name=pool)
-            print(f"registered {flow}/{name} ({deployment_id}) for the workers of work pool {pool!r}")
+            print(f"registered {deployment.flow_name}/{name} ({deployment_id}) for the workers of work pool {pool!r}")
         print(f"start one:  prefect worker start --pool {pool}")
         print(f"run it:     {run}")
         print(f"undo it:    {undo}")
