@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from .errors import ProjmigError, TransferError, VerificationError
 from .plan import ObjectCopy
-from .s3 import Retrier, describe_error, error_code, is_transient
+from .s3 import Retrier, describe_error, is_transient, upload_gone
 from .s3data import BotoData, DataPath, digest
 
 log = logging.getLogger("projmig.objects")
@@ -270,7 +270,15 @@ class ObjectCopier:
     # -- multipart ------------------------------------------------------------------------------
 
     async def part_layout(self, item: ObjectCopy) -> tuple[list[int], bool]:
-        """Part sizes, and whether they are the source's own (then the ETags will match)."""
+        """Part sizes, and whether they are the source's own (then the ETags will match).
+
+        The source tells its layout on ``HeadObject PartNumber=1`` (the first part's size and
+        ``PartsCount``). Ceph's RADOS Gateway ignores ``PartNumber`` (it answers for the whole
+        object): then the part size is guessed from the ETag's part count (the smallest whole MiB
+        that gives that many parts, as common clients choose), else ``multipart_chunksize``. A guess
+        is copied as a layout of our own (each part checked against the MD5 of what was read, the
+        object marked with the source ETag); where it was right, the ETags match anyway.
+        """
         if is_multipart_etag(item.etag):
             count = int(item.etag.rsplit("-", 1)[1])
             head = await self.retry(
@@ -278,12 +286,14 @@ class ObjectCopier:
                 lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key, PartNumber=1),
             )
             first = head.get("ContentLength", 0)
-            if head.get("PartsCount") == count and first > 0 and first * (count - 1) < item.size <= first * count:
-                return [first] * (count - 1) + [item.size - first * (count - 1)], True
+            if head.get("PartsCount") == count and _fits(first, count, item.size):
+                return _sizes(first, item.size), True
+            guess = -(-item.size // count // MiB) * MiB
+            if _fits(guess, count, item.size):
+                log.info("%s: source part layout not told, guessing %d-byte parts", item.src_key, guess)
+                return _sizes(guess, item.size), False
             log.info("%s: source part layout unknown, copying in %d-byte parts", item.src_key, self.chunksize)
-        chunk = max(self.chunksize, -(-item.size // MAX_PARTS))
-        count = max(1, -(-item.size // chunk))
-        return [chunk] * (count - 1) + [item.size - chunk * (count - 1)], False
+        return _sizes(max(self.chunksize, -(-item.size // MAX_PARTS)), item.size), False
 
     async def _copy_in_parts(self, item: ObjectCopy, *, fresh: bool = False) -> CopyOutcome:
         sizes, same_layout = await self.part_layout(item)
@@ -291,7 +301,9 @@ class ObjectCopier:
             f"{item.src_key}: HEAD", lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key)
         )
         _check_unchanged(item, etag_of(head["ETag"]), head["ContentLength"])
-        upload_id, done = (None, {}) if fresh else await self._find_upload(item.dst_key, sizes)
+        upload_id, done = None, {}
+        if not fresh:
+            upload_id, done, sizes = await self._find_upload(item.dst_key, sizes, adopt_layout=not same_layout)
         if upload_id is None:
             extra = _carried_headers(head)
             if not same_layout:
@@ -311,14 +323,15 @@ class ObjectCopier:
                 ),
             )
         except (ClientError, TransferError) as exc:
-            if error_code(exc.__cause__ or exc) == "NoSuchUpload" and not fresh:
+            if upload_gone(exc.__cause__ or exc) and not fresh:
                 # someone (e.g. the storage service's GC) aborted our upload: start this object over
                 log.warning("%s: upload %s vanished, starting over", item.dst_key, upload_id)
                 return await self._copy_in_parts(item, fresh=True)
             if not (exc.transient if isinstance(exc, TransferError) else is_transient(exc)):
                 await self._abort(item.dst_key, upload_id)
             raise
-        etag = etag_of(resp["ETag"])
+        # Ceph's RADOS Gateway answers with an empty ETag: the object's own HEAD tells it
+        etag = etag_of(resp.get("ETag") or "") or await self._etag_of_completed(item)
         expected = item.etag if same_layout else composite_etag([md5 for _, _, md5 in parts])
         if etag != expected or (whole_md5 is not None and not is_multipart_etag(item.etag) and whole_md5 != item.etag):
             await self._discard(item.dst_key)
@@ -331,24 +344,34 @@ class ObjectCopier:
             resumed_parts=sum(1 for n, e, _ in parts if done.get(n) == e),
         )
 
-    async def _find_upload(self, key: str, sizes: list[int]) -> tuple[str | None, dict[int, str]]:
+    async def _find_upload(
+        self, key: str, sizes: list[int], *, adopt_layout: bool
+    ) -> tuple[str | None, dict[int, str], list[int]]:
         """An earlier run's upload of ``key`` (the one with most usable parts; the others are
-        aborted) and its finished parts that have the expected size."""
+        aborted), its finished parts that have the expected size, and the part sizes to go on with.
+        ``adopt_layout``: ``sizes`` is a layout of our own, and an upload whose parts show another
+        one (an earlier run with another ``multipart_chunksize``) is continued in its own."""
         uploads = [u for u in await list_uploads(self.dst, self.dst_bucket, key, self.retry) if u["Key"] == key]
-        if not uploads:
-            return None, {}
         candidates = []
         for upload in uploads:
-            parts = await self._list_parts(key, upload["UploadId"])
-            usable = {n: etag for n, (size, etag) in parts.items() if 1 <= n <= len(sizes) and size == sizes[n - 1]}
+            try:
+                parts = await self._list_parts(key, upload["UploadId"])
+            except ClientError as exc:
+                if upload_gone(exc):  # aborted or completed since it was listed
+                    continue
+                raise
+            layout = (_layout_of(parts, sum(sizes)) if adopt_layout else None) or sizes
+            usable = {n: etag for n, (size, etag) in parts.items() if 1 <= n <= len(layout) and size == layout[n - 1]}
             initiated = upload.get("Initiated") or datetime.min.replace(tzinfo=timezone.utc)
-            candidates.append((len(usable), initiated, upload["UploadId"], usable))
+            candidates.append((len(usable), initiated, upload["UploadId"], usable, layout))
+        if not candidates:
+            return None, {}, sizes
         candidates.sort(key=lambda c: (c[0], c[1]))
-        *stale, (count, _, upload_id, done) = candidates
-        for _, _, other, _ in stale:
+        *stale, (count, _, upload_id, done, layout) = candidates
+        for _, _, other, _, _ in stale:
             await self._abort(key, other)
-        log.info("%s: resuming upload with %d of %d parts done", key, count, len(sizes))
-        return upload_id, done
+        log.info("%s: resuming upload with %d of %d parts done", key, count, len(layout))
+        return upload_id, done, layout
 
     async def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[int, str]]:
         parts: dict[int, tuple[int, str]] = {}
@@ -480,6 +503,12 @@ class ObjectCopier:
         parts = [(n, *results[n]) for n in range(1, len(sizes) + 1)]
         return parts, sent, whole.hexdigest() if whole is not None else None
 
+    async def _etag_of_completed(self, item: ObjectCopy) -> str:
+        head = await self.retry(
+            f"{item.dst_key}: HEAD", lambda: self.dst.head_object(Bucket=self.dst_bucket, Key=item.dst_key)
+        )
+        return etag_of(head["ETag"]) if head["ContentLength"] == item.size else ""
+
     async def _abort(self, key: str, upload_id: str) -> None:
         try:
             await self.retry(
@@ -491,6 +520,27 @@ class ObjectCopier:
 
     async def _discard(self, key: str) -> None:
         await self.retry(f"{key}: delete", lambda: self.dst.delete_object(Bucket=self.dst_bucket, Key=key))
+
+
+def _fits(part: int, count: int, size: int) -> bool:
+    """``count`` parts of ``part`` bytes (the last one smaller or equal) make ``size`` bytes."""
+    return part > 0 and part * (count - 1) < size <= part * count
+
+
+def _sizes(part: int, size: int) -> list[int]:
+    count = max(1, -(-size // part))
+    return [part] * (count - 1) + [size - part * (count - 1)]
+
+
+def _layout_of(parts: dict[int, tuple[int, str]], size: int) -> list[int] | None:
+    """The layout an upload's listed parts show (its full parts are its largest), if every one fits it."""
+    if not parts:
+        return None
+    part = max(s for s, _ in parts.values())
+    if -(-size // part) > MAX_PARTS:
+        return None
+    layout = _sizes(part, size)
+    return layout if all(n <= len(layout) and layout[n - 1] == s for n, (s, _) in parts.items()) else None
 
 
 def _check_unchanged(item: ObjectCopy, etag: str, size: int) -> None:

@@ -70,7 +70,7 @@ from .objects import ObjectState, list_prefix, list_uploads
 from .plan import DestinationFacts, MigrationPlan, build_plan
 from .remap import copy_namespace, destination_identity
 from .report import human_bytes
-from .s3 import Retrier, describe_error, is_transient
+from .s3 import Retrier, describe_error, is_transient, upload_gone
 from .schema import PROJECT_TABLES, insert_order, reflect
 from .settings import MigrationSettings, UuidPolicy
 
@@ -534,7 +534,7 @@ async def abort_listed_uploads(client: Any, bucket: str, uploads: list[tuple[str
             await retry(f"abort upload of {key}",
                         lambda k=key, u=upload_id: client.abort_multipart_upload(Bucket=bucket, Key=k, UploadId=u))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":  # finished or aborted meanwhile
+            if not upload_gone(exc):  # finished or aborted meanwhile
                 raise TransferError(f"abort upload of {key}: {describe_error(exc)}") from exc
             continue
         aborted += 1

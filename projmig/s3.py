@@ -58,6 +58,20 @@ TRANSIENT_CODES = frozenset(
 )
 
 
+# what an S3 error code means, for replies that give no message (Ceph's mostly don't)
+MEANINGS = {
+    "AccessDenied": "access denied",
+    "BadDigest": "the body does not match its Content-MD5",
+    "EntityTooSmall": "a part is smaller than the server's minimum",
+    "InvalidAccessKeyId": "unknown access key",
+    "InvalidPart": "a part is missing or has another ETag",
+    "NoSuchBucket": "the bucket does not exist",
+    "NoSuchKey": "the object does not exist",
+    "NoSuchUpload": "the multipart upload does not exist (aborted or completed)",
+    "PreconditionFailed": "the object changed (its ETag is not the one asked for)",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+}
+
 _local = threading.local()
 _loader: Loader | None = None
 _loader_lock = threading.Lock()
@@ -155,10 +169,24 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+def upload_gone(exc: BaseException) -> bool:
+    """The multipart upload a call named no longer exists (aborted, or completed meanwhile).
+    AWS says ``NoSuchUpload``; Ceph's RADOS Gateway answers ``ListParts`` with ``NoSuchKey``."""
+    code = error_code(exc)
+    return code == "NoSuchUpload" or (
+        code == "NoSuchKey" and isinstance(exc, ClientError) and exc.operation_name == "ListParts"
+    )
+
+
 def describe_error(exc: BaseException) -> str:
     code = error_code(exc)
     if code:
         message = exc.response.get("Error", {}).get("Message") if isinstance(exc, ClientError) else ""
+        if not message:  # Ceph's error documents mostly carry a code only
+            status = http_status(exc)
+            where = f"HTTP {status}" if status and str(status) != code else ""
+            meaning = MEANINGS.get(code, "")
+            message = f"{meaning} ({where})" if meaning and where else meaning or where
         return f"{code}{': ' + message if message else ''}"
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

@@ -1,16 +1,20 @@
-"""Real servers for the whole session: two PostgreSQL and two SeaweedFS (source, destination).
+"""Real servers for the whole session: two PostgreSQL and two SeaweedFS (source, destination), and
+a Ceph cluster with its RADOS Gateway when a test asks for it (started once, shared).
 
 Every test that needs deployments gets fresh databases (copies of a template that holds the
 schema and seed rows, so identities are the same in every test) and fresh buckets.
 
 With ``PROJMIG_TEST_SCHEMA_SQL`` naming the real osparc-simcore schema dump, the tests that take
-the ``simcore`` fixture run twice: on projmig's fixture schema and on the real one.
+the ``simcore`` fixture run twice: on projmig's fixture schema and on the real one. The tests that
+take ``provider_simcore`` also run between S3 implementations (SeaweedFS -> Ceph, Ceph ->
+SeaweedFS), on the real schema when it is given.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from projmig.sandbox import Identities, Sandbox
+from projmig.sandbox import CephServer, Identities, S3Store, Sandbox
 from projmig.sandbox.simcore import SCHEMA_SQL_ENV, fixture_schema_sql, load_schema, seed
+from projmig.s3 import s3_client
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 
 # before anything imports Prefect: a PREFECT_HOME of the session's own, no telemetry
@@ -40,6 +45,23 @@ def schemas() -> list[str]:
     return ["fixture", "real"] if os.environ.get(SCHEMA_SQL_ENV) else ["fixture"]
 
 
+SEAWEEDFS, CEPH = "seaweedfs", "ceph"
+CEPH_PAIRS = [(SEAWEEDFS, CEPH), (CEPH, SEAWEEDFS)]  # (source, destination) S3 implementations
+
+
+def provider_cases() -> list[tuple[str, tuple[str, str]]]:
+    """(schema, S3 pair): SeaweedFS on both sides on every schema; the Ceph pairs on the real schema
+    when it is given (that is what deployments run), else on the fixture."""
+    return [(schema, (SEAWEEDFS, SEAWEEDFS)) for schema in schemas()] + [
+        (schemas()[-1], pair) for pair in CEPH_PAIRS
+    ]
+
+
+def case_id(case: tuple[str, tuple[str, str]]) -> str:
+    schema, (source, destination) = case
+    return f"{schema}-{source}-to-{destination}"
+
+
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     box = Sandbox(tmp_path_factory.mktemp("sandbox")).start()
@@ -47,6 +69,26 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield box
     finally:
         box.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephServer]:
+    """One Ceph cluster + RADOS Gateway for the session, started by the first test that needs it."""
+    server = CephServer(
+        tmp_path_factory.mktemp("ceph"), access_key=f"AK{secrets.token_hex(8).upper()}", secret_key=secrets.token_urlsafe(30)
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_servers(request: pytest.FixtureRequest, sandbox: Sandbox, pair: tuple[str, str]) -> tuple[S3Store, S3Store]:
+    """The (source, destination) S3 servers of a pair: SeaweedFS is the sandbox's server of that
+    side; Ceph is the session's one cluster (never both sides of a pair here)."""
+    source = request.getfixturevalue("ceph") if pair[0] == CEPH else sandbox.source.s3
+    destination = request.getfixturevalue("ceph") if pair[1] == CEPH else sandbox.destination.s3
+    return source, destination
 
 
 @dataclass
@@ -85,6 +127,7 @@ class Simcore:
     source_ids: Identities
     destination_ids: Identities
     sandbox: Sandbox
+    providers: tuple[str, str] = (SEAWEEDFS, SEAWEEDFS)  # S3 implementations of source, destination
 
     @property
     def alice(self) -> int:
@@ -111,19 +154,26 @@ class Simcore:
         return data
 
 
-async def make_simcore(sandbox: Sandbox, templates: dict[str, Templates], schema: str) -> Simcore:
+async def make_simcore(
+    sandbox: Sandbox, templates: dict[str, Templates], schema: str,
+    s3: tuple[S3Store, S3Store] | None = None, providers: tuple[str, str] = (SEAWEEDFS, SEAWEEDFS),
+) -> Simcore:
+    """Fresh databases from the schema's templates and fresh buckets (``s3``: the (source,
+    destination) S3 servers; default: the sandbox's SeaweedFS servers)."""
+    source_s3, destination_s3 = s3 or (sandbox.source.s3, sandbox.destination.s3)
     name = unique(f"t_{schema}").replace("-", "_")
     source_db = await sandbox.source.create_database(name, template=f"tpl_{schema}")
     destination_db = await sandbox.destination.create_database(name, template=f"tpl_{schema}")
     return Simcore(
         schema=schema,
         source_db=source_db,
-        source_s3=await sandbox.source.create_bucket(unique("src")),
+        source_s3=await source_s3.create_bucket(unique("src")),
         destination_db=destination_db,
-        destination_s3=await sandbox.destination.create_bucket(unique("dst")),
+        destination_s3=await destination_s3.create_bucket(unique("dst")),
         source_ids=templates[schema].source_ids,
         destination_ids=templates[schema].destination_ids,
         sandbox=sandbox,
+        providers=providers,
     )
 
 
@@ -131,6 +181,38 @@ async def make_simcore(sandbox: Sandbox, templates: dict[str, Templates], schema
 async def simcore(request: pytest.FixtureRequest, sandbox: Sandbox, templates: dict[str, Templates]) -> AsyncIterator[Simcore]:
     env = await make_simcore(sandbox, templates, request.param)
     yield env
+    await sandbox.source.drop_database(env.source_db.database or "")
+    await sandbox.destination.drop_database(env.destination_db.database or "")
+
+
+async def empty_and_remove(bucket: S3Settings) -> None:
+    """Delete a bucket with its objects and open uploads (Ceph's OSD keeps every object in memory)."""
+    async with s3_client(bucket) as client:
+        async for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket.bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                await client.delete_objects(Bucket=bucket.bucket, Delete={"Objects": keys, "Quiet": True})
+        uploads = await client.list_multipart_uploads(Bucket=bucket.bucket)
+        for upload in uploads.get("Uploads", []):
+            await client.abort_multipart_upload(Bucket=bucket.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        await client.delete_bucket(Bucket=bucket.bucket)
+
+
+async def remove_ceph_buckets(env: Simcore) -> None:
+    for side, bucket in zip(env.providers, (env.source_s3, env.destination_s3)):
+        if side == CEPH:
+            await empty_and_remove(bucket)
+
+
+@pytest.fixture(params=provider_cases(), ids=case_id)
+async def provider_simcore(
+    request: pytest.FixtureRequest, sandbox: Sandbox, templates: dict[str, Templates]
+) -> AsyncIterator[Simcore]:
+    """Like ``simcore``, and also between S3 implementations (SeaweedFS -> Ceph, Ceph -> SeaweedFS)."""
+    schema, pair = request.param
+    env = await make_simcore(sandbox, templates, schema, s3_servers(request, sandbox, pair), pair)
+    yield env
+    await remove_ceph_buckets(env)
     await sandbox.source.drop_database(env.source_db.database or "")
     await sandbox.destination.drop_database(env.destination_db.database or "")
 

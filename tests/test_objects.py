@@ -1,15 +1,18 @@
-"""Copying objects between two real SeaweedFS servers: skip, layouts, resume, server-side copy."""
+"""Copying objects between two real SeaweedFS servers: skip, layouts, resume, server-side copy; and
+with Ceph's RADOS Gateway on either side, where it answers differently."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import AsyncIterator
 
 import pytest
 from botocore.exceptions import ClientError
 
 from projmig.objects import (
     MARKER,
+    CopyFailures,
     ObjectCopier,
     ObjectState,
     batch_transfers,
@@ -19,8 +22,10 @@ from projmig.objects import (
 )
 from projmig.plan import ObjectCopy
 from projmig.s3 import Retrier, is_transient, s3_client
+from projmig.sandbox import CephServer
+from projmig.settings import S3Settings
 
-from .conftest import Simcore
+from .conftest import Simcore, empty_and_remove, unique
 
 MiB = 1024 * 1024
 retry = Retrier(attempts=3, timeout=60, initial_wait=0.05)
@@ -33,7 +38,7 @@ async def put_multipart(client, bucket: str, key: str, data: bytes, part: int) -
         resp = await client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number, Body=data[start:start + part])
         parts.append({"PartNumber": number, "ETag": resp["ETag"]})
     resp = await client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts})
-    return resp["ETag"].strip('"')
+    return (resp.get("ETag") or "").strip('"')
 
 
 async def sha256(client, bucket: str, key: str) -> str:
@@ -150,3 +155,104 @@ def test_transient_errors_are_told_apart() -> None:
     assert is_transient(error("SlowDown", 503)) and is_transient(error("InternalError", 500))
     assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
     assert not is_transient(error("AccessDenied", 403)) and not is_transient(error("NoSuchBucket", 404))
+
+
+# -- Ceph's RADOS Gateway (Ceph 16.2): where it answers differently from AWS and SeaweedFS ----------
+
+
+@pytest.fixture
+async def ceph_bucket(ceph: CephServer) -> AsyncIterator[S3Settings]:
+    bucket = await ceph.create_bucket(unique("cephobj"))
+    yield bucket
+    await empty_and_remove(bucket)
+
+
+async def test_ceph_completes_uploads_with_an_empty_etag_projmig_reads_it_back(clients, ceph_bucket) -> None:
+    src, _, sb, _ = clients
+    data = os.urandom(13 * MiB + 17)
+    source_etag = await put_multipart(src, sb, "p/n/big.h5", data, part=6 * MiB)
+    async with s3_client(ceph_bucket) as ceph:
+        assert await put_multipart(ceph, ceph_bucket.bucket, "quirk/empty", b"x" * 10, part=MiB) == ""  # the quirk
+        [copy] = copies_of(await list_prefix(src, sb, "p/", retry))
+        copier = ObjectCopier(src, ceph, sb, ceph_bucket.bucket, retry=retry, multipart_threshold=8 * MiB)
+        [outcome] = await copier.copy_all([(copy, None)])
+        assert outcome.etag == source_etag
+        assert (await list_prefix(ceph, ceph_bucket.bucket, "p/", retry))[copy.dst_key] == ObjectState(len(data), source_etag)
+        assert await sha256(ceph, ceph_bucket.bucket, copy.dst_key) == hashlib.sha256(data).hexdigest()
+
+
+async def test_ceph_ignores_part_number_yet_a_copy_resumes_part_by_part(clients, ceph_bucket) -> None:
+    _, dst, _, db = clients
+    data = os.urandom(31 * MiB)
+    async with s3_client(ceph_bucket) as ceph:
+        await put_multipart(ceph, ceph_bucket.bucket, "p/n/resume.bin", data, part=6 * MiB)
+        source_etag = (await ceph.head_object(Bucket=ceph_bucket.bucket, Key="p/n/resume.bin"))["ETag"].strip('"')
+        assert source_etag.endswith("-6")
+        head = await ceph.head_object(Bucket=ceph_bucket.bucket, Key="p/n/resume.bin", PartNumber=1)
+        assert head["ContentLength"] == len(data) and "PartsCount" not in head  # the quirk: the whole object
+        [copy] = copies_of(await list_prefix(ceph, ceph_bucket.bucket, "p/", retry))
+        # an earlier run got three of six parts across before it died
+        upload = await dst.create_multipart_upload(Bucket=db, Key=copy.dst_key)
+        for number in (1, 2, 3):
+            await dst.upload_part(Bucket=db, Key=copy.dst_key, UploadId=upload["UploadId"], PartNumber=number,
+                                  Body=data[(number - 1) * 6 * MiB:number * 6 * MiB])
+        copier = ObjectCopier(ceph, dst, ceph_bucket.bucket, db, retry=retry, multipart_threshold=8 * MiB)
+        [outcome] = await copier.copy_all([(copy, None)])
+        fresh = copy.model_copy(update={"dst_key": "p/n/fresh copy.bin"})  # no earlier upload to learn from
+        [fresh_outcome] = await copier.copy_all([(fresh, None)])
+    assert outcome.resumed_parts == 3 and outcome.bytes_sent == len(data) - 18 * MiB
+    # the guessed layout (the smallest whole MiB giving 6 parts for 31 MiB: 6 MiB) was the source's
+    assert outcome.etag == fresh_outcome.etag == source_etag
+    for key in (copy.dst_key, fresh.dst_key):
+        assert await sha256(dst, db, key) == hashlib.sha256(data).hexdigest()
+    assert await list_uploads(dst, db, "p/", retry) == []
+
+
+async def test_an_upload_in_another_layout_is_continued_in_its_own(clients, ceph_bucket) -> None:
+    """The layout cannot be asked from Ceph: the kept upload's parts (ListParts) and the size tell it."""
+    _, dst, _, db = clients
+    data = os.urandom(23 * MiB)
+    async with s3_client(ceph_bucket) as ceph:
+        await put_multipart(ceph, ceph_bucket.bucket, "p/n/odd.bin", data, part=8 * MiB)
+        [copy] = copies_of(await list_prefix(ceph, ceph_bucket.bucket, "p/", retry))
+        upload = await dst.create_multipart_upload(Bucket=db, Key=copy.dst_key, Metadata={MARKER: copy.etag})
+        for number in (1, 2):  # an earlier run in 5 MiB parts
+            await dst.upload_part(Bucket=db, Key=copy.dst_key, UploadId=upload["UploadId"], PartNumber=number,
+                                  Body=data[(number - 1) * 5 * MiB:number * 5 * MiB])
+        copier = ObjectCopier(ceph, dst, ceph_bucket.bucket, db, retry=retry, multipart_threshold=8 * MiB)
+        [outcome] = await copier.copy_all([(copy, None)])
+    assert outcome.resumed_parts == 2 and outcome.bytes_sent == len(data) - 10 * MiB
+    assert outcome.etag.endswith("-5")  # 23 MiB in 5 MiB parts
+    assert await sha256(dst, db, copy.dst_key) == hashlib.sha256(data).hexdigest()
+    there, todo = await compare_with_destination(dst, db, [copy], retry)  # marked with the source ETag
+    assert len(there) == 1 and not todo
+
+
+async def test_ceph_server_side_copy_answers_an_unquoted_etag(ceph: CephServer, ceph_bucket) -> None:
+    other = await ceph.create_bucket(unique("cephobj"))
+    async with s3_client(ceph_bucket) as client:
+        sb = ceph_bucket.bucket
+        await client.put_object(Bucket=sb, Key="p/small.txt", Body=b"x" * 5000)
+        raw = await client.copy_object(Bucket=other.bucket, Key="quirk", CopySource={"Bucket": sb, "Key": "p/small.txt"})
+        assert not raw["CopyObjectResult"]["ETag"].startswith('"')  # the quirk
+        [copy] = copies_of(await list_prefix(client, sb, "p/", retry))
+        copier = ObjectCopier(client, client, sb, other.bucket, retry=retry, server_side=True)
+        [outcome] = await copier.copy_all([(copy, None)])
+        assert outcome.action == "server-side" and outcome.etag == copy.etag
+        assert (await list_prefix(client, other.bucket, "p/", retry))["p/small.txt"] == ObjectState(5000, copy.etag)
+    await empty_and_remove(other)
+
+
+async def test_ceph_errors_without_a_message_are_still_explained(clients, ceph_bucket) -> None:
+    _, dst, _, db = clients
+    async with s3_client(ceph_bucket) as ceph:
+        await ceph.put_object(Bucket=ceph_bucket.bucket, Key="p/gone.bin", Body=b"soon gone")
+        [copy] = copies_of(await list_prefix(ceph, ceph_bucket.bucket, "p/", retry))
+        with pytest.raises(ClientError) as raw:
+            await ceph.list_parts(Bucket=ceph_bucket.bucket, Key="p/gone.bin", UploadId="2~no-such-upload")
+        assert raw.value.response["Error"]["Code"] == "NoSuchKey" and not raw.value.response["Error"].get("Message")
+        await ceph.delete_object(Bucket=ceph_bucket.bucket, Key="p/gone.bin")
+        copier = ObjectCopier(ceph, dst, ceph_bucket.bucket, db, retry=retry)
+        with pytest.raises(CopyFailures) as failed:
+            await copier.copy_all([(copy, None)])
+    assert "p/gone.bin: NoSuchKey: the object does not exist (HTTP 404)" in str(failed.value)

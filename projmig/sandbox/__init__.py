@@ -1,4 +1,5 @@
-"""Local, throwaway osparc-like deployments (PostgreSQL + SeaweedFS) for the demo, tests and bench.
+"""Local, throwaway osparc-like deployments (PostgreSQL + SeaweedFS) for the demo, tests and bench;
+Ceph's RADOS Gateway as another S3 server for the tests (:class:`CephServer`).
 
 >>> sandbox = Sandbox(Path("/tmp/x")).start()
 >>> db = await sandbox.source.create_database("simcore")
@@ -14,16 +15,18 @@ from pathlib import Path
 
 import asyncpg
 
-from ..s3 import s3_client
-from ..settings import DatabaseSettings, Provider, S3Settings
-from .servers import PostgresServer, SeaweedServer, ServerError, find_pg_bindir, free_port
+from ..settings import DatabaseSettings, S3Settings
+from .ceph import CephServer
+from .servers import PostgresServer, S3Store, SeaweedServer, ServerError, find_pg_bindir, free_port
 from .simcore import FIXTURE_REVISION, Identities, load_schema, schema_sql, seed
 
 __all__ = [
+    "CephServer",
     "FIXTURE_REVISION",
     "Identities",
     "LocalDeployment",
     "PostgresServer",
+    "S3Store",
     "Sandbox",
     "SeaweedServer",
     "ServerError",
@@ -52,13 +55,7 @@ class LocalDeployment:
         )
 
     def bucket(self, name: str) -> S3Settings:
-        return S3Settings(
-            endpoint=self.s3.endpoint,
-            provider=Provider.MINIO,
-            access_key=self.s3_access_key,
-            secret_key=self.s3_secret_key,
-            bucket=name,
-        )
+        return self.s3.bucket(name)
 
     async def _admin(self) -> asyncpg.Connection:
         return await asyncpg.connect(
@@ -91,10 +88,7 @@ class LocalDeployment:
         return db, identities
 
     async def create_bucket(self, name: str) -> S3Settings:
-        settings = self.bucket(name)
-        async with s3_client(settings) as client:
-            await client.create_bucket(Bucket=name)
-        return settings
+        return await self.s3.create_bucket(name)
 
 
 class Sandbox:

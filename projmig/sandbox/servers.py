@@ -1,4 +1,5 @@
-"""Throwaway PostgreSQL and SeaweedFS (S3) servers on 127.0.0.1, for the demo, the tests and bench.
+"""Throwaway PostgreSQL and SeaweedFS (S3) servers on 127.0.0.1, for the demo, the tests and bench
+(Ceph's RADOS Gateway, the tests' second S3 implementation, is in :mod:`.ceph`).
 
 Each server is a real process started here and stopped by its PID. PostgreSQL refuses to run as
 root, so as root its commands run in a user namespace (``unshare --map-user=65534``).
@@ -18,6 +19,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from ..s3 import s3_client
+from ..settings import Provider, S3Settings
 
 PG_PASSWORD_FILE = "pwfile"
 
@@ -167,8 +171,34 @@ class PostgresServer:
 S3_ADMIN_ACTIONS = ["Admin", "Read", "Write", "List", "Tagging"]
 
 
-class SeaweedServer:
+class S3Store:
+    """What every S3 server here offers: its endpoint, one user's credentials, buckets."""
+
+    provider: Provider
+    access_key: str
+    secret_key: str
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def bucket(self, name: str) -> S3Settings:
+        return S3Settings(
+            endpoint=self.endpoint, provider=self.provider, access_key=self.access_key, secret_key=self.secret_key,
+            bucket=name,
+        )
+
+    async def create_bucket(self, name: str) -> S3Settings:
+        settings = self.bucket(name)
+        async with s3_client(settings) as client:
+            await client.create_bucket(Bucket=name)
+        return settings
+
+
+class SeaweedServer(S3Store):
     """One SeaweedFS ``weed mini`` (master, volume, filer, S3) with fixed credentials."""
+
+    provider = Provider.MINIO  # MinIO-class: path-style addressing, MD5 ETags
 
     def __init__(self, workdir: Path, *, access_key: str, secret_key: str, extra_identities: list[dict] | None = None):
         self.workdir = Path(workdir)

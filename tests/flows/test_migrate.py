@@ -1,4 +1,5 @@
-"""The migrate-project flow end to end on real PostgreSQL + SeaweedFS servers (both schemas)."""
+"""The migrate-project flow end to end on real PostgreSQL and S3 servers (both schemas; SeaweedFS and
+Ceph, each as source and as destination)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ async def fetch(db, sql: str, *args):
         await conn.close()
 
 
-async def test_whole_graph_migrates_then_a_rerun_is_a_no_op(simcore: Simcore) -> None:
+async def test_whole_graph_migrates_then_a_rerun_is_a_no_op(provider_simcore: Simcore) -> None:
+    simcore = provider_simcore
     spec = SampleSpec(share_with_gids=[simcore.source_ids.groups["lab"], simcore.source_ids.everyone_gid])
     sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=spec)
     settings = simcore.settings(sample.uuid, source={"include_hidden": True})
