@@ -2,13 +2,15 @@
 
 Bad input is caught before Prefect starts (a library preflight) and printed as one ``error:``
 line per problem, exit code 2. A migration that fails midway exits with 1 and says whether a
-rerun will continue where it stopped.
+rerun will continue where it stopped. Names, keys and error details are untrusted text: the
+consoles interpret no markup, and every line goes through :func:`projmig.text.printable`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Coroutine, Iterator
@@ -22,10 +24,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from projmig.errors import ConfigError, PreflightError, ProjmigError, TransferError
 from projmig.report import MigrationReport, human_bytes
 from projmig.settings import MigrationSettings, UuidPolicy, resolve_secrets, secret_refs, template
+from projmig.text import printable
 
 app = typer.Typer(
     name="projmig",
@@ -34,14 +38,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+# markup, emoji codes and highlighting off: nothing a project name holds is taken as styling
+# (not a terminal: wide enough that no table cell wraps, so that a name reads as one piece in a log)
+out = Console(width=None if sys.stdout.isatty() else 1000, markup=False, emoji=False, highlight=False)
+err = Console(stderr=True, markup=False, emoji=False, highlight=False)
 T = TypeVar("T")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="cfg.json (see `projmig config-template`)")]
 ProjectOption = Annotated[
     list[UUID] | None, typer.Option("--project", "-p", help="project uuid to move (repeat for several)")
 ]
+
+
+def say(console: Console, text: object, *, label: str = "", style: str = "") -> None:
+    """One line of output: ``label`` (ours, styled) then ``text`` shown literally."""
+    console.print(Text.assemble((label, style), " " if label else "", printable(text)), soft_wrap=True)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -57,12 +68,12 @@ def errors_as_lines() -> Iterator[None]:
         yield
     except (ConfigError, PreflightError) as exc:
         for problem in exc.problems:
-            err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+            say(err, problem, label="error:", style="bold red")
         raise typer.Exit(2)
     except ProjmigError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        say(err, exc, label="error:", style="bold red")
         if isinstance(exc, TransferError) and exc.transient:
-            err.print("Rerun the same command to continue where it stopped.", highlight=False)
+            say(err, "Rerun the same command to continue where it stopped.")
         raise typer.Exit(1)
 
 
@@ -74,6 +85,8 @@ async def resolved(settings: MigrationSettings) -> MigrationSettings:
     if any(ref.prefect_secret for ref in secret_refs(settings)):
         from flows.migrate import resolve_credentials  # Prefect Secret blocks need Prefect
 
+        # reading a block emits an event; one still queued at exit is a warning line, not our business
+        logging.getLogger("EventsWorker").setLevel(logging.ERROR)
         return await resolve_credentials(settings)
     return resolve_secrets(settings)
 
@@ -98,9 +111,9 @@ def plan(
         report = await steps.preflight(settings, probe_write=False)
         migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
         for line in migration.summary_lines():
-            out.print(line, highlight=False, soft_wrap=True)
+            say(out, line)
         if report.already_migrated:
-            out.print(f"already in the destination: {', '.join(report.already_migrated)}", highlight=False)
+            say(out, f"already in the destination: {', '.join(report.already_migrated)}")
 
     run(main())
 
@@ -171,29 +184,26 @@ class _BarListener:
 
 
 def print_report(report: MigrationReport) -> None:
-    table = Table(title=report.headline(), title_justify="left", show_edge=False)
+    table = Table(title=Text(printable(report.headline())), title_justify="left", show_edge=False)
     for column in ("project", "name", "kind", "nodes", "files", "objects", "bytes"):
         numeric = column in ("nodes", "files", "objects", "bytes")
         table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "project")
     for row in report.project_rows():
-        table.add_row(*[human_bytes(v) if k == "bytes" else str(v) for k, v in row.items()])  # type: ignore[arg-type]
+        table.add_row(*[Text(human_bytes(v) if k == "bytes" else printable(v)) for k, v in row.items()])  # type: ignore[arg-type]
     out.print(table)
     if report.rows_planned:
-        out.print(
-            "rows inserted: " + ", ".join(f"{t} {report.rows_inserted.get(t, 0)}/{n}" for t, n in report.rows_planned.items()),
-            highlight=False, soft_wrap=True,
-        )
+        say(out, "rows inserted: " + ", ".join(f"{t} {report.rows_inserted.get(t, 0)}/{n}" for t, n in report.rows_planned.items()))
     if report.seconds:
-        out.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.seconds.items()), highlight=False)
+        say(out, "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.seconds.items()))
     for table_name, n in report.left_behind.items():
-        out.print(f"left behind (deployment-bound): {table_name} {n} rows", highlight=False)
+        say(out, f"left behind (deployment-bound): {table_name} {n} rows")
     for group in report.dropped_groups:
-        out.print(f"dropped group: {group}", highlight=False)
+        say(out, f"dropped group: {group}")
     for note in report.schema_drift:
-        out.print(f"schema drift: {note}", highlight=False, soft_wrap=True)
+        say(out, f"schema drift: {note}")
     for warning in report.warnings:
-        out.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    out.print(report.headline(), highlight=False, soft_wrap=True)
+        say(out, warning, label="warning:", style="yellow")
+    say(out, report.headline())
 
 
 @app.command()
@@ -211,16 +221,16 @@ def verify(
 
     result = run(main())
     for difference in result.differences:
-        out.print(f"[red]differs:[/] {difference}", highlight=False, soft_wrap=True)
+        say(out, difference, label="differs:", style="red")
     how = "size + ETag" if quick else f"SHA-256 of {human_bytes(result.bytes_hashed)}"
     summary = (
         f"{len(result.projects)} projects, {result.rows_checked} rows and {result.objects_checked} objects "
         f"checked ({how}) in {result.seconds:.1f} s"
     )
     if result.equal:
-        out.print(f"[green]equal:[/] {summary}", highlight=False)
+        say(out, summary, label="equal:", style="green")
         return
-    out.print(f"[red]{len(result.differences)} differences:[/] {summary}", highlight=False)
+    say(out, summary, label=f"{len(result.differences)} differences:", style="red")
     raise typer.Exit(1)
 
 
@@ -245,8 +255,8 @@ def cleanup(
 
     aborted = run(main())
     for key in aborted:
-        out.print(f"aborted upload of {key}", highlight=False)
-    out.print(f"{len(aborted)} unfinished uploads aborted", highlight=False)
+        say(out, f"aborted upload of {key}")
+    say(out, f"{len(aborted)} unfinished uploads aborted")
 
 
 @app.command()
@@ -268,8 +278,8 @@ def rollback(
 
     result = run(main())
     for line in result.summary_lines():
-        out.print(line, highlight=False, soft_wrap=True)
-    out.print(result.headline(), highlight=False, soft_wrap=True)
+        say(out, line)
+    say(out, result.headline())
 
 
 def parse_age(text: str) -> timedelta:
@@ -297,15 +307,15 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # the run's log lines (a failure's traceback too) still reach the Prefect API; the terminal
+        # gets the progress bar, the report and one error line
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def _say_if_prefect_is_new() -> None:
     home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
     if not (home / "prefect.db").exists() and not os.environ.get("PREFECT_API_URL"):
-        err.print(
-            "Starting Prefect for the first time: setting up its local database takes ~20 s (once).",
-            highlight=False,
-        )
+        say(err, "Starting Prefect for the first time: setting up its local database takes ~20 s (once).")
 
 
 def main() -> None:  # pragma: no cover - console script

@@ -13,6 +13,7 @@ Run it locally::
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, contextmanager
@@ -30,7 +31,15 @@ from projmig import steps
 from projmig.errors import ConfigError, ProjmigError, TransferError
 from projmig.objects import CopyOutcome, ObjectState, batch_transfers
 from projmig.report import MigrationReport, human_bytes
-from projmig.settings import MigrationOptions, MigrationSettings, UuidPolicy, literal_credentials, resolve_secrets, secret_refs
+from projmig.settings import (
+    MigrationOptions,
+    MigrationSettings,
+    SecretNotFound,
+    UuidPolicy,
+    literal_credentials,
+    resolve_secrets,
+    secret_refs,
+)
 from projmig.verify import verified_states
 
 from . import tasks
@@ -39,12 +48,33 @@ from .progress import report_bytes, report_total
 
 
 async def resolve_credentials(settings: MigrationSettings) -> MigrationSettings:
-    """Replace secret references (environment variables, Prefect Secret blocks) by their values."""
+    """Replace secret references (environment variables, Prefect Secret blocks) by their values.
+    A block that is missing, unreadable or empty is one error line naming the field and the block."""
     names = {ref.prefect_secret for ref in secret_refs(settings) if ref.prefect_secret}
-    values: dict[str, str] = {}
+    values: dict[str, str | SecretNotFound] = {}
     for name in names:
-        values[name] = str((await Secret.aload(name)).get())
-    return resolve_secrets(settings, prefect_secret=values.__getitem__)
+        values[name] = await _read_secret_block(name)
+
+    def lookup(name: str) -> str:
+        value = values[name]
+        if isinstance(value, SecretNotFound):
+            raise value
+        return value
+
+    return resolve_secrets(settings, prefect_secret=lookup)
+
+
+async def _read_secret_block(name: str) -> str | SecretNotFound:
+    try:
+        secret = await Secret.aload(name)
+    except ValueError as exc:  # Prefect: "Unable to find block document named ..."
+        if "Unable to find" in str(exc):
+            return SecretNotFound(f"Prefect Secret block {name!r} does not exist")
+        return SecretNotFound(f"Prefect Secret block {name!r} cannot be read ({type(exc).__name__})")
+    except Exception as exc:  # the API unreachable, another block type under that name, ...
+        return SecretNotFound(f"Prefect Secret block {name!r} cannot be read ({type(exc).__name__})")
+    value = secret.get()
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _run_name() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,11 +13,37 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .errors import PreflightError
+from .errors import ConfigError, PreflightError
 from .settings import DatabaseSettings
 
 
-def create_engine(settings: DatabaseSettings, *, pool_size: int = 2) -> AsyncEngine:
+def tls_argument(settings: DatabaseSettings, role: str = "database") -> bool | str | ssl.SSLContext:
+    """asyncpg's ``ssl`` for ``settings.ssl`` (libpq's sslmode): a context that verifies the
+    server's certificate against ``ssl_root_cert`` (or the system's CAs) for verify-ca/verify-full,
+    one that encrypts without verifying for require, asyncpg's own ``prefer``, or no TLS."""
+    if settings.ssl == "disable":
+        return False
+    if settings.ssl == "prefer":
+        return "prefer"
+    field = "ssl_root_cert"
+    try:
+        if settings.ssl == "require":
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context = ssl.create_default_context(cafile=settings.ssl_root_cert)
+            context.check_hostname = settings.ssl == "verify-full"
+        if settings.ssl_cert:
+            field = "ssl_cert"
+            context.load_cert_chain(settings.ssl_cert, settings.ssl_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{role}.db.{field}: cannot load it: {getattr(exc, 'strerror', None) or exc}") from None
+    return context
+
+
+def create_engine(settings: DatabaseSettings, *, pool_size: int = 2, role: str = "database") -> AsyncEngine:
+    settings = settings.with_dsn_tls()
     return create_async_engine(
         settings.url(),
         pool_size=pool_size,
@@ -27,6 +54,7 @@ def create_engine(settings: DatabaseSettings, *, pool_size: int = 2) -> AsyncEng
             "server_settings": {"application_name": "projmig"},
             # pgbouncer-friendly and no surprise plan caching across schema changes
             "statement_cache_size": 0,
+            "ssl": tls_argument(settings, role),
         },
     )
 
@@ -34,7 +62,7 @@ def create_engine(settings: DatabaseSettings, *, pool_size: int = 2) -> AsyncEng
 @asynccontextmanager
 async def open_engine(settings: DatabaseSettings, role: str) -> AsyncIterator[AsyncEngine]:
     """An engine whose first connection is proven; failures become one clear line."""
-    engine = create_engine(settings)
+    engine = create_engine(settings, role=role)
     try:
         try:
             async with engine.connect() as conn:
@@ -52,6 +80,13 @@ def explain_connect_error(exc: BaseException) -> str:
         cause = exc.orig
         # SQLAlchemy's adapter keeps asyncpg's exception one level further down
         cause = getattr(cause, "__cause__", None) or cause
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the server's certificate is not trusted ({cause.verify_message}; give db.ssl_root_cert "
+            "the CA that signed it, and a host its certificate names)"
+        )
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS: {cause.reason or cause}"
     if isinstance(cause, asyncpg.InvalidPasswordError):
         return "password authentication failed (check user and password)"
     if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):

@@ -30,8 +30,11 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from .errors import ProjmigError, TransferError, VerificationError
+from .errors import PreflightError, ProjmigError, TransferError, VerificationError
+from .graph import SourceObject
 from .plan import ObjectCopy
+from .report import human_bytes
+from .settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from .s3 import Retrier, describe_error, is_transient, upload_gone
 from .s3data import BotoData, DataPath, digest
 
@@ -39,7 +42,6 @@ log = logging.getLogger("projmig.objects")
 
 MiB = 1024 * 1024
 MARKER = "projmig-source-etag"
-MAX_PARTS = 10_000
 MAX_SINGLE_COPY = 5 * 1024 * MiB  # CopyObject's limit
 
 
@@ -138,6 +140,35 @@ async def source_marker(client: Any, bucket: str, key: str, retry: Retrier) -> s
     """The source ETag a destination object was verified against (objects re-chunked by projmig)."""
     head = await retry(f"HEAD {key}", lambda: client.head_object(Bucket=bucket, Key=key))
     return (head.get("Metadata") or {}).get(MARKER)
+
+
+def own_part_sizes(size: int, chunksize: int) -> list[int]:
+    """Part sizes for an object of ``size`` bytes: ``chunksize`` (within 5 MiB..5 GiB), grown to a
+    whole number of MiB when the object would otherwise need more than 10,000 parts."""
+    chunk = max(chunksize, MIN_PART_SIZE)
+    needed = -(-size // MAX_PARTS)
+    if needed > chunk:
+        chunk = -(-needed // MiB) * MiB
+    if chunk > MAX_PART_SIZE:
+        raise PreflightError(f"an object of {size} bytes does not fit in {MAX_PARTS} parts of at most 5 GiB")
+    count = max(1, -(-size // chunk))
+    return [chunk] * (count - 1) + [size - chunk * (count - 1)]
+
+
+def refuse_oversized(objects: list[SourceObject], max_size: int, bucket: str, shown: int = 10) -> None:
+    """Raise :class:`PreflightError` naming each source object larger than the destination takes
+    (S3: 5 TiB; less where the destination's ``max_object_size`` says so)."""
+    large = [o for o in objects if o.size > max_size]
+    if not large:
+        return
+    problems = [
+        f"source object {o.key} is {human_bytes(o.size)} ({o.size} bytes): the destination bucket {bucket} takes "
+        f"objects of at most {human_bytes(max_size)} (destination.s3.max_object_size)"
+        for o in large[:shown]
+    ]
+    if len(large) > shown:
+        problems.append(f"and {len(large) - shown} more source objects larger than {human_bytes(max_size)}")
+    raise PreflightError(problems)
 
 
 class ByteBudget:
@@ -286,14 +317,14 @@ class ObjectCopier:
                 lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key, PartNumber=1),
             )
             first = head.get("ContentLength", 0)
-            if head.get("PartsCount") == count and _fits(first, count, item.size):
+            if head.get("PartsCount") == count and _fits(first, count, item.size) and _within_limits(first, count):
                 return _sizes(first, item.size), True
             guess = -(-item.size // count // MiB) * MiB
-            if _fits(guess, count, item.size):
+            if _fits(guess, count, item.size) and _within_limits(guess, count):
                 log.info("%s: source part layout not told, guessing %d-byte parts", item.src_key, guess)
                 return _sizes(guess, item.size), False
-            log.info("%s: source part layout unknown, copying in %d-byte parts", item.src_key, self.chunksize)
-        return _sizes(max(self.chunksize, -(-item.size // MAX_PARTS)), item.size), False
+            log.info("%s: source part layout unknown or outside S3's limits, copying in parts of our own", item.src_key)
+        return own_part_sizes(item.size, self.chunksize), False
 
     async def _copy_in_parts(self, item: ObjectCopy, *, fresh: bool = False) -> CopyOutcome:
         sizes, same_layout = await self.part_layout(item)
@@ -525,6 +556,11 @@ class ObjectCopier:
 def _fits(part: int, count: int, size: int) -> bool:
     """``count`` parts of ``part`` bytes (the last one smaller or equal) make ``size`` bytes."""
     return part > 0 and part * (count - 1) < size <= part * count
+
+
+def _within_limits(part: int, count: int) -> bool:
+    """Parts of ``part`` bytes, ``count`` of them, are what S3 takes (a lone part may be smaller)."""
+    return (count == 1 or part >= MIN_PART_SIZE) and part <= MAX_PART_SIZE and count <= MAX_PARTS
 
 
 def _sizes(part: int, size: int) -> list[int]:

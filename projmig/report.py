@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .plan import MigrationPlan, PlannedProject
+from .text import markdown_text
 
 Status = Literal["migrated", "already-migrated", "dry-run", "failed", "partial"]  # partial: some projects failed
 
@@ -105,11 +106,12 @@ class MigrationReport(BaseModel):
         ]
 
     def to_markdown(self) -> str:
-        lines = [f"## projmig: {self.headline()}", ""]
+        """The report as markdown; every name, key and message in it is escaped (:func:`markdown_text`)."""
+        lines = [f"## projmig: {markdown_text(self.headline())}", ""]
         lines += ["| project | name | kind | nodes | files | objects | bytes |", "|---|---|---|---:|---:|---:|---:|"]
         for r in self.project_rows():
             lines.append(
-                f"| `{r['project']}` | {r['name']} | {r['kind']} | {r['nodes']} | {r['files']} | {r['objects']} | "
+                f"| `{r['project']}` | {markdown_text(r['name'])} | {r['kind']} | {r['nodes']} | {r['files']} | {r['objects']} | "
                 f"{human_bytes(r['bytes'])} |"  # type: ignore[arg-type]
             )
         lines += ["", "| | objects | bytes |", "|---|---:|---:|"]
@@ -119,18 +121,18 @@ class MigrationReport(BaseModel):
         if self.rows_planned:
             lines += ["", "| table | rows inserted | rows planned |", "|---|---:|---:|"]
             for table, planned in self.rows_planned.items():
-                lines.append(f"| {table} | {self.rows_inserted.get(table, 0)} | {planned} |")
+                lines.append(f"| {markdown_text(table)} | {self.rows_inserted.get(table, 0)} | {planned} |")
         if self.seconds:
             lines += ["", "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())]
             if self.copy_task_runs:
                 lines.append(f"copy task runs: {self.copy_task_runs}")
         for title, items in (
-            ("failed projects", [f"`{root}`: {why}" for root, why in self.failed.items()]),
+            ("failed projects", [f"{root}: {why}" for root, why in self.failed.items()]),
             ("schema drift", self.schema_drift),
             ("left behind (deployment-bound)", [f"{t}: {n} rows" for t, n in self.left_behind.items()]),
             ("dropped groups", self.dropped_groups),
             ("warnings", self.warnings),
         ):
             if items:
-                lines += ["", f"**{title}**", *[f"- {i}" for i in items]]
+                lines += ["", f"**{title}**", *[f"- {markdown_text(i)}" for i in items]]
         return "\n".join(lines)

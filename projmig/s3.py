@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -24,6 +26,7 @@ from botocore.exceptions import (
     IncompleteReadError,
     ReadTimeoutError,
     ResponseStreamingError,
+    SSLError,
 )
 from tenacity import (
     AsyncRetrying,
@@ -33,7 +36,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .errors import TransferError
+from .errors import ConfigError, TransferError
 from .settings import Provider, S3Settings, _reveal
 
 log = logging.getLogger("projmig.s3")
@@ -121,13 +124,30 @@ def s3_client(settings: S3Settings, *, max_connections: int = 32, connect_timeou
     return _session().create_client(
         "s3",
         endpoint_url=settings.endpoint,
-        # plain http needs no TLS context (building one loads the CA bundle: ~30 ms per client)
-        verify=False if (settings.endpoint or "").startswith("http://") else None,
+        verify=tls_verify(settings),
         region_name=settings.region,
         aws_access_key_id=_reveal(settings.access_key, "access_key"),
         aws_secret_access_key=_reveal(settings.secret_key, "secret_key"),
         config=config,
     )
+
+
+def tls_verify(settings: S3Settings) -> bool | str | None:
+    """botocore's ``verify``: the CA file, False for plain http (a TLS context loads the CA bundle:
+    ~30 ms per client) or when verification is off, None for the default CAs."""
+    if (settings.endpoint or "").startswith("http://") or not settings.verify:
+        return False
+    if settings.ca_bundle and not os.access(settings.ca_bundle, os.R_OK):
+        raise ConfigError(f"{settings.describe()}: s3.ca_bundle {settings.ca_bundle}: cannot read it (no such file, or no right to)")
+    return settings.ca_bundle
+
+
+def tls_context(settings: S3Settings) -> ssl.SSLContext | bool:
+    """The same choice as :func:`tls_verify` for aiohttp (the lean data path; True: default CAs)."""
+    verify = tls_verify(settings)
+    if verify is False:
+        return False
+    return ssl.create_default_context(cafile=verify) if verify else True
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -148,7 +168,10 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth another attempt: throttling, 5xx, timeouts, cut or refused connections."""
+    """Worth another attempt: throttling, 5xx, timeouts, cut or refused connections (not a
+    certificate that is not trusted: that stays so)."""
+    if is_tls_error(exc):
+        return False
     if isinstance(exc, ClientError):
         status = http_status(exc) or 0
         return error_code(exc) in TRANSIENT_CODES or status >= 500 or status == 429
@@ -176,6 +199,10 @@ def upload_gone(exc: BaseException) -> bool:
     return code == "NoSuchUpload" or (
         code == "NoSuchKey" and isinstance(exc, ClientError) and exc.operation_name == "ListParts"
     )
+
+
+def is_tls_error(exc: BaseException) -> bool:
+    return isinstance(exc, (SSLError, ssl.SSLError, aiohttp.ClientSSLError))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -231,6 +258,11 @@ def explain_bucket_error(exc: BaseException) -> str:
         return "access denied (check access_key and secret_key, and the bucket policy)"
     if code in ("NoSuchBucket", "404") or status == 404:
         return "bucket does not exist (check bucket)"
+    if is_tls_error(exc):
+        return (
+            "TLS: the endpoint's certificate is not trusted or the handshake failed (give s3.ca_bundle the CA "
+            "that signed it, and an endpoint host its certificate names)"
+        )
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, aiohttp.ClientConnectorError, ConnectionError)):
         return "cannot connect to the endpoint (check endpoint)"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):

@@ -38,6 +38,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from yarl import URL
 
+from .s3 import tls_context
 from .settings import Provider, S3Settings, _reveal
 
 MiB = 1024 * 1024
@@ -254,7 +255,7 @@ async def data_path(
     if not (lean and lean_possible(settings)):
         yield BotoData(client)
         return
-    connector = aiohttp.TCPConnector(limit=max_connections)
+    connector = aiohttp.TCPConnector(limit=max_connections, ssl=tls_context(settings))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers={"Content-Type"},

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
 from pydantic import (
@@ -29,11 +31,22 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from .errors import ConfigError
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+# S3's limits (AWS; Ceph and MinIO take the same): parts of 5 MiB to 5 GiB (the last may be
+# smaller), at most 10,000 parts, objects of at most 5 TiB, a single PUT of at most 5 GiB
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * GiB
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * TiB
+SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+SSL_MODES: tuple[str, ...] = SslMode.__args__  # type: ignore[attr-defined]
+DSN_SSL_PARAMETERS = {"sslmode": "ssl", "sslrootcert": "ssl_root_cert", "sslcert": "ssl_cert", "sslkey": "ssl_key"}
 
 
 class SecretRef(BaseModel):
@@ -73,6 +86,17 @@ class DatabaseSettings(StrictModel):
         None, description="postgresql://user:password@host:port/database; replaces the fields above"
     )
     connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for a connection")
+    ssl: SslMode = Field(
+        "prefer",
+        description="TLS to the server, as libpq's sslmode: disable; prefer (TLS if the server offers it, "
+        "unverified); require (TLS, unverified); verify-ca (TLS, the certificate signed by ssl_root_cert's CA); "
+        "verify-full (verify-ca, and the certificate names host)",
+    )
+    ssl_root_cert: str | None = Field(
+        None, description="CA certificate file (PEM) for verify-ca/verify-full; default: the system's CAs"
+    )
+    ssl_cert: str | None = Field(None, description="client certificate file (PEM), with require/verify-ca/verify-full")
+    ssl_key: str | None = Field(None, description="the client certificate's private key file (PEM)")
 
     @model_validator(mode="before")
     @classmethod
@@ -94,13 +118,22 @@ class DatabaseSettings(StrictModel):
             missing = [name for name in ("host", "user", "database") if getattr(self, name) in (None, "")]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)} (or give a dsn)")
+        elif isinstance(self.dsn, SecretStr):
+            try:
+                parse_dsn(self.dsn.get_secret_value())
+            except DsnError as exc:
+                raise ValueError(f"dsn: {exc}") from None
+        if self.ssl in ("disable", "prefer") and (self.ssl_root_cert or self.ssl_cert or self.ssl_key):
+            raise ValueError(f"ssl_root_cert, ssl_cert and ssl_key need ssl require, verify-ca or verify-full (ssl is {self.ssl})")
+        if bool(self.ssl_cert) != bool(self.ssl_key):
+            raise ValueError("give ssl_cert and ssl_key together")
         return self
 
     def url(self) -> URL:
-        """The SQLAlchemy URL (asyncpg driver). Secrets must be resolved first."""
+        """The SQLAlchemy URL (asyncpg driver), without TLS (:meth:`with_dsn_tls`). Secrets must be
+        resolved first."""
         if self.dsn is not None:
-            url = make_url(_reveal(self.dsn, "dsn"))
-            return url.set(drivername="postgresql+asyncpg")
+            return parse_dsn(_reveal(self.dsn, "dsn")).url
         return URL.create(
             "postgresql+asyncpg",
             username=self.user,
@@ -110,14 +143,79 @@ class DatabaseSettings(StrictModel):
             database=self.database,
         )
 
+    def with_dsn_tls(self) -> DatabaseSettings:
+        """These settings with a resolved DSN's ``sslmode``/``sslrootcert``/``sslcert``/``sslkey``
+        applied (a field set explicitly wins)."""
+        if not isinstance(self.dsn, SecretStr):
+            return self
+        given = parse_dsn(self.dsn.get_secret_value()).ssl
+        return self.model_copy(update={k: v for k, v in given.items() if k not in self.model_fields_set})
+
     def describe(self) -> str:
         """host:port/database, never the password."""
         if isinstance(self.dsn, SecretRef):
             return f"dsn from {self.dsn}"
         if self.dsn is not None:
-            url = make_url(self.dsn.get_secret_value())
+            try:
+                url = parse_dsn(self.dsn.get_secret_value()).url
+            except DsnError:
+                return "dsn (malformed)"
             return f"{url.host}:{url.port or 5432}/{url.database}"
         return f"{self.host}:{self.port}/{self.database}"
+
+
+class DsnError(ValueError):
+    """A DSN that cannot be read; its message never quotes the DSN (it holds a password)."""
+
+
+@dataclass(frozen=True)
+class ParsedDsn:
+    url: URL
+    ssl: dict[str, str]  # DatabaseSettings field -> value, from the DSN's sslmode/sslrootcert/...
+
+
+def parse_dsn(dsn: str) -> ParsedDsn:
+    """``postgresql://user:password@host:port/database?sslmode=...``, read strictly the way libpq
+    reads it: ``@``, ``:`` and ``/`` in the user or password must be percent-encoded. A lenient
+    reading would take part of a password for the host or port and print it in an error."""
+    hint = "percent-encode @ : / in the user and password as %40 %3A %2F"
+    text = dsn.strip()
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        raise DsnError("must start with postgresql:// (postgresql://user:password@host:port/database)")
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise DsnError(f"not a URL (postgresql://user:password@host:port/database; {hint})") from None
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if "@" in userinfo:
+        raise DsnError(f"more than one '@' before the host ({hint})")
+    if not at or not userinfo:
+        raise DsnError(f"no user@ before the host (postgresql://user:password@host:port/database; {hint})")
+    user, _, password = userinfo.partition(":")
+    if hostport.endswith(":"):
+        raise DsnError("no port after ':' (host:port, e.g. db.example.org:5432)")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise DsnError(f"the port is not a number ({hint})") from None
+    if not host:
+        raise DsnError(f"no host ({hint})")
+    database = unquote(parts.path.removeprefix("/"))
+    if not database or "/" in database:
+        raise DsnError(f"no single database name after host:port/ ({hint})")
+    ssl: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in DSN_SSL_PARAMETERS:
+            raise DsnError(f"unknown parameter {key!r} (projmig reads sslmode, sslrootcert, sslcert, sslkey)")
+        ssl[DSN_SSL_PARAMETERS[key]] = value
+    if ssl.get("ssl", "prefer") not in SSL_MODES:
+        raise DsnError(f"sslmode must be one of {', '.join(SSL_MODES)}")
+    url = URL.create(
+        "postgresql+asyncpg", username=unquote(user), password=unquote(password) if password else None,
+        host=host, port=port, database=database,
+    )
+    return ParsedDsn(url=url, ssl=ssl)
 
 
 class Provider(StrEnum):
@@ -130,6 +228,14 @@ class S3Settings(StrictModel):
     """An S3 bucket and the credentials to reach it."""
 
     endpoint: str | None = Field(None, description="https://host:port; empty for AWS")
+    verify: bool = Field(True, description="check the endpoint's TLS certificate (https endpoints)")
+    ca_bundle: str | None = Field(
+        None, description="CA certificate file (PEM) that signed the endpoint's certificate; default: the system's CAs"
+    )
+    max_object_size: int = Field(
+        MAX_OBJECT_SIZE, ge=1, le=MAX_OBJECT_SIZE,
+        description="largest object the bucket takes (S3: 5 TiB); the preflight refuses a larger source object",
+    )
     region: str = Field("us-east-1", description="S3 region")
     provider: Provider = Field(Provider.AWS, description="the S3 implementation behind the endpoint")
     access_key: Credential = Field(description="S3 access key id")
@@ -214,10 +320,13 @@ class MigrationOptions(StrictModel):
     )
     copy_concurrency: int = Field(16, ge=1, le=256, description="objects (or parts) in flight at once")
     multipart_threshold: int = Field(
-        64 * MiB, ge=5 * MiB, description="objects at least this large are copied in parts"
+        64 * MiB, ge=MIN_PART_SIZE, le=MAX_PART_SIZE,
+        description="objects at least this large are copied in parts (5 MiB to 5 GiB: a single PUT takes at most 5 GiB)",
     )
     multipart_chunksize: int = Field(
-        16 * MiB, ge=5 * MiB, description="part size when the source's part layout is unknown"
+        16 * MiB, ge=MIN_PART_SIZE, le=MAX_PART_SIZE,
+        description="part size when the source's part layout is unknown (5 MiB to 5 GiB; larger for an object "
+        "that would need more than 10,000 parts); each part in flight is held in memory",
     )
     part_concurrency: int = Field(8, ge=1, le=64, description="parts of one large object in flight at once")
     memory_limit: int = Field(
@@ -334,7 +443,11 @@ class MigrationSettings(BaseSettings):
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file (create one with `projmig config-template > {path}`)")
+            raise ConfigError(f"{path}: no such file (create one with `projmig config-template > {path}`)") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it: {exc.strerror or type(exc).__name__}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text (a cfg.json is JSON)") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
         if not isinstance(data, dict):
@@ -390,6 +503,13 @@ def resolve_secrets(
         return model.model_copy(update=updates) if updates else model
 
     resolved = walk(settings, "")
+    for side in ("source", "destination"):
+        db: DatabaseSettings = getattr(resolved, side).db
+        if isinstance(db.dsn, SecretStr) and db.dsn.get_secret_value():
+            try:
+                parse_dsn(db.dsn.get_secret_value())
+            except DsnError as exc:
+                problems.append(f"{side}.db.dsn: {exc}")
     if problems:
         raise ConfigError(problems)
     return resolved  # type: ignore[return-value]
@@ -420,20 +540,30 @@ def literal_credentials(settings: BaseModel, path: str = "") -> list[str]:
     return found
 
 
+class SecretNotFound(LookupError):
+    """A secret's holder (a Prefect Secret block) does not exist or cannot be read; the message
+    says which and why, never a value."""
+
+
 def _lookup(ref: SecretRef, where: str, prefect_secret: SecretLoader | None, problems: list[str]) -> str:
     if ref.env is not None:
         value = os.environ.get(ref.env)
         if value is None:
             problems.append(f"{where}: environment variable {ref.env} is not set")
+        elif not value:
+            problems.append(f"{where}: environment variable {ref.env} is empty")
         return value or ""
     if prefect_secret is None:
         problems.append(f"{where}: Prefect Secret {ref.prefect_secret!r} can only be read inside a Prefect flow")
         return ""
     try:
-        return prefect_secret(ref.prefect_secret or "")
-    except Exception as exc:  # the loader's own error says which block
-        problems.append(f"{where}: cannot read Prefect Secret {ref.prefect_secret!r}: {exc}")
+        value = prefect_secret(ref.prefect_secret or "")
+    except SecretNotFound as exc:
+        problems.append(f"{where}: {exc}")
         return ""
+    if not value:
+        problems.append(f"{where}: Prefect Secret block {ref.prefect_secret!r} is empty")
+    return value
 
 
 def _reveal(value: Credential | None, what: str) -> str:

@@ -29,6 +29,7 @@ from .objects import (
     abort_uploads,
     compare_with_destination,
     list_prefix,
+    refuse_oversized,
 )
 from .plan import MigrationPlan, ObjectCopy, build_plan
 from .preflight import PreflightReport, run_preflight
@@ -109,7 +110,10 @@ async def read_project_graph(settings: MigrationSettings, report: PreflightRepor
 
         try:
             async with engine.connect() as conn:
-                return await read_graph(conn, lister, report.roots, include_hidden=settings.source.include_hidden)
+                graph = await read_graph(conn, lister, report.roots, include_hidden=settings.source.include_hidden)
+            # before any byte moves: an object the destination cannot take fails the run now
+            refuse_oversized(graph.objects, settings.destination.s3.max_object_size, settings.destination.s3.bucket)
+            return graph
         finally:
             for task in early.values():
                 task.cancel()
@@ -280,7 +284,7 @@ async def insert_rows_each(
 ) -> list[ProjectInsert]:
     """Several root projects: each root's graph in its own transaction (``options.project_concurrency`` at once)."""
     concurrency = settings.options.project_concurrency
-    engine = create_engine(settings.destination.db, pool_size=concurrency)
+    engine = create_engine(settings.destination.db, pool_size=concurrency, role="destination")
     try:
         return await insert_each(engine, plan, verified, roots, concurrency=concurrency)
     finally:

@@ -88,8 +88,13 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
 class PostgresServer:
     """One PostgreSQL cluster with password authentication over TCP."""
 
-    def __init__(self, workdir: Path, *, user: str = "postgres", password: str = "postgres-pw", port: int | None = None):
+    def __init__(
+        self, workdir: Path, *, user: str = "postgres", password: str = "postgres-pw", port: int | None = None,
+        settings: dict[str, str] | None = None,
+    ):
+        """``settings``: extra server settings (``-c name=value``), e.g. ``ssl``/``ssl_cert_file``."""
         self.workdir = Path(workdir)
+        self.settings = settings or {}
         self.datadir = self.workdir / "data"
         self.user = user
         self.password = password
@@ -133,6 +138,7 @@ class PostgresServer:
                 "-c full_page_writes=off",
                 "-c synchronous_commit=off",
                 "-c max_connections=200",
+                *[f"-c {name}={value}" for name, value in self.settings.items()],
             ]
         )
         self._run(
@@ -200,8 +206,14 @@ class SeaweedServer(S3Store):
 
     provider = Provider.MINIO  # MinIO-class: path-style addressing, MD5 ETags
 
-    def __init__(self, workdir: Path, *, access_key: str, secret_key: str, extra_identities: list[dict] | None = None):
+    def __init__(
+        self, workdir: Path, *, access_key: str, secret_key: str, extra_identities: list[dict] | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ):
+        """``tls``: (certificate, key) files: S3 is then served over https (:attr:`endpoint`)."""
         self.workdir = Path(workdir)
+        self.tls = tls
+        self.https_port = 0
         self.access_key = access_key
         self.secret_key = secret_key
         self.extra_identities = extra_identities or []
@@ -210,7 +222,7 @@ class SeaweedServer(S3Store):
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
+        return f"https://127.0.0.1:{self.https_port}" if self.tls else f"http://127.0.0.1:{self.s3_port}"
 
     @staticmethod
     def binary() -> str:
@@ -258,6 +270,9 @@ class SeaweedServer(S3Store):
             "-s3.autoCreateBucket=false",
             "-master.volumeSizeLimitMB=256",
         ]
+        if self.tls:
+            self.https_port = free_port()
+            cmd += [f"-s3.port.https={self.https_port}", f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}"]
         env = dict(os.environ, GOMEMLIMIT="300MiB")
         log = open(self.workdir / "weed.log", "wb")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -272,12 +287,16 @@ class SeaweedServer(S3Store):
                 tail = (self.workdir / "weed.log").read_text(errors="replace")[-2000:]
                 raise ServerError(f"weed exited with {self.process.returncode}: {tail}")
             try:
-                urllib.request.urlopen(self.endpoint, timeout=1)
-                return self
+                # S3 answers on its http port also when it serves https (no CA needed to ask it)
+                urllib.request.urlopen(f"http://127.0.0.1:{self.s3_port}", timeout=1)
+                if not self.tls or not port_is_free(self.https_port):
+                    return self
             except urllib.error.HTTPError:
-                return self  # 403 for the anonymous request: S3 is answering
+                if not self.tls or not port_is_free(self.https_port):
+                    return self  # 403 for the anonymous request: S3 is answering
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         raise ServerError(f"SeaweedFS S3 did not answer on {self.endpoint} within {timeout}s")
 
     def start(self) -> SeaweedServer:
