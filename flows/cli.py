@@ -220,6 +220,8 @@ def verify(
         return await steps.verify_migration(settings, deep=not quick)
 
     result = run(main())
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
     for difference in result.differences:
         say(out, difference, label="differs:", style="red")
     how = "size + ETag" if quick else f"SHA-256 of {human_bytes(result.bytes_hashed)}"

@@ -8,10 +8,11 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
-from sqlalchemy import MetaData, func, select, text
+from sqlalchemy import JSON, Date, DateTime, MetaData, Table, Text, cast, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .errors import PreflightError
+from .rowcheck import TextTables, read_text_rows
 from .schema import DEPLOYMENT_BOUND_TABLES, PROJECT_TABLES, reflect
 
 Row = dict[str, Any]
@@ -45,7 +46,7 @@ class ProjectRecord(BaseModel):
     owner_id: int | None
     owner_gid: int | None
     product_name: str
-    rows: dict[str, list[Row]]  # table -> rows, as read from the source
+    rows: dict[str, list[Row]]  # table -> rows, as read from the source (JSON columns as their text)
     files: list[FileEntry]
 
 
@@ -59,6 +60,8 @@ class ProjectGraph(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     unreferenced_objects: int = 0
     unreferenced_bytes: int = 0
+    json_columns: dict[str, list[str]] = Field(default_factory=dict)  # table -> its json/jsonb columns
+    text_rows: TextTables = Field(default_factory=TextTables)  # the same rows as PostgreSQL's text (for the row check)
 
     def project(self, uuid: str) -> ProjectRecord:
         return next(p for p in self.projects if p.uuid == uuid)
@@ -111,8 +114,18 @@ async def hidden_descendants(conn: AsyncConnection, roots: list[str]) -> list[tu
     return [(child, parent if parent in known else root) for child, (parent, root) in links.items()]  # type: ignore[misc]
 
 
+def json_columns(metadata: MetaData) -> dict[str, list[str]]:
+    return {
+        t.name: [c.name for c in t.columns if isinstance(c.type, JSON)] for t in metadata.tables.values()
+    }
+
+
 async def read_rows(conn: AsyncConnection, metadata: MetaData, uuids: list[str]) -> dict[str, dict[str, list[Row]]]:
-    """uuid -> table -> rows, for every project table present."""
+    """uuid -> table -> rows, for every project table present.
+
+    A json/jsonb value is its PostgreSQL text (``'null'`` is JSON null, None is SQL NULL), passed on
+    as it is: decoded, both would be None and numbers would lose their digits (``1.10``, 30-digit
+    values)."""
     result: dict[str, dict[str, list[Row]]] = {u: {} for u in uuids}
     for name in PROJECT_TABLES:
         table = metadata.tables.get(name)
@@ -122,10 +135,32 @@ async def read_rows(conn: AsyncConnection, metadata: MetaData, uuids: list[str])
             table.c.project_id if name == "file_meta_data" else table.c.project_uuid
         )
         order = [c for c in table.primary_key.columns] or list(table.columns)[:1]
-        rows = await conn.execute(select(table).where(key.in_(uuids)).order_by(*order))
+        columns = [cast(c, Text).label(c.name) if isinstance(c.type, JSON) else c for c in table.columns]
+        try:
+            rows = await conn.execute(select(*columns).where(key.in_(uuids)).order_by(*order))
+        except OverflowError:  # asyncpg: a date Python's datetime cannot hold
+            raise PreflightError(await _dates_out_of_range(conn, table, key.name, uuids)) from None
         for row in rows.mappings():
             result[row[key.name]].setdefault(name, []).append(dict(row))
     return result
+
+
+async def _dates_out_of_range(conn: AsyncConnection, table: Table, key: str, uuids: list[str]) -> list[str]:
+    """One line per value outside the years 1 to 9999 (the range of Python's datetime)."""
+    problems = []
+    for column in (c for c in table.columns if isinstance(c.type, (Date, DateTime))):
+        found = await conn.execute(
+            select(table.c[key], cast(column, Text)).where(
+                table.c[key].in_(uuids),
+                func.isfinite(column),
+                (column < literal_column("'0001-01-01'")) | (column >= literal_column("'10000-01-01'")),
+            )
+        )
+        problems += [
+            f"source {table.name}.{column.name} of project {uuid} is {value}: outside the years 1 to 9999 that "
+            "projmig can carry; correct it in the source" for uuid, value in found
+        ]
+    return problems or [f"source {table.name}: a value cannot be read (a date outside the years 1 to 9999?)"]
 
 
 async def read_graph(
@@ -143,7 +178,8 @@ async def read_graph(
     if missing:
         raise PreflightError(f"source project {', '.join(missing)} does not exist")
 
-    graph = ProjectGraph(roots=list(roots), projects=[])
+    graph = ProjectGraph(roots=list(roots), projects=[], json_columns=json_columns(metadata))
+    graph.text_rows = await read_text_rows(conn, uuids)
     graph.everyone_gid = await conn.scalar(text("SELECT gid FROM groups WHERE type = 'EVERYONE' LIMIT 1"))
     owners = {r["projects"][0]["prj_owner"] for r in rows.values()} - {None}
     owner_gids = dict(

@@ -1,4 +1,5 @@
-"""Insert every row of a plan into the destination in one transaction: all of it, or nothing."""
+"""Insert every row of a plan into the destination in one transaction: all of it, or nothing. Before
+COMMIT the rows are read back and checked against the source by :mod:`projmig.rowcheck`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Table, insert, text, update
+from sqlalchemy import JSON, Table, Text, bindparam, cast, insert, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -16,7 +17,10 @@ from .errors import InsertError
 from .graph import Row
 from .objects import ObjectState
 from .plan import MigrationPlan
+from .rowcheck import compare, read_text_rows
 from .schema import PROJECT_TABLES, insert_order, reflect
+
+SHOWN_DIFFERENCES = 5  # in the error of a failed check (the rest are counted)
 
 
 class InsertResult(BaseModel):
@@ -90,11 +94,33 @@ async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[
             await conn.execute(
                 update(projects).where(projects.c.uuid == row["uuid"]).values(last_change_date=row["last_change_date"])
             )
+    await _check_written(conn, plan, present, verified)
     return result
 
 
+async def _check_written(
+    conn: AsyncConnection, plan: MigrationPlan, present: set[str], verified: Mapping[str, ObjectState]
+) -> None:
+    """Read back what this transaction wrote, in PostgreSQL's text form, and compare it with the source
+    (:mod:`projmig.rowcheck`); any difference rolls the transaction back."""
+    if plan.expected is None:
+        raise InsertError("the plan carries no source rows to check the inserted rows against; nothing inserted")
+    written = [p for p in plan.projects if p.dst_uuid not in present]
+    if not written:
+        return
+    expected = plan.expected.subset({p.src_uuid for p in written})
+    check = compare(expected, await read_text_rows(conn, [p.dst_uuid for p in written]), verified)
+    if check.differences:
+        shown = "; ".join(str(d) for d in check.differences[:SHOWN_DIFFERENCES])
+        more = len(check.differences) - SHOWN_DIFFERENCES
+        raise InsertError(
+            f"the rows read back before COMMIT differ from the source ({shown}{f'; and {more} more' if more > 0 else ''}): "
+            "destination transaction rolled back, nothing was inserted"
+        )
+
+
 def _with_verified(row: Row, verified: Mapping[str, ObjectState]) -> Row:
-    state = verified.get(row.get("object_name") or "")
+    state = verified.get(row.get("object_name") or row.get("file_id") or "")
     if state is None or row.get("is_directory") or row.get("is_soft_link"):
         return row
     return {**row, "file_size": state.size, "entity_tag": state.etag}
@@ -107,17 +133,19 @@ async def _insert_rows(conn: AsyncConnection, table: Table, rows: list[Row]) -> 
     for row in rows:
         kept = {k: v for k, v in row.items() if k in columns}
         shapes.setdefault(tuple(sorted(kept)), []).append(kept)
-    for batch in shapes.values():
+    for shape, batch in shapes.items():
+        # a JSON value travels as the source's text and becomes JSON in the database, exactly
+        values = {c: cast(bindparam(c, type_=Text()), table.c[c].type) for c in shape if isinstance(table.c[c].type, JSON)}
         if table.name == "project_to_groups":
             # the destination's trigger already gave the owner's group its row
-            stmt = pg_insert(table)
+            stmt = pg_insert(table).values(values) if values else pg_insert(table)
             stmt = stmt.on_conflict_do_update(
                 index_elements=[table.c.project_uuid, table.c.gid],
                 set_={"read": stmt.excluded.read, "write": stmt.excluded.write, "delete": stmt.excluded.delete},
             )
             await conn.execute(stmt, batch)
         else:
-            await conn.execute(insert(table), batch)
+            await conn.execute(insert(table).values(values) if values else insert(table), batch)
 
 
 class ProjectInsert(BaseModel):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from .graph import FileEntry, ProjectGraph, ProjectRecord, Row
 from .remap import IdMap, outside_links, root_of
+from .rowcheck import Expectations, ProjectFacts, RemapFacts
 from .schema import GENERATED_COLUMNS, PROJECT_TABLES
 
 
@@ -55,6 +56,7 @@ class MigrationPlan(BaseModel):
     dropped_groups: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     schema_drift: list[str] = Field(default_factory=list)  # columns dropped or defaulted between revisions
+    expected: Expectations | None = None  # the source's rows as text, for the row check before COMMIT
 
     @property
     def total_bytes(self) -> int:
@@ -83,10 +85,12 @@ class MigrationPlan(BaseModel):
         """The part of the plan that concerns these (destination) projects."""
         keep = set(dst_uuids)
         rows = {t: rs for t, rs in ((t, [r for r in rs if r.get(_project_key(t)) in keep]) for t, rs in self.rows.items()) if rs}
+        projects = [p for p in self.projects if p.dst_uuid in keep]
         return self.model_copy(update={
-            "projects": [p for p in self.projects if p.dst_uuid in keep],
+            "projects": projects,
             "rows": rows,
             "copies": [c for c in self.copies if c.dst_key.split("/", 1)[0] in keep],
+            "expected": self.expected.subset({p.src_uuid for p in projects}) if self.expected else None,
         })
 
     def summary_lines(self) -> list[str]:
@@ -158,18 +162,50 @@ def build_plan(
         dropped_groups=list(dict.fromkeys(dropped)),
         warnings=list(graph.warnings),
     )
-    return _with_new_ids(plan, IdMap.for_graph(graph, namespaces)) if namespaces is not None else plan
+    if namespaces is not None:
+        ids = IdMap.for_graph(graph, namespaces)
+        plan = _with_new_ids(plan, ids, graph.json_columns)
+        renamed = {new: old for old, new in ids.projects.items()} | {new: old for (_, old), new in ids.nodes.items()}
+    else:
+        renamed = {}
+    plan.expected = _expectations(graph, plan, dest, renamed)
+    return plan
+
+
+def _expectations(graph: ProjectGraph, plan: MigrationPlan, dest: DestinationFacts, renamed: dict[str, str]) -> Expectations:
+    """The source's rows as text and the facts of the remaps, for :mod:`projmig.rowcheck` (not the plan's rows)."""
+    destination_uuids = {p.src_uuid: p.dst_uuid for p in plan.projects}
+    facts = RemapFacts(
+        projects={
+            p.uuid: ProjectFacts(
+                destination_uuid=destination_uuids[p.uuid],
+                owner_gid=p.owner_gid,
+                product_gid=graph.product_gids.get(p.product_name),
+                destination_product=dest.product_for(p),
+                destination_product_gid=dest.product_gids.get(dest.product_for(p)),
+            )
+            for p in graph.projects
+        },
+        renamed=renamed,
+        owner_id=dest.owner_id,
+        owner_gid=dest.owner_gid,
+        everyone_gid=graph.everyone_gid,
+        destination_everyone_gid=dest.everyone_gid,
+        bucket=dest.bucket,
+    )
+    return Expectations(source=graph.text_rows, facts=facts)
 
 
 def _project_key(table: str) -> str:
     return {"projects": "uuid", "file_meta_data": "project_id"}.get(table, "project_uuid")
 
 
-def _with_new_ids(plan: MigrationPlan, ids: IdMap) -> MigrationPlan:
+def _with_new_ids(plan: MigrationPlan, ids: IdMap, json_columns: dict[str, list[str]]) -> MigrationPlan:
     """The same plan under the new ids: rows, object keys and project names all rewritten."""
     warnings = plan.warnings + outside_links(plan.rows, ids)
     rows = {
-        table: [ids.row(r, r[_project_key(table)]) for r in table_rows] for table, table_rows in plan.rows.items()
+        table: [ids.row(r, r[_project_key(table)], set(json_columns.get(table, ()))) for r in table_rows]
+        for table, table_rows in plan.rows.items()
     }
     copies = [c.model_copy(update={"dst_key": ids.key(c.src_key), "file_id": ids.key(c.file_id)}) for c in plan.copies]
     projects = [p.model_copy(update={"dst_uuid": ids.project(p.src_uuid)}) for p in plan.projects]

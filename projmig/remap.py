@@ -7,7 +7,8 @@ derived from the destination, the root's source uuid and ``options.copy_label``.
 migration computes the same ids and resumes (an earlier run's rows and objects are found again);
 a second, deliberate copy into the same destination needs another ``copy_label``.
 
-What is rewritten: any uuid in any column of any row the plan inserts, and in the S3 keys. The ids
+What is rewritten: any uuid in any column of any row the plan inserts, and in the S3 keys (in a JSON
+column, in each string of it, keys too; the JSON text is otherwise kept to the byte). The ids
 are random uuid4s, so a string holding one of them is a reference to it, wherever it sits: the
 ``projects.uuid``/``project_uuid``/``project_id`` keys, ``projects_nodes.node_id``, node ``inputs``
 (port links ``{"nodeUuid": ...}``, file links ``{"store": 0, "path": "P/N/..."}``), ``outputs``,
@@ -22,6 +23,7 @@ is reported in the plan's warnings).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ from .graph import ProjectGraph, Row
 PROJMIG_NAMESPACE = UUID("5b0f3c7e-9d2a-5c41-8e6f-70726f6a6d69")
 
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')  # a string literal (key or value) in JSON text
 
 _UNKNOWN = "?"  # context after a uuid that is not a project of the graph
 
@@ -112,17 +115,34 @@ class IdMap:
         return UUID_RE.sub(replace, value)
 
     def value(self, value: Any, project: str | None = None) -> Any:
-        """Deep rewrite of a column value: strings, JSON objects (keys too) and arrays."""
+        """A column value rewritten: a string, or each string of an array."""
         if isinstance(value, str):
             return self.text(value, project)
-        if isinstance(value, dict):
-            return {self.value(k, project): self.value(v, project) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return type(value)(self.value(v, project) for v in value)
         return value
 
-    def row(self, row: Row, project: str) -> Row:
-        return {column: self.value(v, project) for column, v in row.items()}
+    def json_text(self, value: str, project: str | None = None) -> str:
+        """JSON text (a json/jsonb column as PostgreSQL writes it) with each string literal, keys too,
+        rewritten on its own (as :meth:`text` would rewrite it decoded); numbers and everything else
+        keep their exact text."""
+
+        def rewrite(match: re.Match[str]) -> str:
+            literal = match.group(0)
+            if not UUID_RE.search(literal):
+                return literal
+            old = json.loads(literal)
+            new = self.text(old, project)
+            return literal if new == old else json.dumps(new, ensure_ascii=False)
+
+        return JSON_STRING_RE.sub(rewrite, value)
+
+    def row(self, row: Row, project: str, json_columns: frozenset[str] | set[str] = frozenset()) -> Row:
+        """``json_columns``: the row's columns that hold JSON text."""
+        return {
+            column: self.json_text(v, project) if column in json_columns and isinstance(v, str) else self.value(v, project)
+            for column, v in row.items()
+        }
 
     def key(self, key: str) -> str:
         """An S3 key or file id (``{project}/{node}/...``)."""

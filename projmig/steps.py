@@ -45,7 +45,8 @@ from .rollback import (
 from .s3 import Retrier, s3_client
 from .s3data import DataPath, data_path
 from .settings import MigrationSettings, UuidPolicy, resolve_secrets
-from .verify import Difference, VerifyReport, compare_objects_sha256, compare_rows, verify_copies
+from .rowcheck import Difference, compare as compare_row_texts, read_text_rows
+from .verify import VerifyReport, compare_objects_sha256, verify_copies
 
 MiB = 1024 * 1024
 LISTINGS_AT_ONCE = 4  # prefix listings in flight at once (one per project)
@@ -309,8 +310,8 @@ async def abort_our_uploads(
 
 @_resolving
 async def verify_migration(settings: MigrationSettings, *, deep: bool = True) -> VerifyReport:
-    """Compare the destination with the source: rows modulo the remaps; objects by size/ETag, and by
-    SHA-256 of their bytes when ``deep``."""
+    """Compare the destination with the source: rows in PostgreSQL's text form modulo the documented
+    remaps (:mod:`projmig.rowcheck`); objects by size/ETag, and by SHA-256 of their bytes when ``deep``."""
     started = time.monotonic()
     report = await preflight(settings, probe_write=False)
     graph = await read_project_graph(settings, report)
@@ -330,9 +331,12 @@ async def verify_migration(settings: MigrationSettings, *, deep: bool = True) ->
             result.bytes_hashed = 2 * sum(c.size for c in plan.copies)
         result.objects_checked = len(plan.copies)
     dest_objects = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
+    assert plan.expected is not None  # every plan built from a graph carries the source's rows as text
     async with open_engine(settings.destination.db, "destination") as engine, engine.connect() as conn:
-        result.rows_checked, differences = await compare_rows(conn, plan, dest_objects)
-    result.differences += differences
+        rows = compare_row_texts(plan.expected, await read_text_rows(conn, result.projects), dest_objects)
+    result.rows_checked = rows.checked
+    result.differences += rows.differences
+    result.notes = rows.notes
     result.seconds = time.monotonic() - started
     return result
 

@@ -13,22 +13,27 @@ STUDY, JOB, OUTSIDE = (str(uuid.uuid4()) for _ in range(3))
 N1, N2, JN, OUTSIDE_NODE, FILE_UUID = (str(uuid.uuid4()) for _ in range(5))
 
 
+def j(value: object) -> str:
+    """A JSON column as the graph reads it: PostgreSQL's text of it."""
+    return json.dumps(value)
+
+
 def graph() -> ProjectGraph:
     out = f"{STUDY}/{N1}/outputs/out_1/{FILE_UUID}.dat"  # a file whose name is a uuid of nothing
     study = ProjectRecord(
         uuid=STUDY, name=f"study {STUDY}", hidden=False, owner_id=1, owner_gid=11, product_name="osparc",
         rows={
-            "projects": [{"uuid": STUDY, "name": "study", "ui": {"workbench": {N1: {"x": 1}, N2: {"x": 2}},
-                                                                  "currentNodeId": N2}, "prj_owner": 1,
+            "projects": [{"uuid": STUDY, "name": "study", "ui": j({"workbench": {N1: {"x": 1}, N2: {"x": 2}},
+                                                                    "currentNodeId": N2}), "prj_owner": 1,
                           "creation_date": "c", "last_change_date": "l", "product_name": "osparc"}],
             "projects_nodes": [
-                {"project_uuid": STUDY, "node_id": N1, "inputs": {}, "outputs": {"out_1": {"store": 0, "path": out}}},
-                {"project_uuid": STUDY, "node_id": N2, "input_nodes": [N1],
-                 "inputs": {"in_1": {"nodeUuid": N1, "output": "out_1"},
-                            "in_2": {"store": 0, "path": out, "eTag": "abc"},
-                            "in_3": {"store": 0, "path": f"{OUTSIDE}/{OUTSIDE_NODE}/x.txt"}}},
+                {"project_uuid": STUDY, "node_id": N1, "inputs": j({}), "outputs": j({"out_1": {"store": 0, "path": out}})},
+                {"project_uuid": STUDY, "node_id": N2, "input_nodes": j([N1]),
+                 "inputs": j({"in_1": {"nodeUuid": N1, "output": "out_1"},
+                              "in_2": {"store": 0, "path": out, "eTag": "abc"},
+                              "in_3": {"store": 0, "path": f"{OUTSIDE}/{OUTSIDE_NODE}/x.txt"}})[:-1] + ', "big": 1.10}'},
             ],
-            "projects_networks": [{"project_uuid": STUDY, "networks_with_aliases": {"net": {N1: "a", N2: "b"}}}],
+            "projects_networks": [{"project_uuid": STUDY, "networks_with_aliases": j({"net": {N1: "a", N2: "b"}})}],
             "file_meta_data": [{"file_id": out, "object_name": out, "project_id": STUDY, "node_id": N1},
                                {"file_id": f"{STUDY}/{N2}/link", "object_name": out, "project_id": STUDY,
                                 "node_id": N2, "is_soft_link": True}],
@@ -41,14 +46,16 @@ def graph() -> ProjectGraph:
         product_name="osparc",
         rows={
             "projects": [{"uuid": JOB, "name": f"solvers/x/releases/1/jobs/{JOB}", "prj_owner": 1, "product_name": "osparc"}],
-            "projects_nodes": [{"project_uuid": JOB, "node_id": JN, "inputs": {}}],
+            "projects_nodes": [{"project_uuid": JOB, "node_id": JN, "inputs": j({})}],
             "projects_metadata": [{"project_uuid": JOB, "parent_project_uuid": STUDY, "parent_node_id": N2,
                                    "root_parent_project_uuid": OUTSIDE, "root_parent_node_id": OUTSIDE_NODE}],
             "projects_to_jobs": [{"project_uuid": JOB, "job_parent_resource_name": f"solvers/x/releases/1/jobs/{JOB}"}],
         },
         files=[],
     )
-    return ProjectGraph(roots=[STUDY], projects=[study, job])
+    json_columns = {"projects": ["ui"], "projects_nodes": ["inputs", "outputs", "input_nodes"],
+                    "projects_networks": ["networks_with_aliases"]}
+    return ProjectGraph(roots=[STUDY], projects=[study, job], json_columns=json_columns)
 
 
 FACTS = DestinationFacts(owner_id=2, owner_gid=22, everyone_gid=1, bucket="dst")
@@ -66,15 +73,17 @@ def test_every_reference_is_rewritten_consistently() -> None:
     nodes = {r["node_id"] for r in study_rows["projects_nodes"]}
     assert len(nodes) == 2 and not nodes & {N1, N2}
     n1, n2 = (r["node_id"] for r in study_rows["projects_nodes"])
-    assert set(study_rows["projects"][0]["ui"]["workbench"]) == nodes
-    assert study_rows["projects"][0]["ui"]["currentNodeId"] == n2
+    ui = json.loads(study_rows["projects"][0]["ui"])
+    assert set(ui["workbench"]) == nodes and ui["currentNodeId"] == n2
     second = study_rows["projects_nodes"][1]
-    assert second["input_nodes"] == [n1] and second["inputs"]["in_1"]["nodeUuid"] == n1
+    inputs = json.loads(second["inputs"])
+    assert json.loads(second["input_nodes"]) == [n1] and inputs["in_1"]["nodeUuid"] == n1
     path = f"{new[STUDY]}/{n1}/outputs/out_1/{FILE_UUID}.dat"  # the uuid-named file keeps its name
-    assert second["inputs"]["in_2"]["path"] == path
-    assert study_rows["projects_nodes"][0]["outputs"]["out_1"]["path"] == path
-    assert second["inputs"]["in_3"]["path"] == f"{OUTSIDE}/{OUTSIDE_NODE}/x.txt"  # outside the graph: kept
-    assert set(study_rows["projects_networks"][0]["networks_with_aliases"]["net"]) == nodes
+    assert inputs["in_2"]["path"] == path
+    assert json.loads(study_rows["projects_nodes"][0]["outputs"])["out_1"]["path"] == path
+    assert inputs["in_3"]["path"] == f"{OUTSIDE}/{OUTSIDE_NODE}/x.txt"  # outside the graph: kept
+    assert second["inputs"].endswith(', "big": 1.10}')  # JSON text kept to the byte outside its strings
+    assert set(json.loads(study_rows["projects_networks"][0]["networks_with_aliases"])["net"]) == nodes
     files = {r["file_id"]: r for r in study_rows["file_meta_data"]}
     assert set(files) == {path, f"{new[STUDY]}/{n2}/link"}
     assert files[f"{new[STUDY]}/{n2}/link"]["object_name"] == path and files[path]["node_id"] == n1

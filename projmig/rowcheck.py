@@ -1,0 +1,368 @@
+"""The independent row check: does the destination hold, row for row and column for column, what the
+source holds, up to the documented remaps?
+
+It shares nothing with the path that writes. Both databases are read with SQL of its own, each
+column as PostgreSQL's own text of it (``col::text``, with ``col IS NULL`` alongside), in one fixed
+session setting (UTC, ISO dates), never decoded into Python values. The remaps (owner, groups,
+product, bucket, verified object sizes, new ids) are applied by its own rule table, :data:`REMAPPED`,
+from facts (who the destination owner is, which group is whose), not from the rows the plan wrote.
+Columns the destination fills itself (sequences, triggers) are named in :data:`SET_BY_DESTINATION`
+and reported as such, never silently skipped.
+
+The insert runs it on the rows it wrote, before COMMIT; ``projmig verify`` runs it on both databases.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+TextRow = dict[str, str | None]  # column -> PostgreSQL's text of its value; None: SQL NULL
+
+TABLES: dict[str, tuple[str, ...]] = {  # every project table and the columns that name one of its rows
+    "projects": ("uuid",),
+    "projects_nodes": ("project_uuid", "node_id"),
+    "projects_metadata": ("project_uuid",),
+    "projects_to_jobs": ("project_uuid", "job_parent_resource_name"),
+    "projects_extensions": ("project_uuid",),
+    "projects_networks": ("project_uuid",),
+    "project_to_groups": ("project_uuid", "gid"),
+    "file_meta_data": ("file_id",),
+}
+PROJECT_COLUMN = {"projects": "uuid", "file_meta_data": "project_id"}  # else project_uuid
+
+SET_BY_DESTINATION: dict[tuple[str, str], str] = {
+    ("projects", "id"): "the destination's sequence",
+    ("projects_nodes", "project_node_id"): "the destination's sequence",
+    ("projects_nodes", "modified"): "the destination's trigger (now)",
+    ("projects_metadata", "modified"): "the destination's trigger (now)",
+    ("project_to_groups", "created"): "the destination's owner-group trigger, in the owner's row",
+    ("project_to_groups", "modified"): "the destination's owner-group trigger, in the owner's row",
+}
+
+REMAPPED: dict[tuple[str, str], str] = {
+    ("projects", "prj_owner"): "the destination owner",
+    ("projects", "product_name"): "the destination product",
+    ("projects", "workspace_id"): "the owner's private workspace",
+    ("projects", "trashed_by"): "the destination owner when set",
+    ("project_to_groups", "gid"): "owner's group -> destination owner's, Everyone -> Everyone, product's -> product's",
+    ("project_to_groups", "read"): "true in the owner's row",
+    ("project_to_groups", "write"): "true in the owner's row",
+    ("project_to_groups", "delete"): "true in the owner's row",
+    ("file_meta_data", "user_id"): "the destination owner",
+    ("file_meta_data", "bucket_name"): "the destination bucket",
+    ("file_meta_data", "upload_id"): "no unfinished upload",
+    ("file_meta_data", "upload_expires_at"): "no unfinished upload",
+    ("file_meta_data", "file_size"): "the size of the object in the destination",
+    ("file_meta_data", "entity_tag"): "the ETag of the object in the destination",
+}
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_SHOWN = 100  # characters of a value shown in a difference
+
+
+class TextTables(BaseModel):
+    """Rows of the project tables as PostgreSQL writes them as text."""
+
+    rows: dict[str, list[TextRow]] = Field(default_factory=dict)
+    json_columns: dict[str, list[str]] = Field(default_factory=dict)
+
+    def of_projects(self, uuids: set[str]) -> TextTables:
+        return TextTables(
+            rows={t: [r for r in rows if r.get(PROJECT_COLUMN.get(t, "project_uuid")) in uuids] for t, rows in self.rows.items()},
+            json_columns=self.json_columns,
+        )
+
+
+class ProjectFacts(BaseModel):
+    destination_uuid: str
+    owner_gid: int | None  # the source owner's primary group
+    product_gid: int | None  # the source product's group
+    destination_product: str
+    destination_product_gid: int | None
+
+
+class RemapFacts(BaseModel):
+    """What the documented remaps need to know, from the preflight and the source's identity rows."""
+
+    projects: dict[str, ProjectFacts]  # source uuid ->
+    renamed: dict[str, str] = Field(default_factory=dict)  # uuid_policy=new: destination id -> source id
+    owner_id: int
+    owner_gid: int
+    everyone_gid: int | None  # the source's Everyone group
+    destination_everyone_gid: int | None
+    bucket: str
+
+
+class Expectations(BaseModel):
+    """The source's rows in text form and the facts to compare a destination with them."""
+
+    source: TextTables
+    facts: RemapFacts
+
+    def subset(self, source_uuids: set[str]) -> Expectations:
+        facts = self.facts.model_copy(update={"projects": {u: f for u, f in self.facts.projects.items() if u in source_uuids}})
+        return Expectations(source=self.source.of_projects(source_uuids), facts=facts)
+
+
+class Difference(BaseModel):
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+class RowCheck(BaseModel):
+    checked: int = 0  # rows compared
+    differences: list[Difference] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # what was not compared, and why
+
+
+async def read_text_rows(conn: AsyncConnection, project_uuids: list[str]) -> TextTables:
+    """Every row of these projects in every project table, each column as ``::text`` (NULL as None).
+
+    Sets the transaction's TimeZone, DateStyle and float output (``set_config(..., true)``), so that
+    both databases write the same value as the same text."""
+    await conn.execute(text(
+        "SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true), "
+        "set_config('IntervalStyle', 'postgres', true), set_config('extra_float_digits', '1', true)"
+    ))
+    found = TextTables()
+    for table in TABLES:
+        columns = (await conn.execute(text(
+            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+        ), {"t": table})).all()
+        if not columns:
+            continue
+        names = [name for name, _ in columns]
+        found.json_columns[table] = [name for name, kind in columns if kind in ("json", "jsonb")]
+        shown = ", ".join(f"{_quote(n)} IS NULL, {_quote(n)}::text" for n in names)
+        rows = await conn.execute(
+            text(f"SELECT {shown} FROM {_quote(table)} WHERE {_quote(PROJECT_COLUMN.get(table, 'project_uuid'))} = ANY(:u)"),
+            {"u": project_uuids},
+        )
+        found.rows[table] = [
+            {name: None if row[2 * i] else row[2 * i + 1] for i, name in enumerate(names)} for row in rows
+        ]
+    return found
+
+
+def compare(
+    expected: Expectations, destination: TextTables, objects: Mapping[str, Any] | None = None
+) -> RowCheck:
+    """The destination's rows of ``expected``'s projects against the source's, column by column.
+
+    ``objects``: destination key -> its state (``.size``, ``.etag``) as verified, for the file rows."""
+    facts = expected.facts
+    check = RowCheck()
+    ours = {f.destination_uuid for f in facts.projects.values()}
+    originals = set(facts.renamed.values())
+    for table, keys in TABLES.items():
+        source_rows = expected.source.rows.get(table)
+        if source_rows is None:
+            continue
+        json_columns = set(expected.source.json_columns.get(table, ())) | set(destination.json_columns.get(table, ()))
+        want: dict[tuple, TextRow] = {}
+        dropped = []
+        for row in source_rows:
+            project = facts.projects.get(row.get(PROJECT_COLUMN.get(table, "project_uuid")) or "")
+            if project is None:
+                continue
+            key = _source_key(table, keys, row, project, facts)
+            if key is None:
+                dropped.append(row)
+            else:
+                want.setdefault(key, row)
+        got: dict[tuple, tuple[TextRow, TextRow]] = {}  # key -> (row in source ids, row as it is)
+        for raw in destination.rows.get(table, []):
+            if raw.get(PROJECT_COLUMN.get(table, "project_uuid")) not in ours:
+                continue
+            row = {c: _back_to_source_ids(v, facts.renamed) for c, v in raw.items()} if facts.renamed else raw
+            for column, value in raw.items() if originals else ():
+                for old in sorted({u.lower() for u in _UUID.findall(value or "")} & originals):
+                    check.differences.append(Difference(
+                        where=f"{table} {_name(table, keys, row)}",
+                        what=f"{column} refers to the source's id {old} (the copy must not point at its original)",
+                    ))
+            got[tuple(row.get(k) for k in keys)] = (row, raw)
+        for row in dropped:
+            check.notes.append(
+                f"not copied, as the table rules say: {table} {_name(table, keys, row)} (no such group in the destination)"
+            )
+        for key in sorted(want.keys() - got.keys(), key=str):
+            check.differences.append(Difference(where=f"{table} {_name(table, keys, want[key])}", what="missing in the destination"))
+        for key in sorted(got.keys() - want.keys(), key=str):
+            row = got[key][0]
+            where = f"{table} {_name(table, keys, row)}"
+            if table == "project_to_groups" and row.get("gid") == str(facts.owner_gid):
+                # the owner's group always gets its row (the destination's trigger), with every right
+                for column in ("read", "write", "delete"):
+                    if row.get(column) != "true":
+                        check.differences.append(Difference(where=where, what=f"{column}: {row.get(column)!r} in the "
+                                                            f"destination, expected 'true' ({REMAPPED[table, column]})"))
+                continue
+            check.differences.append(Difference(where=where, what="in the destination but not in the source"))
+        for key in sorted(want.keys() & got.keys(), key=str):
+            check.checked += 1
+            source, (there, raw) = want[key], got[key]
+            project = facts.projects[source.get(PROJECT_COLUMN.get(table, "project_uuid")) or ""]
+            for column in source.keys() & there.keys():
+                if (table, column) in SET_BY_DESTINATION and _set_by_destination(table, column, source, facts):
+                    continue
+                difference = _compare_value(table, column, source, there, raw, project, facts, objects, column in json_columns)
+                if difference is not None:
+                    check.differences.append(Difference(where=f"{table} {_name(table, keys, there)}", what=difference))
+        columns_here = {c for r in source_rows[:1] for c in r}
+        columns_there = {c for r in destination.rows.get(table, [])[:1] for c in r}
+        if columns_here and columns_there:
+            for column in sorted(columns_here - columns_there):
+                check.notes.append(f"not compared: {table}.{column}, only in the source")
+            for column in sorted(columns_there - columns_here):
+                check.notes.append(f"not compared: {table}.{column}, only in the destination")
+    present = {t for t in expected.source.rows}
+    check.notes[:0] = [
+        f"not compared: {table}.{column}, set by {why}"
+        for (table, column), why in SET_BY_DESTINATION.items() if table in present
+    ]
+    return check
+
+
+def _source_key(table: str, keys: tuple[str, ...], row: TextRow, project: ProjectFacts, facts: RemapFacts) -> tuple | None:
+    """The row's key as the destination should have it (ids stay the source's); None: not copied."""
+    if table != "project_to_groups":
+        return tuple(row.get(k) for k in keys)
+    gid = _group_in_destination(int(row["gid"] or 0), project, facts)
+    return None if gid is None else (row.get("project_uuid"), str(gid))
+
+
+def _group_in_destination(gid: int, project: ProjectFacts, facts: RemapFacts) -> int | None:
+    if gid == project.owner_gid:
+        return facts.owner_gid
+    if facts.everyone_gid is not None and gid == facts.everyone_gid:
+        return facts.destination_everyone_gid
+    if project.product_gid is not None and gid == project.product_gid:
+        return project.destination_product_gid
+    return None
+
+
+def _set_by_destination(table: str, column: str, source: TextRow, facts: RemapFacts) -> bool:
+    if table == "project_to_groups":  # the trigger writes the owner's row; the others keep their dates
+        project = facts.projects[source.get("project_uuid") or ""]
+        return _group_in_destination(int(source["gid"] or 0), project, facts) == facts.owner_gid
+    return True
+
+
+def _compare_value(
+    table: str, column: str, source: TextRow, there: TextRow, raw: TextRow, project: ProjectFacts, facts: RemapFacts,
+    objects: Mapping[str, Any] | None, is_json: bool,
+) -> str | None:
+    """None when the destination's value is the one the rules expect, else the difference in words."""
+    got = there[column]
+    if (table, column) in REMAPPED:
+        expected = _remapped(table, column, source, raw, project, facts, objects)
+        if expected is not _COPIED:
+            if got == expected:
+                return None
+            shown_got, shown_expected = _show(got, expected, is_json)
+            return f"{column}: {shown_got} in the destination, expected {shown_expected} ({REMAPPED[table, column]})"
+    want = source[column]
+    if got == want or (is_json and got is not None and want is not None and _json_equal(got, want)):
+        return None
+    shown_want, shown_got = _show(want, got, is_json)
+    return f"{column}: {shown_want} in the source, {shown_got} in the destination"
+
+
+_COPIED: Any = object()  # a remapped column that, in this row, keeps the source's value
+
+
+def _remapped(
+    table: str, column: str, source: TextRow, raw: TextRow, project: ProjectFacts, facts: RemapFacts,
+    objects: Mapping[str, Any] | None,
+) -> Any:
+    """What the rules make of the source's value; ``raw``: the destination's row as it is (its own ids)."""
+    value = source[column]
+    if table == "projects":
+        return {
+            "prj_owner": str(facts.owner_id),
+            "product_name": project.destination_product,
+            "workspace_id": None,
+            "trashed_by": None if value is None else str(facts.owner_id),
+        }[column]
+    if table == "project_to_groups":
+        gid = _group_in_destination(int(source["gid"] or 0), project, facts)
+        if column == "gid":
+            return str(gid)
+        return "true" if gid == facts.owner_gid else _COPIED
+    # file_meta_data
+    link = source.get("is_soft_link") == "true"
+    external = not link and (source.get("location_id") or "0") != "0"
+    if column == "user_id":
+        return str(facts.owner_id)
+    if column == "bucket_name":
+        return value if external else facts.bucket
+    if column in ("upload_id", "upload_expires_at"):
+        return None
+    # file_size, entity_tag: as verified in the destination, for a file with its own object there
+    state = (objects or {}).get(raw.get("object_name") or raw.get("file_id") or "")
+    if state is None or link or external or source.get("is_directory") == "true":
+        return _COPIED
+    return str(state.size) if column == "file_size" else state.etag
+
+
+def _back_to_source_ids(value: str | None, renamed: dict[str, str]) -> str | None:
+    if value is None:
+        return None
+    return _UUID.sub(lambda m: renamed.get(m.group(0).lower(), m.group(0)), value)
+
+
+def _json_equal(a: str, b: str) -> bool:
+    """Equal JSON documents, numbers compared as written (``1.10`` is not ``1.1``); object keys in any
+    order (a copy's new ids sort its keys differently)."""
+    try:
+        return json.loads(a, parse_float=_number, parse_int=_number) == json.loads(b, parse_float=_number, parse_int=_number)
+    except ValueError:
+        return False
+
+
+def _number(literal: str) -> tuple[str, str]:
+    return ("number", literal)  # a tuple never equals a parsed JSON value (arrays parse as lists)
+
+
+def _show(a: str | None, b: str | None, is_json: bool) -> tuple[str, str]:
+    """Two differing values in words; long texts as the part around their first difference."""
+    if a is None or b is None or (len(a) <= _SHOWN and len(b) <= _SHOWN):
+        return _word(a, is_json), _word(b, is_json)
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    start = max(0, start - _SHOWN // 4)
+
+    def part(value: str) -> str:
+        shown = value[start:start + _SHOWN]
+        return f"{'...' if start else ''}{shown!r}{'...' if start + _SHOWN < len(value) else ''} ({len(value)} characters)"
+
+    return part(a), part(b)
+
+
+def _word(value: str | None, is_json: bool) -> str:
+    if value is None:
+        return "NULL"
+    return "JSON null" if is_json and value == "null" else repr(value)
+
+
+def _name(table: str, keys: tuple[str, ...], row: TextRow) -> str:
+    if table == "projects_nodes":
+        return str(row.get("node_id"))
+    if table == "project_to_groups":
+        return f"{row.get('project_uuid')} gid {row.get('gid')}"
+    return " ".join(str(row.get(k)) for k in keys)
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
