@@ -221,7 +221,7 @@ def verify(
 
     result = run(main())
     for note in result.notes:
-        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+        say(out, note, label="note:")
     for difference in result.differences:
         say(out, difference, label="differs:", style="red")
     how = "size + ETag" if quick else f"SHA-256 of {human_bytes(result.bytes_hashed)}"
