@@ -305,8 +305,9 @@ class ObjectCopier:
 
         The source tells its layout on ``HeadObject PartNumber=1`` (the first part's size and
         ``PartsCount``). Ceph's RADOS Gateway ignores ``PartNumber`` (it answers for the whole
-        object): then the part size is guessed from the ETag's part count (the smallest whole MiB
-        that gives that many parts, as common clients choose), else ``multipart_chunksize``. A guess
+        object): then the part size is guessed from the ETag's part count (the smallest whole MiB,
+        at least 5, that gives that many parts, as common clients choose), else
+        ``multipart_chunksize``. A guess
         is copied as a layout of our own (each part checked against the MD5 of what was read, the
         object marked with the source ETag); where it was right, the ETags match anyway.
         """
@@ -319,7 +320,7 @@ class ObjectCopier:
             first = head.get("ContentLength", 0)
             if head.get("PartsCount") == count and _fits(first, count, item.size) and _within_limits(first, count):
                 return _sizes(first, item.size), True
-            guess = -(-item.size // count // MiB) * MiB
+            guess = max(MIN_PART_SIZE, -(-item.size // count // MiB) * MiB)
             if _fits(guess, count, item.size) and _within_limits(guess, count):
                 log.info("%s: source part layout not told, guessing %d-byte parts", item.src_key, guess)
                 return _sizes(guess, item.size), False

@@ -1,4 +1,4 @@
-"""Rollback on real servers (both schemas): a migration's rows and objects removed, and only
+"""Rollback on real servers (both schemas; SeaweedFS and Ceph on either side): a migration's rows and objects removed, and only
 those; refused, with nothing removed, when the destination changed after the migration; a
 rerun is a no-op; migrating again afterwards works."""
 
@@ -96,7 +96,8 @@ def write_config(tmp_path: Path, config: dict[str, Any], name: str = "cfg.json")
     return str(path)
 
 
-async def test_rollback_removes_that_migration_and_nothing_else(simcore: Simcore, tmp_path: Path) -> None:
+async def test_rollback_removes_that_migration_and_nothing_else(provider_simcore: Simcore, tmp_path: Path) -> None:
+    simcore = provider_simcore
     bob = simcore.source_ids.users["bob"].id
     a = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(
         1, multipart_size=6 * MiB, multipart_part_size=5 * MiB, hidden_children=2, soft_link=True,

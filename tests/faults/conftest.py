@@ -1,8 +1,8 @@
 """Migrations whose source S3, destination S3 and destination PostgreSQL are reached through fault
 proxies (``tests/faults/proxy.py``), and what every fault test checks afterwards.
 
-The proxies live for the session (their servers do); each test gets them healed and with fresh
-counters. ``Faulty.settings()`` points a migration at the proxies, ``Faulty.direct()`` at the servers
+The proxies live for the session (their servers do), one set per pair of S3 implementations; each
+test gets them healed and with fresh counters. ``Faulty.settings()`` points a migration at the proxies, ``Faulty.direct()`` at the servers
 themselves (for checks that must not be disturbed by the faults under test).
 """
 
@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.schema import PROJECT_TABLES
 from projmig.settings import MigrationSettings
 
-from ..conftest import Simcore, Templates, make_simcore
+from ..conftest import SEAWEEDFS, Simcore, Templates, make_simcore, remove_ceph_buckets, s3_servers, schemas
 from .proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,27 +60,46 @@ class Proxies:
 
 
 @pytest.fixture(scope="session")
-def proxy_servers(sandbox: Sandbox) -> Iterator[Proxies]:
-    proxies = Proxies(
-        src_s3=FaultProxy("127.0.0.1", sandbox.source.s3.s3_port, name="source-s3", http=True),
-        dst_s3=FaultProxy("127.0.0.1", sandbox.destination.s3.s3_port, name="destination-s3", http=True),
-        dst_db=FaultProxy(sandbox.destination.pg.host, sandbox.destination.pg.port, name="destination-db"),
-    )
-    for proxy in proxies.each():
-        proxy.start()
+def proxy_sets(request: pytest.FixtureRequest, sandbox: Sandbox) -> Iterator[Callable[[tuple[str, str]], Proxies]]:
+    """(source, destination) S3 implementations -> the proxies in front of those servers, started on
+    first use and kept for the session."""
+    made: dict[tuple[str, str], Proxies] = {}
+
+    def proxies_for(pair: tuple[str, str]) -> Proxies:
+        if pair not in made:
+            source, destination = s3_servers(request, sandbox, pair)
+            made[pair] = Proxies(
+                src_s3=FaultProxy("127.0.0.1", source.s3_port, name="source-s3", http=True),
+                dst_s3=FaultProxy("127.0.0.1", destination.s3_port, name="destination-s3", http=True),
+                dst_db=FaultProxy(sandbox.destination.pg.host, sandbox.destination.pg.port, name="destination-db"),
+            )
+            for proxy in made[pair].each():
+                proxy.start()
+        return made[pair]
+
     try:
-        yield proxies
+        yield proxies_for
     finally:
-        for proxy in proxies.each():
-            proxy.stop()
+        for proxies in made.values():
+            for proxy in proxies.each():
+                proxy.stop()
 
 
 @pytest.fixture
-def proxies(proxy_servers: Proxies) -> Iterator[Proxies]:
-    proxy_servers.heal()
-    proxy_servers.reset_counts()
-    yield proxy_servers
-    proxy_servers.heal()
+def proxies(request: pytest.FixtureRequest, proxy_sets: Callable[[tuple[str, str]], Proxies]) -> Iterator[Proxies]:
+    """This test's proxies, healed and with fresh counters: in front of the SeaweedFS servers, or of
+    the pair the test's ``faulty`` is parametrized with."""
+    chosen = proxy_sets(pair_of(request))
+    chosen.heal()
+    chosen.reset_counts()
+    yield chosen
+    chosen.heal()
+
+
+def pair_of(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The S3 pair a test asked for (``faulty`` parametrized indirectly), else SeaweedFS -> SeaweedFS."""
+    callspec = getattr(request.node, "callspec", None)
+    return callspec.params.get("faulty", (SEAWEEDFS, SEAWEEDFS)) if callspec is not None else (SEAWEEDFS, SEAWEEDFS)
 
 
 @dataclass
@@ -123,14 +142,20 @@ class Faulty:
         )
 
 
-async def _fresh(sandbox: Sandbox, templates: dict[str, Templates]) -> Simcore:
-    return await make_simcore(sandbox, templates, "fixture")
-
-
 @pytest.fixture
-async def faulty(sandbox: Sandbox, templates: dict[str, Templates], proxies: Proxies) -> AsyncIterator[Faulty]:
-    env = await _fresh(sandbox, templates)
+async def faulty(
+    request: pytest.FixtureRequest, sandbox: Sandbox, templates: dict[str, Templates], proxies: Proxies
+) -> AsyncIterator[Faulty]:
+    """Fresh deployments behind the proxies: SeaweedFS on both sides on the fixture schema; or, with
+    ``@pytest.mark.parametrize("faulty", CEPH_PAIRS, indirect=True)``, that S3 pair on the real
+    schema when it is given."""
+    pair = pair_of(request)
+    if pair == (SEAWEEDFS, SEAWEEDFS):
+        env = await make_simcore(sandbox, templates, "fixture")
+    else:
+        env = await make_simcore(sandbox, templates, schemas()[-1], s3_servers(request, sandbox, pair), pair)
     yield Faulty(env, proxies)
+    await remove_ceph_buckets(env)
     await sandbox.source.drop_database(env.source_db.database or "")
     await sandbox.destination.drop_database(env.destination_db.database or "")
 

@@ -13,6 +13,7 @@ from flows.migrate import migrate_project
 from projmig import steps
 from projmig.s3 import s3_client
 
+from ..conftest import CEPH_PAIRS, SEAWEEDFS
 from .conftest import MiB, Faulty, Kill, all_or_nothing, duplicate_rows, open_uploads, row_counts
 
 pytestmark = pytest.mark.usefixtures("prefect")
@@ -41,7 +42,14 @@ def part_numbers(requests) -> list[int]:
             if r.method == "PUT" and "uploadId=" in r.target]
 
 
-@pytest.mark.parametrize("when", ["listing the destination", "mid-copy", "between verify and insert", "mid-insert"])
+MOMENTS = ["listing the destination", "mid-copy", "between verify and insert", "mid-insert"]
+CASES = [pytest.param(when, (SEAWEEDFS, SEAWEEDFS), id=when) for when in MOMENTS] + [
+    # what differs between S3 implementations is in the copy: a kill inside a multipart upload
+    pytest.param("mid-copy", pair, id=f"mid-copy-{pair[0]}-to-{pair[1]}") for pair in CEPH_PAIRS
+]
+
+
+@pytest.mark.parametrize("when, faulty", CASES, indirect=["faulty"])
 async def test_a_killed_migration_is_finished_by_a_rerun(faulty: Faulty, tmp_path, when: str) -> None:
     sample = await faulty.sample(files=4, directory_objects=2, multipart_size=BIG, multipart_part_size=PART,
                                  hidden_children=1, child_files=1)

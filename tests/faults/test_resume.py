@@ -12,6 +12,7 @@ from projmig import steps
 from projmig.errors import TransferError
 from projmig.s3 import s3_client
 
+from ..conftest import CEPH_PAIRS, SEAWEEDFS
 from .conftest import MiB, Faulty, destination_keys, open_uploads
 
 pytestmark = pytest.mark.usefixtures("prefect")
@@ -58,11 +59,18 @@ async def test_a_rerun_copies_only_the_objects_a_cut_left_missing(faulty: Faulty
     assert await open_uploads(direct) == []
 
 
-async def test_an_interrupted_multipart_upload_continues_from_its_finished_parts(faulty: Faulty, capsys) -> None:
-    size, part = 200 * MiB, 8 * MiB
+@pytest.mark.parametrize("faulty, size, parts_at_once", [
+    pytest.param((SEAWEEDFS, SEAWEEDFS), 200 * MiB, 8, id="seaweedfs-to-seaweedfs"),
+    # smaller (the suite's time): fewer parts in flight, so that some are finished at the cut
+    *(pytest.param(pair, 64 * MiB, 2, id="-to-".join(pair)) for pair in CEPH_PAIRS),
+], indirect=["faulty"])
+async def test_an_interrupted_multipart_upload_continues_from_its_finished_parts(
+    faulty: Faulty, capsys, size: int, parts_at_once: int
+) -> None:
+    part = 8 * MiB
     sample = await faulty.sample(files=0, soft_link=False, directory_objects=0, multipart_size=size, multipart_part_size=part)
     [key] = sample.objects
-    settings = faulty.settings(sample.uuid, s3_max_attempts=3)
+    settings = faulty.settings(sample.uuid, s3_max_attempts=3, part_concurrency=parts_at_once)
     window = settings.options.part_concurrency * part  # parts in flight when the network goes
     direct = faulty.direct(sample.uuid)
     proxy = faulty.proxies.dst_s3
@@ -95,7 +103,7 @@ async def test_an_interrupted_multipart_upload_continues_from_its_finished_parts
     assert rerun < size - len(finished) * part + MiB
     with capsys.disabled():
         print(
-            f"\npart-level resume: {size // MiB} MiB object ({size // part} parts of {part // MiB} MiB) cut after "
+            f"\npart-level resume ({' -> '.join(faulty.env.providers)}): {size // MiB} MiB object ({size // part} parts of {part // MiB} MiB) cut after "
             f"{first_run / size:.0%} was sent; {len(finished)} parts survived; the rerun sent {rerun / size:.1%} of the "
             f"object; bytes re-sent {resent / size:.1%} of the object (a restart would re-send {first_run / size:.0%})"
         )

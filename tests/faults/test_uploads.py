@@ -4,10 +4,12 @@ what it left), and ``projmig cleanup`` aborts old ones of ours and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 from collections import Counter
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -17,6 +19,7 @@ from projmig.errors import TransferError
 from projmig.preflight import PROBE_KEY
 from projmig.s3 import s3_client
 
+from ..conftest import CEPH, SEAWEEDFS
 from .conftest import REPO, MiB, Faulty, MigrationProcess, open_uploads, prefect_env
 
 pytestmark = pytest.mark.usefixtures("prefect")
@@ -105,3 +108,45 @@ async def test_cleanup_aborts_only_old_uploads_of_the_migrated_projects(faulty: 
     await migrate_project(faulty.settings(sample.uuid))
     assert {u["Key"] for u in await open_uploads(direct)} == theirs
     assert (await steps.verify_migration(direct, deep=False)).equal
+
+
+@pytest.mark.parametrize("faulty", [(SEAWEEDFS, CEPH)], indirect=True, ids=["seaweedfs-to-ceph"])
+async def test_an_upload_aborted_under_a_resuming_copy_is_started_over_on_ceph(faulty: Faulty) -> None:
+    """Ceph answers ListParts of an aborted upload with NoSuchKey (AWS: NoSuchUpload). An earlier
+    run's upload is aborted by someone else (osparc's storage service cleans up uploads it does not
+    know) just when the rerun asks for its parts: the copy starts that object over."""
+    sample = await faulty.sample(files=1, directory_objects=0, soft_link=False, multipart_size=24 * MiB,
+                                 multipart_part_size=6 * MiB)
+    big = next(k for k in sample.objects if k.endswith(".h5"))
+    direct = faulty.direct(sample.uuid)
+    bucket = direct.destination.s3.bucket
+    async with s3_client(direct.destination.s3) as client:
+        upload = await client.create_multipart_upload(Bucket=bucket, Key=big)
+        for number in (1, 2):
+            await client.upload_part(Bucket=bucket, Key=big, UploadId=upload["UploadId"], PartNumber=number,
+                                     Body=bytes(6 * MiB))
+
+    async def abort() -> None:
+        async with s3_client(direct.destination.s3) as client:
+            await client.abort_multipart_upload(Bucket=bucket, Key=big, UploadId=upload["UploadId"])
+
+    def abort_it() -> None:  # in the proxy's thread, before the ListParts request reaches Ceph
+        done = threading.Thread(target=asyncio.run, args=(abort(),))
+        done.start()
+        done.join()
+
+    proxy = faulty.proxies.dst_s3
+    proxy.after(match=f"uploadId={quote(upload['UploadId'], safe='-_.~')}".encode(), do=abort_it)
+    settings = faulty.settings(sample.uuid)
+    checked = await steps.preflight(settings, probe_write=False)
+    plan = steps.make_plan(await steps.read_project_graph(settings, checked), checked)
+    _, todo = await steps.compare(settings, plan.copies)
+    outcomes = await steps.copy_objects(settings, todo)  # the library step: no task retry to hide a failure
+
+    assert proxy.faults and proxy.faults[0].startswith("called abort_it"), proxy.faults
+    assert {o.dst_key: o.resumed_parts for o in outcomes}[big] == 0
+    report = await migrate_project(settings)
+    assert report.status == "migrated" and report.objects_copied == 0
+    assert await open_uploads(direct) == []
+    verified = await steps.verify_migration(direct, deep=True)
+    assert verified.equal, [str(d) for d in verified.differences]
