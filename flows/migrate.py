@@ -146,6 +146,11 @@ async def migrate_project(
         checked = await tasks.preflight(settings, probe_write=not settings.options.dry_run)
     if checked.already_migrated:
         logger.info("already in the destination from an earlier run: %s", ", ".join(checked.already_migrated))
+    if not settings.options.dry_run:
+        logger.info(checked.verification.describe())
+        if settings.options.verification == "auto":  # what the probes chose, for every copy task run
+            settings = settings.model_copy(update={"options": settings.options.model_copy(
+                update={"verification": checked.verification.method})})
     with timer("graph"):
         # the destination is listed while the source graph is read (each side's servers at once)
         listing = None if settings.options.dry_run else tasks.list_destination(
@@ -164,6 +169,7 @@ async def migrate_project(
         return report
 
     report = MigrationReport.from_plan(plan, "migrated")
+    report.verification = checked.verification.describe()
     if len(checked.roots) > 1:  # each root project's graph in its own transaction: see flows/many.py
         return await migrate_each(settings, plan, report, timer, logger)
     keys = {c.dst_key for c in plan.copies}

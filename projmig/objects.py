@@ -136,6 +136,19 @@ async def abort_uploads(
     return aborted
 
 
+async def sha256_of(client: Any, bucket: str, key: str, retry: Retrier) -> str:
+    """SHA-256 of an object's bytes, hashed as they stream in."""
+    async def read() -> str:
+        resp = await client.get_object(Bucket=bucket, Key=key)
+        hasher = hashlib.sha256()
+        async with resp["Body"] as body:
+            async for chunk in body.iter_chunks(1024 * 1024):
+                hasher.update(chunk)
+        return hasher.hexdigest()
+
+    return await retry(f"{key}: read for SHA-256", read)
+
+
 async def source_marker(client: Any, bucket: str, key: str, retry: Retrier) -> str | None:
     """The source ETag a destination object was verified against (objects re-chunked by projmig)."""
     head = await retry(f"HEAD {key}", lambda: client.head_object(Bucket=bucket, Key=key))
@@ -210,10 +223,15 @@ class ObjectCopier:
         dst_data: DataPath | None = None,
         slots: asyncio.Semaphore | None = None,
         budget: ByteBudget | None = None,
+        verification: Literal["etag", "sha256"] = "etag",
     ):
         """``src``/``dst``: aiobotocore clients; ``src_data``/``dst_data``: what GETs and PUTs the
         bytes (:mod:`projmig.s3data`; default: the clients themselves). ``slots``/``budget``: limits
-        shared with other copiers (default: this copier's own ``concurrency`` and ``memory_limit``)."""
+        shared with other copiers (default: this copier's own ``concurrency`` and ``memory_limit``).
+        ``verification``: etag (the destination's ETag equals the source's, or the MD5s of what was
+        sent) or sha256 (the object read back from the destination has the SHA-256 of the source
+        bytes read; the preflight chooses it where a side's ETags are not MD5s)."""
+        self.by_sha256 = verification == "sha256"
         self.src, self.dst = src, dst
         self.src_data = src_data or BotoData(src)
         self.dst_data = dst_data or BotoData(dst)
@@ -250,7 +268,7 @@ class ObjectCopier:
         if state is not None and state.size == item.size and state.etag == item.etag:
             return CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=state.etag, action="skipped")
         try:
-            if self.server_side and not is_multipart_etag(item.etag) and item.size <= MAX_SINGLE_COPY:
+            if self.server_side and not self.by_sha256 and not is_multipart_etag(item.etag) and item.size <= MAX_SINGLE_COPY:
                 return await self._server_side_copy(item)
             if item.size < self.threshold and not is_multipart_etag(item.etag):
                 return await self._copy_whole(item)
@@ -270,14 +288,25 @@ class ObjectCopier:
             )
             _check_unchanged(item, etag_of(resp["ETag"]), got)
             headers = _carried_headers(resp)
+            read_sha256 = await digest("sha256", data) if self.by_sha256 else b""
+            if self.by_sha256:
+                headers["Metadata"] = {**headers.get("Metadata", {}), MARKER: item.etag}
             put_resp = await self.retry(
                 f"{item.dst_key}: PUT", lambda: self.dst_data.put(self.dst_bucket, item.dst_key, data, **headers)
             )
+            sent_md5 = await digest("md5", data) if etag_of(put_resp["ETag"]) != item.etag else b""
         finally:
             await self.budget.release(item.size)
         etag = etag_of(put_resp["ETag"])
-        if etag != item.etag:
+        if self.by_sha256:
+            await self._check_read_back(item, read_sha256.hex())
+        elif etag != item.etag:
             await self._discard(item.dst_key)
+            if sent_md5.hex() == etag:  # it arrived as it was read: the source's ETag is no MD5 of its bytes
+                raise VerificationError(
+                    f"{item.dst_key}: the source's ETag {item.etag} is not the MD5 of its bytes (SSE-KMS or SSE-C?); "
+                    "removed: migrate with options.verification=sha256"
+                )
             raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; removed, rerun to copy again")
         self.on_bytes(item.size)
         return CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="copied", bytes_sent=item.size)
@@ -329,6 +358,7 @@ class ObjectCopier:
 
     async def _copy_in_parts(self, item: ObjectCopy, *, fresh: bool = False) -> CopyOutcome:
         sizes, same_layout = await self.part_layout(item)
+        same_layout = same_layout and not self.by_sha256  # then the source's ETag proves nothing: read every part
         head = await self.retry(
             f"{item.src_key}: HEAD", lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key)
         )
@@ -346,7 +376,7 @@ class ObjectCopier:
             )
             upload_id = created["UploadId"]
         try:
-            parts, sent, whole_md5 = await self._transfer_parts(item, upload_id, sizes, done, same_layout)
+            parts, sent, whole = await self._transfer_parts(item, upload_id, sizes, done, same_layout)
             resp = await self.retry(
                 f"{item.dst_key}: complete multipart upload",
                 lambda: self.dst.complete_multipart_upload(
@@ -365,7 +395,10 @@ class ObjectCopier:
         # Ceph's RADOS Gateway answers with an empty ETag: the object's own HEAD tells it
         etag = etag_of(resp.get("ETag") or "") or await self._etag_of_completed(item)
         expected = item.etag if same_layout else composite_etag([md5 for _, _, md5 in parts])
-        if etag != expected or (whole_md5 is not None and not is_multipart_etag(item.etag) and whole_md5 != item.etag):
+        if self.by_sha256:
+            assert whole is not None
+            await self._check_read_back(item, whole)
+        elif etag != expected or (whole is not None and not is_multipart_etag(item.etag) and whole != item.etag):
             await self._discard(item.dst_key)
             raise VerificationError(
                 f"{item.dst_key}: destination ETag {etag} != expected {expected} (source {item.etag}); removed, rerun to copy again"
@@ -424,7 +457,8 @@ class ObjectCopier:
     async def _transfer_parts(
         self, item: ObjectCopy, upload_id: str, sizes: list[int], done: dict[int, str], same_layout: bool
     ) -> tuple[list[tuple[int, str, bytes]], int, str | None]:
-        """Upload the missing parts; returns (number, etag, md5) per part, bytes sent, whole-object MD5.
+        """Upload the missing parts; returns (number, etag, md5) per part, bytes sent, whole-object MD5
+        (SHA-256 with ``verification=sha256``).
 
         ``part_window`` parts are in flight at once; a part's bytes are held in memory (counted in
         the byte budget) from its GET until its PUT is answered. With a layout of our own, every part
@@ -436,7 +470,7 @@ class ObjectCopier:
         for i in range(1, len(sizes)):
             offsets[i] = offsets[i - 1] + sizes[i - 1]
         need_bytes = not same_layout
-        whole = hashlib.md5() if need_bytes else None
+        whole = hashlib.new("sha256" if self.by_sha256 else "md5") if need_bytes else None
         sent = 0
         results: dict[int, tuple[str, bytes]] = {}
         holding: dict[int, int] = {}  # part -> bytes of the budget it holds
@@ -472,12 +506,17 @@ class ObjectCopier:
             size, start = sizes[number - 1], offsets[number - 1]
             byte_range = f"bytes={start}-{start + size - 1}"
             try:
-                _, data, got = await self.retry(
+                # If-Match: the part is of the object planned. With verification by SHA-256 the ETag
+                # is opaque (it may be a gateway's own): the answer's ETag is compared instead
+                answer, data, got = await self.retry(
                     f"{item.src_key}: GET part {number}",
                     lambda: self.src_data.get(
-                        self.src_bucket, item.src_key, size, byte_range=byte_range, if_match=f'"{item.etag}"'
+                        self.src_bucket, item.src_key, size, byte_range=byte_range,
+                        if_match=None if self.by_sha256 else f'"{item.etag}"',
                     ),
                 )
+                if self.by_sha256:
+                    _check_unchanged(item, etag_of(answer.get("ETag", "")), item.size)
                 if got != size:
                     raise TransferError(f"{item.src_key}: part {number} returned {got} bytes, expected {size}")
                 md5 = await digest("md5", data) if need_bytes else b""
@@ -534,6 +573,16 @@ class ObjectCopier:
                 await free(number)
         parts = [(n, *results[n]) for n in range(1, len(sizes) + 1)]
         return parts, sent, whole.hexdigest() if whole is not None else None
+
+    async def _check_read_back(self, item: ObjectCopy, read_sha256: str) -> None:
+        """The destination object, read back whole, has the SHA-256 of the source bytes read."""
+        got = await sha256_of(self.dst, self.dst_bucket, item.dst_key, self.retry)
+        if got != read_sha256:
+            await self._discard(item.dst_key)
+            raise VerificationError(
+                f"{item.dst_key}: read back from the destination, SHA-256 {got} != {read_sha256} of the source bytes "
+                "read; removed, rerun to copy again"
+            )
 
     async def _etag_of_completed(self, item: ObjectCopy) -> str:
         head = await self.retry(
@@ -609,8 +658,8 @@ async def compare_with_destination(
     """(already there, still to copy), from one listing per destination prefix (``listed``:
     prefix -> its listing, taken earlier in this run; other prefixes are listed now).
 
-    Same size and ETag: there. Same size, other ETag: there only if projmig re-chunked it and
-    marked it with the source ETag it was verified against (one HEAD each, rare).
+    Same size and ETag: there. Same size, other ETag: there only if projmig re-chunked it or
+    verified it by SHA-256, and marked it with the source ETag it was verified against (one HEAD each).
     """
     listing: dict[str, ObjectState] = {}
     for prefix in sorted({top_prefix(c.dst_key) for c in copies}):
@@ -629,7 +678,7 @@ async def compare_with_destination(
     checks = {}
     for item in copies:
         state = listing.get(item.dst_key)
-        if state is not None and state.size == item.size and state.etag != item.etag and is_multipart_etag(state.etag):
+        if state is not None and state.size == item.size and state.etag != item.etag:
             checks[item.dst_key] = asyncio.ensure_future(by_marker(item, state))
     marked = dict(zip(checks, await asyncio.gather(*checks.values()))) if checks else {}
     for item in copies:

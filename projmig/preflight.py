@@ -5,8 +5,9 @@ raises one :class:`PreflightError` listing every problem found, each naming what
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
+import hashlib
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy import text
@@ -17,7 +18,7 @@ from .db import alembic_revision, open_engine
 from .drift import check_drift
 from .errors import PreflightError
 from .graph import hidden_descendants, projects_of_user
-from .objects import abort_uploads
+from .objects import abort_uploads, etag_of, list_prefix
 from .plan import DestinationFacts
 from .remap import copy_namespace, destination_identity, new_project_uuid, root_of
 from .s3 import Retrier, explain_bucket_error, s3_client
@@ -25,6 +26,19 @@ from .schema import ColumnDiff
 from .settings import MigrationSettings, S3Settings, UuidPolicy
 
 PROBE_KEY = ".projmig-preflight"
+
+
+class VerificationProbe(BaseModel):
+    """Whether each side's ETags are MD5s of the bytes (None: not probed), and the method chosen."""
+
+    source_md5_etags: bool | None = None
+    destination_md5_etags: bool | None = None
+    method: Literal["etag", "sha256"] = "etag"
+    notes: list[str] = Field(default_factory=list)  # what each probe saw, in words
+
+    def describe(self) -> str:
+        how = "ETags (MD5s on both sides)" if self.method == "etag" else "SHA-256 of the bytes read back"
+        return f"verification: {how}" + (f" ({'; '.join(self.notes)})" if self.notes else "")
 
 
 class PreflightReport(BaseModel):
@@ -39,6 +53,7 @@ class PreflightReport(BaseModel):
     drift_notes: list[str] = Field(default_factory=list)  # each column dropped or defaulted, in words
     namespaces: dict[str, str] | None = None  # uuid_policy=new: root -> namespace of its copy's ids
     new_uuids: dict[str, str] = Field(default_factory=dict)  # uuid_policy=new: source -> destination uuid
+    verification: VerificationProbe = Field(default_factory=VerificationProbe)
 
     @property
     def resume(self) -> bool:
@@ -88,7 +103,56 @@ async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True
             )
             if problems:
                 raise PreflightError(problems)
+            report.verification = await probe_verification(settings, report, quick, problems)
+            if problems:
+                raise PreflightError(problems)
         return report
+
+
+PROBE_BODY = b"projmig preflight: are this server's ETags MD5s of the bytes?\n"
+SMALL_PROBE = 16 * 1024 * 1024  # the largest source object read whole to see what its ETag is
+
+
+async def probe_verification(
+    settings: MigrationSettings, report: PreflightReport, retry: Retrier, problems: list[str]
+) -> VerificationProbe:
+    """Whether each side's ETags are the MD5 of the bytes (SSE-KMS and SSE-C objects on AWS have
+    other ETags): the source's smallest single-part object of the first project is read whole; the
+    destination gets a small object PUT and deleted again. ``options.verification=etag`` where a
+    side's ETags are not MD5s is a problem naming the provider and the object (copying would find
+    every object differing from its source, and delete it again)."""
+    probe = VerificationProbe()
+    src, dst = settings.source.s3, settings.destination.s3
+    async with s3_client(src) as client:
+        listed = await list_prefix(client, src.bucket, f"{report.roots[0]}/", retry) if report.roots else {}
+        small = sorted((s.size, k) for k, s in listed.items() if 0 < s.size <= SMALL_PROBE and "-" not in s.etag)
+        if small:
+            key = small[0][1]
+            resp = await retry(f"source bucket {src.describe()}: read {key}", lambda: client.get_object(Bucket=src.bucket, Key=key))
+            async with resp["Body"] as body:
+                data = await body.read()
+            probe.source_md5_etags = hashlib.md5(data).hexdigest() == etag_of(resp["ETag"])
+            probe.notes.append(f"source ({src.provider}) object {key}: ETag {'is' if probe.source_md5_etags else 'is not'} its MD5")
+            source_what = f"source bucket {src.describe()} (provider {src.provider}): object {key}"
+    async with s3_client(dst) as client:
+        key = report.probe_key
+        put = await retry(f"destination bucket {dst.describe()}: write {key}",
+                          lambda: client.put_object(Bucket=dst.bucket, Key=key, Body=PROBE_BODY))
+        await retry(f"destination bucket {dst.describe()}: delete {key}", lambda: client.delete_object(Bucket=dst.bucket, Key=key))
+        probe.destination_md5_etags = etag_of(put["ETag"]) == hashlib.md5(PROBE_BODY).hexdigest()
+        probe.notes.append(f"destination ({dst.provider}): ETags {'are' if probe.destination_md5_etags else 'are not'} MD5s")
+        destination_what = f"destination bucket {dst.describe()} (provider {dst.provider}): probe object {key}"
+    md5s = probe.source_md5_etags is not False and probe.destination_md5_etags
+    probe.method = "etag" if md5s else "sha256"
+    if settings.options.verification == "etag" and not md5s:
+        where = destination_what if not probe.destination_md5_etags else source_what
+        problems.append(
+            f"options.verification=etag cannot work: {where}: its ETag is not the MD5 of its bytes (SSE-KMS or "
+            "SSE-C?): use verification auto or sha256"
+        )
+    elif settings.options.verification == "sha256":
+        probe.method = "sha256"
+    return probe
 
 
 def _connection_lost(exc: BaseException) -> bool:

@@ -40,6 +40,7 @@ class MigrationReport(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     schema_drift: list[str] = Field(default_factory=list)  # columns dropped or defaulted between revisions
     failed: dict[str, str] = Field(default_factory=dict)  # root project (source uuid) -> why it was not migrated
+    verification: str = ""  # how objects were proven whole (the preflight's probes)
     error: str | None = None
 
     @classmethod
@@ -122,6 +123,8 @@ class MigrationReport(BaseModel):
             lines += ["", "| table | rows inserted | rows planned |", "|---|---:|---:|"]
             for table, planned in self.rows_planned.items():
                 lines.append(f"| {markdown_text(table)} | {self.rows_inserted.get(table, 0)} | {planned} |")
+        if self.verification:
+            lines += ["", markdown_text(self.verification)]
         if self.seconds:
             lines += ["", "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())]
             if self.copy_task_runs:

@@ -344,6 +344,12 @@ class MigrationOptions(StrictModel):
         description="what GETs and PUTs object bytes at path-style endpoints (provider MINIO or CEPH): lean "
         "(aiohttp, signed by botocore's SigV4 signer, skipping the rest of botocore's per-request work: less CPU per object) or botocore; AWS always uses botocore",
     )
+    verification: Literal["auto", "etag", "sha256"] = Field(
+        "auto",
+        description="what proves an object arrived whole: etag (both sides' ETags are MD5s or their multipart "
+        "form), sha256 (the destination object read back and its SHA-256 compared with the source bytes read), "
+        "auto: etag where the preflight's probes show MD5 ETags on both sides, else sha256",
+    )
     task_runner: Literal["threads", "dask"] = Field(
         "threads",
         description="where copy task runs execute: threads: the flow's process (concurrently in its event "

@@ -4,13 +4,12 @@ the bytes on request). Rows are compared by :mod:`projmig.rowcheck`, which share
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from .errors import VerificationError
-from .objects import CopyOutcome, ObjectState, compare_with_destination
+from .objects import CopyOutcome, ObjectState, compare_with_destination, sha256_of
 from .plan import ObjectCopy
 from .rowcheck import Difference
 from .s3 import Retrier
@@ -37,16 +36,6 @@ def verified_states(
     return {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
 
 
-async def sha256_of(client: Any, bucket: str, key: str, retry: Retrier) -> str:
-    async def digest() -> str:
-        resp = await client.get_object(Bucket=bucket, Key=key)
-        hasher = hashlib.sha256()
-        async with resp["Body"] as body:
-            async for chunk in body.iter_chunks(1024 * 1024):
-                hasher.update(chunk)
-        return hasher.hexdigest()
-
-    return await retry(f"{key}: read for SHA-256", digest)
 
 
 class VerifyReport(BaseModel):

@@ -13,6 +13,10 @@ S3 GET bodies, query results). The test arms faults from outside:
   at once: the network is down until :meth:`heal`), ``"stall"`` (they hang).
 - ``fail_requests(n, 503, "SlowDown")`` (``http=True`` proxies): answer the next ``n`` matching
   requests with an S3 error document instead of forwarding them.
+- ``rewrite_etags(fn)`` (``http=True`` proxies): every ETag the server sends (``ETag`` headers,
+  ``<ETag>`` in listings and copy results) reaches the client as ``fn(etag)`` (same length): what
+  a client sees of objects whose ETags are not MD5s of their bytes (AWS SSE-KMS, SSE-C). Requests
+  pass unchanged (they are signed): an ``If-Match`` with a rewritten ETag fails.
 
 It runs its own event loop in a daemon thread, so it keeps relaying while a Prefect flow runs its
 tasks in other threads and loops, and while a migration runs in another process.
@@ -21,6 +25,7 @@ tasks in other threads and loops, and while a migration runs in another process.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 import threading
@@ -87,6 +92,7 @@ class FaultProxy:
         self._mode = "heal"
         self._triggers: list[_Trigger] = []
         self._errors: list[_ErrorRule] = []
+        self._etag_rewrite: Callable[[str], str] | None = None
         self._conns: set[_Conn] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"fault-proxy-{name}", daemon=True)
@@ -163,6 +169,12 @@ class FaultProxy:
             raise ValueError(f"{self.name}: answering requests needs an http=True proxy")
         self._in_loop(lambda: self._errors.append(_ErrorRule(n, status, code, match)))
 
+    def rewrite_etags(self, fn: Callable[[str], str] | None) -> None:
+        """ETags (32 hex digits, before any ``-N``) reach the client as ``fn(etag)``; None: as they are."""
+        if not self.http:
+            raise ValueError(f"{self.name}: rewriting ETags needs an http=True proxy")
+        self._in_loop(lambda: setattr(self, "_etag_rewrite", fn))
+
     def cut(self, then: str = "heal") -> None:
         """Reset every open connection now."""
         self._in_loop(lambda: self._fire(_Trigger("now", 0, 0, "cut", then)))
@@ -172,12 +184,13 @@ class FaultProxy:
         self._in_loop(lambda: setattr(self, "_mode", "refuse"))
 
     def heal(self) -> None:
-        """No more faults: disarm everything, let new and stalled connections flow."""
+        """No more faults: disarm everything (ETags too), let new and stalled connections flow."""
 
         def heal() -> None:
             self._mode = "heal"
             self._triggers.clear()
             self._errors.clear()
+            self._etag_rewrite = None
             for conn in self._conns:
                 conn.flowing.set()
 
@@ -227,12 +240,15 @@ class FaultProxy:
 
     async def _pump(self, conn: _Conn, direction: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         heads = _RequestHeads() if self.http and direction == UP else None
+        etags = _EtagRewriter() if self.http and direction == DOWN else None
         try:
             while not conn.dead:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     break
                 if heads is None:
+                    if etags is not None:
+                        data = etags.feed(data, self._etag_rewrite)
                     await self._forward(conn, direction, data, writer)
                     continue
                 for piece, request in heads.feed(data):
@@ -379,6 +395,46 @@ class FaultProxy:
             fn()
 
         self._run(call())
+
+
+_ETAG = re.compile(rb'((?i:etag):[ \t]*"|<ETag>(?:&quot;|&#34;|"))([0-9a-f]{32})')
+_ETAG_OPENERS = (b'etag: "', b"<etag>&quot;", b"<etag>&#34;", b'<etag>"')
+_HEX = re.compile(rb"[0-9a-f]{0,31}")
+
+
+class _EtagRewriter:
+    """Rewrites the ETags in a server's byte stream; an ETag's opening and first digits at the end of
+    a read are held back until the next one (an ETag cut there is rewritten whole)."""
+
+    def __init__(self) -> None:
+        self.held = b""
+
+    def feed(self, data: bytes, rewrite: Callable[[str], str] | None) -> bytes:
+        data, self.held = self.held + data, b""
+        if rewrite is None:
+            return data
+
+        def one(match: re.Match[bytes]) -> bytes:
+            shown = rewrite(match.group(2).decode()).encode()
+            assert len(shown) == 32, "a rewritten ETag keeps its length (Content-Length stays right)"
+            return match.group(1) + shown
+
+        data = _ETAG.sub(one, data)
+        keep = _partial_etag_at_end(data)
+        if keep:
+            data, self.held = data[:-keep], data[-keep:]
+        return data
+
+
+def _partial_etag_at_end(data: bytes) -> int:
+    for k in range(min(len(data), 43), 0, -1):
+        tail = data[-k:].lower()
+        for opener in _ETAG_OPENERS:
+            # (a read ending inside the opener itself is not caught: holding back every trailing
+            # "e" or "<" would stall bodies that end so)
+            if tail.startswith(opener) and _HEX.fullmatch(tail[len(opener):]):
+                return k
+    return 0
 
 
 class _RequestHeads:
