@@ -32,6 +32,7 @@ class FileEntry(BaseModel):
     kind: Literal["file", "directory", "soft_link", "external"]
     object_name: str | None
     objects: list[SourceObject] = Field(default_factory=list)
+    missing: str | None = None  # what the source lacks for this entry (its object, prefix or link target)
 
     @property
     def size(self) -> int:
@@ -65,6 +66,11 @@ class ProjectGraph(BaseModel):
 
     def project(self, uuid: str) -> ProjectRecord:
         return next(p for p in self.projects if p.uuid == uuid)
+
+    @property
+    def missing(self) -> list[FileEntry]:
+        """File entries whose data is not there (:attr:`FileEntry.missing` says what)."""
+        return [e for p in self.projects for e in p.files if e.missing]
 
     @property
     def objects(self) -> list[SourceObject]:
@@ -192,14 +198,7 @@ async def read_graph(
         project_rows = rows[uuid]
         project = project_rows["projects"][0]
         listing = await list_prefix(f"{uuid}/")
-        files, referenced = _file_entries(project_rows.get("file_meta_data", []), listing, graph.warnings)
-        # a soft link or odd object_name may point outside this project's prefix
-        for entry in files:
-            if entry.kind == "soft_link" and entry.object_name and entry.object_name not in listing:
-                graph.warnings.append(
-                    f"soft link {entry.file_id} points at {entry.object_name}, outside the migrated graph: "
-                    "the row is copied, its target is not"
-                )
+        files, referenced = _file_entries(project_rows.get("file_meta_data", []), listing)
         unreferenced = {k: v for k, v in listing.items() if k not in referenced}
         graph.unreferenced_objects += len(unreferenced)
         graph.unreferenced_bytes += sum(size for size, _ in unreferenced.values())
@@ -216,6 +215,9 @@ async def read_graph(
                 files=files,
             )
         )
+    copied = {o.key for o in graph.objects}
+    for entry in (e for p in graph.projects for e in p.files if e.kind == "soft_link" and e.object_name not in copied):
+        entry.missing = f"soft link {entry.file_id}: its target {entry.object_name} is not copied with these projects"
     graph.left_behind = await _count_left_behind(conn, uuids)
     if graph.unreferenced_objects:
         graph.warnings.append(
@@ -238,9 +240,7 @@ def _parents_first(parents: dict[str, str | None]) -> list[str]:
     return order
 
 
-def _file_entries(
-    rows: list[Row], listing: dict[str, tuple[int, str]], warnings: list[str]
-) -> tuple[list[FileEntry], set[str]]:
+def _file_entries(rows: list[Row], listing: dict[str, tuple[int, str]]) -> tuple[list[FileEntry], set[str]]:
     entries: list[FileEntry] = []
     referenced: set[str] = set()
     for row in rows:
@@ -257,11 +257,16 @@ def _file_entries(
                 SourceObject(key=k, size=size, etag=etag) for k, (size, etag) in sorted(listing.items()) if k.startswith(prefix)
             ]
             referenced.update(o.key for o in objects)
-            entries.append(FileEntry(file_id=file_id, kind="directory", object_name=object_name, objects=objects))
+            missing = None if objects else f"directory {file_id}: no object under {prefix} in the source bucket"
+            entries.append(FileEntry(file_id=file_id, kind="directory", object_name=object_name, objects=objects, missing=missing))
             continue
         if object_name not in listing:
             pending = " (an upload that never finished)" if row.get("upload_id") else ""
-            warnings.append(f"file {file_id} has no object in the source bucket{pending}: row left behind")
+            named = "" if object_name == file_id else f" {object_name}"
+            entries.append(FileEntry(
+                file_id=file_id, kind="file", object_name=object_name,
+                missing=f"file {file_id}: its object{named} is not in the source bucket{pending}",
+            ))
             continue
         size, etag = listing[object_name]
         referenced.add(object_name)

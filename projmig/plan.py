@@ -3,6 +3,7 @@ and bucket remapped for the destination. Pure: no I/O, so a dry run and a real r
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -122,8 +123,10 @@ def build_plan(
     planned: list[PlannedProject] = []
     dropped: list[str] = []
     parents = {p.uuid: p.parent_uuid for p in graph.projects}
+    warnings = list(graph.warnings)
 
     for project in graph.projects:
+        warnings += _unknown_nodes(project)
         for table, table_rows in project.rows.items():
             if table == "file_meta_data":
                 continue  # from the file entries: rows without a source object stay behind
@@ -160,7 +163,7 @@ def build_plan(
         copies=list(copies.values()),
         left_behind=dict(graph.left_behind),
         dropped_groups=list(dict.fromkeys(dropped)),
-        warnings=list(graph.warnings),
+        warnings=warnings,
     )
     if namespaces is not None:
         ids = IdMap.for_graph(graph, namespaces)
@@ -194,6 +197,36 @@ def _expectations(graph: ProjectGraph, plan: MigrationPlan, dest: DestinationFac
         bucket=dest.bucket,
     )
     return Expectations(source=graph.text_rows, facts=facts)
+
+
+def _unknown_nodes(project: ProjectRecord) -> list[str]:
+    """Nodes that ``input_nodes``, ``inputs`` or ``projects.ui`` name but ``projects_nodes`` lacks."""
+    nodes = project.rows.get("projects_nodes", [])
+    known = {str(n["node_id"]) for n in nodes}
+    named: dict[str, list[str]] = {}  # node id -> where it is named
+    for node in nodes:
+        for node_id in _json(node.get("input_nodes"), list):
+            named.setdefault(str(node_id), []).append(f"input_nodes of node {node['node_id']}")
+        for port in _json(node.get("inputs"), dict).values():
+            if isinstance(port, dict) and "nodeUuid" in port:
+                named.setdefault(str(port["nodeUuid"]), []).append(f"inputs of node {node['node_id']}")
+    ui = _json((project.rows.get("projects") or [{}])[0].get("ui"), dict)
+    for part in ("workbench", "slideshow"):
+        for node_id in _json_value(ui.get(part), dict):
+            named.setdefault(str(node_id), []).append(f"projects.ui {part}")
+    return [
+        f"project {project.uuid}: node {node_id} is named by {', '.join(dict.fromkeys(where))} but is not in projects_nodes"
+        for node_id, where in named.items() if node_id not in known
+    ]
+
+
+def _json(text: Any, kind: type) -> Any:
+    """A JSON column's text decoded, or an empty ``kind`` (NULL, JSON null, or another shape)."""
+    return _json_value(json.loads(text) if isinstance(text, str) else None, kind)
+
+
+def _json_value(value: Any, kind: type) -> Any:
+    return value if isinstance(value, kind) else kind()
 
 
 def _project_key(table: str) -> str:

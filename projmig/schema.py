@@ -44,7 +44,9 @@ TABLE_RULES: dict[str, str] = {
     "group; any other group is dropped and reported",
     "file_meta_data": "copied; `user_id` -> destination owner; `bucket_name` -> destination bucket; "
     "`file_size`/`entity_tag` -> as verified in the destination; `upload_id`/`upload_expires_at` -> NULL; "
-    "a row whose object is missing in the source is left behind and reported",
+    "a row whose object is missing in the source (a directory without objects, a soft link whose target is "
+    "neither migrated nor in the destination) stops the migration, one error line each, unless "
+    "`options.allow_missing_objects`: then it moves without its object and the report lists it",
     "projects_to_folders": "left behind: folders belong to the source deployment's users",
     "projects_to_wallet": "left behind: wallets and credits are deployment-bound",
     "projects_tags": "left behind: tags belong to the source deployment's users",

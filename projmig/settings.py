@@ -311,6 +311,12 @@ class MigrationOptions(StrictModel):
     allow_schema_drift: bool = Field(
         False, description="migrate between different alembic revisions when the columns allow it"
     )
+    allow_missing_objects: bool = Field(
+        False,
+        description="move a file row whose object is missing in the source (a directory without objects, a soft link "
+        "whose target is neither migrated nor in the destination) without it, instead of refusing; the report "
+        "lists each",
+    )
     copy_label: str = Field(
         "", max_length=200,
         description="uuid_policy=new: names this copy; the same label resumes it, another label makes another copy",

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, TypeVar
 
 from .db import create_engine, open_engine
-from .errors import TransferError
+from .errors import PreflightError, TransferError
 from .graph import ProjectGraph, read_graph
 from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
 from .objects import (
@@ -114,11 +114,38 @@ async def read_project_graph(settings: MigrationSettings, report: PreflightRepor
                 graph = await read_graph(conn, lister, report.roots, include_hidden=settings.source.include_hidden)
             # before any byte moves: an object the destination cannot take fails the run now
             refuse_oversized(graph.objects, settings.destination.s3.max_object_size, settings.destination.s3.bucket)
+            await _refuse_missing(settings, graph, retry)
             return graph
         finally:
             for task in early.values():
                 task.cancel()
             await asyncio.gather(*early.values(), return_exceptions=True)
+
+
+async def _refuse_missing(settings: MigrationSettings, graph: ProjectGraph, retry: Retrier) -> None:
+    """Missing source data fails the run before any byte moves, one line per file entry: a file without
+    its object, a directory without objects under its prefix, a soft link whose target is neither copied
+    with these projects nor in the destination. With ``options.allow_missing_objects`` each becomes a
+    warning of the plan instead, and the row moves without it."""
+    links = [e for e in graph.missing if e.kind == "soft_link"]
+    if links:
+        renamed = {p.uuid for p in graph.projects} if settings.options.uuid_policy == UuidPolicy.NEW else set()
+        bucket = settings.destination.s3.bucket
+        async with s3_client(settings.destination.s3) as dst:
+            for entry in links:
+                target = entry.object_name or ""
+                # under new ids a target under a copied project's prefix is rewritten to the copy's: not there
+                if target.split("/", 1)[0] not in renamed and target in await list_prefix(dst, bucket, target, retry):
+                    entry.missing = None  # already in the destination (e.g. migrated with its own project)
+                else:
+                    entry.missing = (f"soft link {entry.file_id}: its target {target} is neither copied with these "
+                                     "projects nor in the destination bucket")
+    missing = [e.missing for e in graph.missing if e.missing]
+    if not missing:
+        return
+    if not settings.options.allow_missing_objects:
+        raise PreflightError([f"{m} (options.allow_missing_objects moves such rows without it)" for m in missing])
+    graph.warnings += [f"{m}: its row moves without it (options.allow_missing_objects)" for m in missing]
 
 
 def destination_prefixes(report: PreflightReport) -> list[str]:
