@@ -9,15 +9,19 @@ consoles interpret no markup, and every line goes through :func:`projmig.text.pr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import inspect
 import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_type_hints
 from uuid import UUID
 
 import typer
@@ -45,9 +49,68 @@ err = Console(stderr=True, markup=False, emoji=False, highlight=False)
 T = TypeVar("T")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="cfg.json (see `projmig config-template`)")]
-ProjectOption = Annotated[
-    list[UUID] | None, typer.Option("--project", "-p", help="project uuid to move (repeat for several)")
-]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which projects a command is about, and under which ids: the same options on plan, migrate,
+    verify, rollback and cleanup, so that each names what the others did. Unset: the cfg.json's."""
+
+    project: Annotated[list[UUID] | None, typer.Option(
+        "--project", "-p", help="a project uuid (repeat for several); instead of the cfg.json's")] = None
+    owner: Annotated[int | None, typer.Option(
+        "--owner", help="every non-trashed project of this source user (source.owner_user_id)")] = None
+    include_hidden: Annotated[bool | None, typer.Option(
+        "--include-hidden/--no-hidden", help="with their hidden job projects (source.include_hidden)")] = None
+    uuid_policy: Annotated[UuidPolicy | None, typer.Option(
+        "--uuid-policy", help="keep the ids, or copy under new ids (options.uuid_policy)")] = None
+    copy_label: Annotated[str | None, typer.Option(
+        "--copy-label", help="with --uuid-policy new: which copy (options.copy_label)")] = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {"project_uuids": self.project, "source_owner_user_id": self.owner, "include_hidden": self.include_hidden,
+                "uuid_policy": self.uuid_policy, "copy_label": self.copy_label}
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who receives the projects in the destination (plan, migrate, verify). Unset: the cfg.json's."""
+
+    to_user: Annotated[int | None, typer.Option("--to-user", help="destination owner (destination.user_id)")] = None
+    product: Annotated[str | None, typer.Option(
+        "--product", help="destination product (destination.product_name)")] = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {"destination_user_id": self.to_user, "product_name": self.product}
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def options_of(group: type, parameter: str) -> Callable[[F], F]:
+    """Give a command the options of ``group`` (a dataclass of typer options, defined once): typer
+    sees each field as an option, and the command gets them together as ``parameter``."""
+    hints = get_type_hints(group, include_extras=True)
+    names = [f.name for f in dataclasses.fields(group)]
+    added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=hints[n]) for n in names]
+
+    def decorate(command: F) -> F:
+        signature = inspect.signature(command, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != parameter]
+
+        @functools.wraps(command)
+        def with_group(*args: Any, **kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in names}
+            return command(*args, **kwargs, **{parameter: group(**values)})
+
+        with_group.__signature__ = signature.replace(parameters=kept + added)  # type: ignore[attr-defined]
+        return with_group  # type: ignore[return-value]
+
+    return decorate
+
+
+selecting = options_of(Selection, "selection")
+receiving = options_of(Recipient, "recipient")
 
 
 def say(console: Console, text: object, *, label: str = "", style: str = "") -> None:
@@ -98,16 +161,14 @@ def config_template() -> None:
 
 
 @app.command()
-def plan(
-    config: ConfigOption,
-    project: ProjectOption = None,
-    include_hidden: Annotated[bool | None, typer.Option("--include-hidden/--no-hidden")] = None,
-) -> None:
+@receiving
+@selecting
+def plan(config: ConfigOption, selection: Selection, recipient: Recipient) -> None:
     """Check both deployments and print what a migration would do. Writes nothing."""
     from projmig import steps
 
     async def main() -> None:
-        settings = await resolved(load(config, project_uuids=project, include_hidden=include_hidden))
+        settings = await resolved(load(config, **selection.overrides(), **recipient.overrides()))
         report = await steps.preflight(settings, probe_write=False)
         migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
         for line in migration.summary_lines():
@@ -119,22 +180,18 @@ def plan(
 
 
 @app.command()
+@receiving
+@selecting
 def migrate(
     config: ConfigOption,
-    project: ProjectOption = None,
-    to_user: Annotated[int | None, typer.Option("--to-user", help="destination owner (user id)")] = None,
-    product: Annotated[str | None, typer.Option(help="destination product")] = None,
-    include_hidden: Annotated[bool | None, typer.Option("--include-hidden/--no-hidden")] = None,
-    uuid_policy: Annotated[UuidPolicy | None, typer.Option(help="keep ids, or copy under new ids")] = None,
+    selection: Selection,
+    recipient: Recipient,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, write nothing")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's log lines")] = False,
 ) -> None:
     """Migrate projects as a local Prefect flow run, with a progress bar and a report."""
     with errors_as_lines():
-        settings = load(
-            config, project_uuids=project, destination_user_id=to_user, product_name=product,
-            include_hidden=include_hidden, uuid_policy=uuid_policy, dry_run=dry_run or None,
-        )
+        settings = load(config, **selection.overrides(), **recipient.overrides(), dry_run=dry_run or None)
     report = run(migrate_with_progress(settings, verbose=verbose))
     print_report(report)
 
@@ -207,16 +264,19 @@ def print_report(report: MigrationReport) -> None:
 
 
 @app.command()
+@receiving
+@selecting
 def verify(
     config: ConfigOption,
-    project: ProjectOption = None,
+    selection: Selection,
+    recipient: Recipient,
     quick: Annotated[bool, typer.Option("--quick", help="compare sizes and ETags only, not SHA-256 of the bytes")] = False,
 ) -> None:
     """Compare the destination with the source: rows (modulo the remaps) and objects. Exit 1 on a difference."""
     from projmig import steps
 
     async def main() -> Any:
-        settings = await resolved(load(config, project_uuids=project))
+        settings = await resolved(load(config, **selection.overrides(), **recipient.overrides()))
         return await steps.verify_migration(settings, deep=not quick)
 
     result = run(main())
@@ -237,9 +297,10 @@ def verify(
 
 
 @app.command()
+@selecting
 def cleanup(
     config: ConfigOption,
-    project: ProjectOption = None,
+    selection: Selection,
     older_than: Annotated[str, typer.Option(help="only uploads started longer ago than this (e.g. 30m, 6h, 2d)")] = "1h",
 ) -> None:
     """Abort unfinished multipart uploads of projmig in the destination (only under the migrated
@@ -249,7 +310,7 @@ def cleanup(
     age = parse_age(older_than)
 
     async def main() -> list[str]:
-        settings = await resolved(load(config, project_uuids=project))
+        settings = await resolved(load(config, **selection.overrides()))
         report = await steps.preflight(settings, probe_write=False)
         migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
         ours = {c.dst_key for c in migration.copies} | {report.probe_key}  # objects, and the preflight's write probe
@@ -262,11 +323,10 @@ def cleanup(
 
 
 @app.command()
+@selecting
 def rollback(
     config: ConfigOption,
-    project: ProjectOption = None,
-    include_hidden: Annotated[bool | None, typer.Option("--include-hidden/--no-hidden")] = None,
-    uuid_policy: Annotated[UuidPolicy | None, typer.Option(help="the policy the migration ran with")] = None,
+    selection: Selection,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be removed, remove nothing")] = False,
 ) -> None:
     """Remove from the destination what the migration with this cfg.json inserted: its rows (one
@@ -275,7 +335,7 @@ def rollback(
     from projmig import steps
 
     async def main() -> Any:
-        settings = await resolved(load(config, project_uuids=project, include_hidden=include_hidden, uuid_policy=uuid_policy))
+        settings = await resolved(load(config, **selection.overrides()))
         return await steps.rollback_migration(settings, dry_run=dry_run)
 
     result = run(main())
