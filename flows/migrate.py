@@ -26,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.blocks.system import Secret
 from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
+from pydantic import ValidationError
 
 from projmig import steps
 from projmig.errors import ConfigError, ProjmigError, TransferError
@@ -36,13 +37,14 @@ from projmig.settings import (
     MigrationSettings,
     SecretNotFound,
     UuidPolicy,
-    literal_credentials,
+    format_validation_error,
     resolve_secrets,
     secret_refs,
 )
 from projmig.verify import verified_states
 
 from . import tasks
+from .blocks import load_deployment_block, merged_options, refuse_connections
 from .many import migrate_each
 from .progress import report_bytes, report_total
 
@@ -108,12 +110,15 @@ async def migrate_project(
     dry_run: bool | None = None,
     uuid_policy: UuidPolicy | None = None,
     copy_label: str | None = None,
+    options: MigrationOptions | None = None,
+    source: str | None = None,
+    destination: str | None = None,
 ) -> MigrationReport:
     """Migrate one project (or several) with its files from a source to a destination deployment.
 
     Args:
-        settings: both deployments and the options; credentials as secret references
-            (``{"env": "NAME"}`` or ``{"prefect_secret": "block-name"}``) when run from a deployment.
+        settings: both deployments and the options, for a local call (the CLI, Python); a deployment
+            run is refused if it gives them (its connections are its blocks: ``source``, ``destination``).
         project_uuid: the project to move (overrides the settings).
         project_uuids: several projects in one run.
         source_owner_user_id: move every non-trashed project of this source user.
@@ -123,10 +128,12 @@ async def migrate_project(
         dry_run: print the plan, write nothing.
         uuid_policy: keep the source's ids, or give the copy new ones.
         copy_label: with uuid_policy=new, names the copy (the same label resumes it; another makes another copy).
+        options: migration options (see the README's configuration reference: copy_concurrency, ...).
+        source: the OsparcDeployment block of the source (fixed by the deployment).
+        destination: the OsparcDeployment block of the destination (fixed by the deployment).
     """
-    if settings is None:
-        raise ProjmigError("settings are required (a cfg.json's content, or the deployment's default parameters)")
     logger = get_run_logger()
+    settings = await run_settings(settings, source, destination, destination_user_id, options)
     settings = settings.with_overrides(
         project_uuids=([project_uuid] if project_uuid else []) + list(project_uuids or []),
         source_owner_user_id=source_owner_user_id,
@@ -138,7 +145,6 @@ async def migrate_project(
         copy_label=copy_label,
     )
     settings.require_something_to_move("parameters")
-    _refuse_pasted_credentials(settings)
     settings = await resolve_credentials(settings)
     timer = _Timer()
 
@@ -208,26 +214,41 @@ async def migrate_project(
     return report
 
 
-def _refuse_pasted_credentials(settings: MigrationSettings) -> None:
-    """A deployment's parameters are stored and shown by Prefect: credentials there must be references."""
-    pasted = literal_credentials(settings)
-    if not pasted:
-        return
+async def run_settings(
+    settings: MigrationSettings | None, source: str | None, destination: str | None,
+    destination_user_id: int | None, options: MigrationOptions | None, *, owner_required: bool = True,
+) -> MigrationSettings:
+    """The settings of a flow run: ``settings`` as given in a local call; in a deployment run, the
+    deployment's own blocks and options, after refusing a run that names any connection of its own
+    (before anything is loaded or connected)."""
     from prefect.context import FlowRunContext
-    from prefect.runtime import deployment
 
+    chosen = options.model_dump(exclude_unset=True) if options is not None else {}
     context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None:
-        # the run in hand says it (prefect.runtime.deployment.id reads the run again from the API)
-        deployment_id = context.flow_run.deployment_id
-    else:
-        deployment_id = deployment.id
-    if deployment_id is not None:
-        raise ConfigError([
-            f"{where}: a deployment's parameters are stored and shown by Prefect; give this credential as "
-            '{"env": "NAME"} or {"prefect_secret": "block-name"}, not as a value'
-            for where in pasted
-        ])
+    flow_run = context.flow_run if context is not None else None
+    if flow_run is not None and flow_run.deployment_id is not None:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            deployment = await client.read_deployment(flow_run.deployment_id)
+        name = f"{context.flow.name}/{deployment.name}"  # type: ignore[union-attr]
+        refuse_connections(flow_run.parameters, deployment.parameters, name)
+        chosen = merged_options(flow_run.parameters, deployment.parameters)
+    elif settings is not None:
+        return settings
+    if source is None or destination is None:
+        raise ConfigError("give settings (a local call) or source and destination (OsparcDeployment block names)")
+    if destination_user_id is None and owner_required:
+        raise ConfigError("destination_user_id: give the destination user who will own the projects")
+    src, dst = await load_deployment_block(source, "source"), await load_deployment_block(destination, "destination")
+    try:
+        return MigrationSettings.model_validate({
+            "source": {"db": src.db, "s3": src.s3},
+            "destination": {"db": dst.db, "s3": dst.s3, "user_id": destination_user_id or 0},
+            "options": chosen,
+        })
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "parameters")) from None
 
 
 @dataclass

@@ -21,9 +21,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from projmig import steps
-from projmig.errors import ProjmigError
 from projmig.rollback import RollbackResult
-from projmig.settings import MigrationSettings, UuidPolicy
+from projmig.settings import MigrationOptions, MigrationSettings, UuidPolicy
 
 
 @task(name="rollback-rows", cache_policy=NONE)
@@ -46,6 +45,9 @@ async def rollback_migration(
     uuid_policy: UuidPolicy | None = None,
     copy_label: str | None = None,
     dry_run: bool = False,
+    options: MigrationOptions | None = None,
+    source: str | None = None,
+    destination: str | None = None,
 ) -> RollbackResult:
     """Remove from the destination what the migration with these settings inserted (rows in one
     transaction, then objects); refuse, removing nothing, if a destination project changed since.
@@ -59,12 +61,15 @@ async def rollback_migration(
         uuid_policy: the policy the migration ran with.
         copy_label: with uuid_policy=new, the label of the copy to remove.
         dry_run: show what would be removed, remove nothing.
+        options: the migration's options (as for migrate-project).
+        source: the OsparcDeployment block of the source (fixed by the deployment).
+        destination: the OsparcDeployment block of the destination (fixed by the deployment).
     """
-    from .migrate import _refuse_pasted_credentials, resolve_credentials
+    from .migrate import resolve_credentials, run_settings
 
-    if settings is None:
-        raise ProjmigError("settings are required (the migration's cfg.json content)")
     logger = get_run_logger()
+    # the destination owner plays no part in a rollback
+    settings = await run_settings(settings, source, destination, None, options, owner_required=False)
     settings = settings.with_overrides(
         project_uuids=([project_uuid] if project_uuid else []) + list(project_uuids or []),
         source_owner_user_id=source_owner_user_id,
@@ -73,7 +78,6 @@ async def rollback_migration(
         copy_label=copy_label,
     )
     settings.require_something_to_move("parameters")
-    _refuse_pasted_credentials(settings)
     settings = await resolve_credentials(settings)
 
     result = await rollback_rows(settings, dry_run=dry_run)

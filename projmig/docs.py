@@ -103,7 +103,7 @@ def configuration_reference() -> str:
         "be set by an environment variable, `PROJMIG_` + its path in capitals with `__` between levels",
         "(`PROJMIG_SOURCE__DB__HOST`); the environment wins over the file. A *credential* is a value or a",
         "reference read when the migration starts: `{\"env\": \"NAME\"}` (an environment variable) or",
-        "`{\"prefect_secret\": \"block-name\"}` (a Prefect Secret block). A deployment accepts references only.",
+        "`{\"prefect_secret\": \"block-name\"}` (a Prefect Secret block). A Prefect deployment takes `db` and `s3` from its OsparcDeployment blocks instead.",
     ]
     required = [name for name, f in MigrationSettings.model_fields.items() if f.is_required()]
     lines += ["", f"Top level: {', '.join(f'`{n}`' for n in MigrationSettings.model_fields)} "

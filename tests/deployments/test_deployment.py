@@ -9,11 +9,15 @@ Prefect keeps or shows things.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,11 +38,13 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
+from flows.blocks import OsparcDeployment
 from projmig import steps
 from projmig.s3 import s3_client
 from projmig.sandbox import free_port
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
+from projmig.settings import SecretRef
 
 from ..conftest import Simcore
 
@@ -199,18 +205,6 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
         assert run.returncode == 0, run.stdout + run.stderr + log.read_text()
         assert "Flow run finished successfully in 'Completed'" in run.stdout
 
-        # a pasted credential is refused by the server's parameter schema: no run, nothing stored
-        pasted = deployment_config(fixture_simcore)
-        pasted["destination"]["db"]["password"] = "pasted-password-42"
-        refused = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "run", "migrate-project/sandbox",
-             "-p", f"project_uuid={sample.uuid}", "-p", f"settings={json.dumps(pasted)}"],
-            capture_output=True, text=True, timeout=120, env=prefect_server.env(), cwd=tmp_path,
-        )
-        assert refused.returncode != 0
-        said = " ".join((refused.stdout + refused.stderr).split())
-        assert "Validation failed for field 'settings.destination.db.password'" in said, said
-
         # the migration happened: rows and objects equal to the source (SHA-256 of every object)
         settings = fixture_simcore.settings(sample.uuid, source={"include_hidden": True})
         verified = await steps.verify_migration(settings, deep=True)
@@ -233,10 +227,10 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
 
     async with prefect_server.client() as client:
         runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
-        assert [r.state.name for r in runs] == ["Completed"]  # the refused run was never created
+        assert [r.state.name for r in runs] == ["Completed"]
         flow_run = runs[0]
         assert flow_run.parameters["project_uuid"] == sample.uuid
-        assert flow_run.parameters["settings"]["destination"]["db"]["password"] == {"prefect_secret": DST_DB_BLOCK}
+        assert flow_run.parameters["destination"] == "sandbox-destination" and "settings" not in flow_run.parameters
         logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
         artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
         deployment = await client.read_deployment(deployment.id)
@@ -250,7 +244,6 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
     seen = {
         "served process output": log.read_text(),
         "deployment run output (its logs)": run.stdout + run.stderr,
-        "refused run output": refused.stdout + refused.stderr,
         "deployment": deployment.model_dump_json(),
         "flow run parameters": json.dumps(flow_run.parameters, default=str),
         "flow run logs": "\n".join(entry.message for entry in logs),
@@ -260,8 +253,6 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
     for where, text in seen.items():
         for secret in secrets_of(fixture_simcore):
             assert secret not in text, f"a secret leaked into the {where}"
-        if where != "refused run output":  # the operator's own terminal may echo what they typed
-            assert "pasted-password-42" not in text, f"the pasted password was stored: {where}"
 
 
 async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
@@ -346,3 +337,146 @@ async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
     for out in outputs:
         for secret in secrets_of(fixture_simcore):
             assert secret not in out
+
+
+class FakeTarget:
+    """A listening socket on 127.0.0.1 that records every connection made to it (and answers none):
+    where a refused run would have sent the worker."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def wait_final(client: PrefectClient, run_id: Any, timeout: float = 240) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = await client.read_flow_run(run_id)
+        if run.state and run.state.is_final():
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} not final after {timeout} s: {run.state}"
+        await asyncio.sleep(1)
+
+
+async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_connections(
+    prefect_server: PrefectServer, fixture_simcore: Simcore, tmp_path: Path
+) -> None:
+    """The README's `prefect deploy --all` with the repository's prefect.yaml, a process worker, and
+    runs that try to point the worker elsewhere (another database host, endpoint, bucket, secret
+    reference, a whole settings object, a Dask scheduler): each refused with one line before any
+    connection; a run naming only its project migrates it."""
+    sample = await sample_project(fixture_simcore, seed=7)
+    env = prefect_server.env()
+    fake = FakeTarget()
+    victim_password = DST_DB_BLOCK
+    await save_secret_blocks(prefect_server, fixture_simcore)
+    db, s3 = fixture_simcore.destination_db, fixture_simcore.destination_s3
+    elsewhere = f"http://127.0.0.1:{fake.port}"
+    attackers = {  # what a run would point the worker at: field -> a block of the attacker's
+        "destination.db.host": OsparcDeployment(db=db.model_copy(update={"host": "127.0.0.1", "port": fake.port}), s3=s3),
+        "destination.s3.endpoint": OsparcDeployment(db=db, s3=s3.model_copy(update={"endpoint": elsewhere})),
+        "destination.s3.bucket": OsparcDeployment(db=db, s3=s3.model_copy(update={"bucket": "attackers-bucket"})),
+        "destination.db.password reference": OsparcDeployment(
+            db=db.model_copy(update={"host": "127.0.0.1", "port": fake.port,
+                                     "password": SecretRef(prefect_secret=victim_password)}), s3=s3),
+    }
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(deployment_config(fixture_simcore)))
+    saved = subprocess.run([str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", "osparc", "--blocks-only"],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    assert saved.stdout.split() == "saved OsparcDeployment block osparc-source saved OsparcDeployment block osparc-destination".split()
+    async with prefect_server.client() as client:
+        for i, block in enumerate(attackers.values()):
+            await block.asave(f"attacker-{i}", overwrite=True, client=client)
+
+    workdir = tmp_path / "repo"
+    workdir.mkdir()
+    for yaml in ("prefect.yaml", "deployments/prefect-docker.yaml"):
+        shutil.copy(REPO / yaml, workdir / Path(yaml).name)
+    for pool, kind in (("projmig", "process"), ("projmig-docker", "docker")):
+        made = subprocess.run([str(BIN / "prefect"), "work-pool", "create", pool, "--type", kind],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=workdir)
+        assert made.returncode == 0, made.stdout + made.stderr
+    for args in ([], ["--prefect-file", "prefect-docker.yaml"]):
+        deployed = subprocess.run([str(BIN / "prefect"), "deploy", "--all", *args],
+                                  capture_output=True, text=True, timeout=300, env=env, cwd=workdir)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    async with prefect_server.client() as client:
+        for flow_name in ("migrate-project", "rollback-migration"):
+            for name, pool in (("osparc", "projmig"), ("osparc-docker", "projmig-docker")):
+                made = await client.read_deployment_by_name(f"{flow_name}/{name}")
+                assert made.work_pool_name == pool and made.entrypoint.startswith("flows.")
+                assert made.parameters["source"] == "osparc-source" and made.parameters["destination"] == "osparc-destination"
+
+    log = tmp_path / "worker.log"
+    worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "projmig", "--limit", "4"],
+                   prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1", **secret_env(fixture_simcore)), log)
+    try:
+        async with prefect_server.client() as client:
+            migrate = await client.read_deployment_by_name("migrate-project/osparc")
+            rollback = await client.read_deployment_by_name("rollback-migration/osparc")
+            pointed = deployment_config(fixture_simcore)
+            pointed["destination"]["db"].update(host="127.0.0.1", port=fake.port)
+            tries: dict[str, tuple[Any, dict[str, Any]]] = {
+                f"{field} (block attacker-{i})": (migrate, {"destination": f"attacker-{i}"})
+                for i, field in enumerate(attackers)
+            }
+            tries["source block"] = (migrate, {"source": "attacker-0"})
+            tries["settings with destination.db.host"] = (migrate, {"settings": pointed})
+            tries["options.dask_address"] = (migrate, {"options": {"dask_address": f"tcp://127.0.0.1:{fake.port}"}})
+            tries["rollback's destination block"] = (rollback, {"destination": "attacker-0"})
+            created = {
+                what: await client.create_flow_run_from_deployment(
+                    deployment.id, parameters={"project_uuid": sample.uuid, "destination_user_id": fixture_simcore.carol, **extra}
+                    if deployment is migrate else {"project_uuid": sample.uuid, **extra})
+                for what, (deployment, extra) in tries.items()
+            }
+            # a connection field the flow has no parameter for: the server refuses to create the run
+            with pytest.raises(Exception, match="options"):
+                await client.create_flow_run_from_deployment(
+                    migrate.id, parameters={"project_uuid": sample.uuid, "options": {"endpoint": elsewhere}})
+            for what, run in created.items():
+                final = await wait_final(client, run.id)
+                assert final.state.name == "Failed", (what, final.state, log.read_text())
+                message = final.state.message or ""
+                assert "\n" not in message and "fixed by" in message, (what, message)
+        assert fake.connections == 0
+
+        # the operator's command: a run naming its project (and owner) only, through the worker
+        run = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "migrate-project/osparc", "-p", f"project_uuid={sample.uuid}",
+             "-p", f"destination_user_id={fixture_simcore.carol}", "-p", "include_hidden=true",
+             "--watch", "--watch-timeout", "240"],
+            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr + log.read_text()
+        assert "Flow run finished successfully in 'Completed'" in run.stdout
+    finally:
+        stop(worker)
+        fake.close()
+    assert fake.connections == 0
+    verified = await steps.verify_migration(fixture_simcore.settings(sample.uuid, source={"include_hidden": True}), deep=True)
+    assert verified.equal, [str(d) for d in verified.differences]
+    async with prefect_server.client() as client:
+        logs = await client.read_logs()
+    text = log.read_text() + "\n".join(entry.message for entry in logs)
+    for secret in secrets_of(fixture_simcore):
+        assert secret not in text
