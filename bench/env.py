@@ -96,6 +96,20 @@ class BenchEnv:
             env["PREFECT_API_URL"] = self.prefect_api_url
         return env
 
+    def stop_local_api(self) -> None:
+        """Stop the local Prefect server a CLI run without PREFECT_API_URL started (flows/local_api.py)."""
+        from flows.local_api import stop_local_api
+
+        home = os.environ.get("PREFECT_HOME")
+        os.environ["PREFECT_HOME"] = self.prefect_env()["PREFECT_HOME"]
+        try:
+            stop_local_api()
+        finally:
+            if home is None:
+                os.environ.pop("PREFECT_HOME")
+            else:
+                os.environ["PREFECT_HOME"] = home
+
     def _start_prefect_server(self) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

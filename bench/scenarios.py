@@ -256,20 +256,32 @@ def run_rerun(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], l
             assert flow.detail["status"] == "already-migrated" and flow.detail["copy_task_runs"] == 0, flow.detail
             return [flow, proc]
 
-        def ephemeral_rerun() -> Sample:
-            _, proc = tools.projmig(env, sample.uuid, dest, options=options, ephemeral=True,
-                                    label="projmig rerun, own ephemeral API")
-            return proc
+        def ephemeral_rerun() -> list[Sample]:
+            return list(tools.projmig(env, sample.uuid, dest, options=options, ephemeral=True,
+                                      label="projmig rerun, own ephemeral API"))
 
+        def local_api_rerun() -> list[Sample]:
+            # the CLI without PREFECT_API_URL: its local Prefect server, started once (below) and reused
+            return list(tools.projmig(env, sample.uuid, dest, options=options, local_api=True,
+                                      label="projmig rerun, local API"))
+
+        if sizes.ephemeral_rerun:
+            tools.projmig(env, sample.uuid, dest, options=options, local_api=True, label="local API start")
         steps = [
             projmig_rerun,
             lambda: tools.rclone(env, sample.uuid, dest, flags=["--checksum"], label="rclone copy --checksum"),
-            *([ephemeral_rerun] if sizes.ephemeral_rerun else []),
+            *([ephemeral_rerun, local_api_rerun] if sizes.ephemeral_rerun else []),
         ]
         _rounds(runs, steps, result, log)
     finally:
         env.drop_destination(dest)
+        env.stop_local_api()
     projmig_split(result, "projmig rerun (flow)")
+    # what the CLI costs beyond the flow, per way of reaching a Prefect API (medians)
+    for label in ("projmig rerun", "projmig rerun, local API", "projmig rerun, own ephemeral API"):
+        if f"{label} (process)" in result.samples:
+            overhead = result.median(f"{label} (process)") - result.median(f"{label} (flow)")
+            result.notes.append(f"CLI process overhead (process - flow), {label}: {overhead:.2f} s")
     result.targets = [
         Target("rclone --checksum time / projmig no-op rerun time", result.ratio("rclone copy --checksum"), 1.0, True,
                note=f"(whole process: {result.ratio('rclone copy --checksum', 'projmig rerun (process)'):.2f}x)"),

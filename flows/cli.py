@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import importlib
 import inspect
 import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -148,6 +150,7 @@ async def resolved(settings: MigrationSettings) -> MigrationSettings:
     if any(ref.prefect_secret for ref in secret_refs(settings)):
         from flows.migrate import resolve_credentials  # Prefect Secret blocks need Prefect
 
+        _prefect_api()
         # reading a block emits an event; one still queued at exit is a warning line, not our business
         logging.getLogger("EventsWorker").setLevel(logging.ERROR)
         return await resolve_credentials(settings)
@@ -199,10 +202,16 @@ def migrate(
 async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = False) -> MigrationReport:
     from projmig import steps
 
+    _quiet_prefect(verbose)
+    # with a Prefect API at hand, Prefect is imported (~1.5 s of CPU) while the preflight waits on
+    # the servers; without, the local API is started only after the preflight passed
+    importing = _import_in_background("flows.migrate") if _prefect_api(start=False) is not False else None
     # bad input fails here, in seconds, before Prefect starts
     await steps.preflight(await resolved(settings), probe_write=False)
-    _quiet_prefect(verbose)
-    _say_if_prefect_is_new()
+    if importing is None:
+        _prefect_api()
+    else:
+        importing.join()
     from flows.migrate import migrate_project
     from flows.progress import add_listener, remove_listener
 
@@ -372,6 +381,23 @@ def _quiet_prefect(verbose: bool) -> None:
         # the run's log lines (a failure's traceback too) still reach the Prefect API; the terminal
         # gets the progress bar, the report and one error line
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+def _prefect_api(start: bool = True) -> bool | None:
+    """A Prefect API for this command: the configured one, else a local server kept running in the
+    background for later commands (``flows/local_api.py``), else Prefect's temporary one."""
+    from flows.local_api import use_local_api
+
+    chosen = use_local_api(lambda message: say(err, message), start=start)
+    if chosen is None:
+        _say_if_prefect_is_new()
+    return chosen
+
+
+def _import_in_background(module: str) -> threading.Thread:
+    thread = threading.Thread(target=importlib.import_module, args=(module,), daemon=True)
+    thread.start()
+    return thread
 
 
 def _say_if_prefect_is_new() -> None:

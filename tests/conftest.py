@@ -226,6 +226,16 @@ async def fixture_simcore(sandbox: Sandbox, templates: dict[str, Templates]) -> 
     await sandbox.destination.drop_database(env.destination_db.database or "")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_prefect_api() -> Iterator[None]:
+    """A `projmig` command run without PREFECT_API_URL starts a local Prefect server in the session's
+    PREFECT_HOME (flows/local_api.py); it is stopped when the session ends."""
+    yield
+    from flows.local_api import stop_local_api
+
+    stop_local_api()
+
+
 @pytest.fixture(scope="session")
 def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One temporary Prefect API for the session (its first start is slow)."""

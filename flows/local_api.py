@@ -1,0 +1,130 @@
+"""A Prefect API for the CLI on a machine where none is configured: a local ``prefect server``,
+started in the background by the first ``projmig`` command that needs one and reused by the next.
+
+Without it every ``projmig migrate`` would start Prefect's temporary (ephemeral) API server for itself:
+~10 s per process here before the first task runs. The server started here is an ordinary
+``prefect server start`` on 127.0.0.1 (a free port, no UI), with the current ``PREFECT_HOME``'s
+database; its address is kept in ``$PREFECT_HOME/projmig-api.json`` and its PID in Prefect's own
+``server.pid`` (so ``prefect server stop`` stops it). ``PROJMIG_PREFECT_API=ephemeral`` keeps Prefect's
+temporary server instead; a configured ``PREFECT_API_URL`` (environment or profile) is always used as it is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from projmig.errors import ProjmigError
+
+RECORD = "projmig-api.json"
+PREFECT_PID_FILE = "server.pid"  # the file `prefect server stop` reads
+START_TIMEOUT = 180.0
+
+
+def prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+
+
+def configured_api_url() -> str | None:
+    """PREFECT_API_URL from the environment or the active Prefect profile (read without importing
+    Prefect: ``profiles.toml`` is plain TOML)."""
+    if "PREFECT_API_URL" in os.environ:
+        return os.environ["PREFECT_API_URL"] or None
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or prefect_home() / "profiles.toml")
+    if not profiles.is_file():
+        return None
+    import tomllib
+
+    try:
+        data = tomllib.loads(profiles.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    value = data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+    return str(value) if value else None
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def use_local_api(say: Callable[[str], None], *, start: bool = True) -> bool | None:
+    """Point this process's Prefect client (before Prefect is imported) at the local server, starting
+    it if need be and ``start``. True: the local server is in use; False: it is not running (and
+    ``start`` was False); None: not ours to choose (an API is configured, or
+    ``PROJMIG_PREFECT_API=ephemeral`` asks for Prefect's temporary one)."""
+    if configured_api_url() or os.environ.get("PROJMIG_PREFECT_API") == "ephemeral":
+        return None
+    home = prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "projmig-api.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one projmig process starts it, the others wait and reuse it
+        url = _recorded_url(home)
+        if url is None or not healthy(url):
+            if not start:
+                return False
+            say(f"Starting a local Prefect server in the background for this and later runs (once; "
+                f"`prefect server stop` stops it; its log: {home / 'projmig-api.log'}) ...")
+            url = _start(home)
+    os.environ["PREFECT_API_URL"] = url
+    return True
+
+
+def stop_local_api() -> bool:
+    """Stop the server :func:`use_local_api` started in this PREFECT_HOME (tests, ``projmig``'s own use)."""
+    home = prefect_home()
+    try:
+        pid = int(json.loads((home / RECORD).read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    for path in (home / RECORD, home / PREFECT_PID_FILE):
+        path.unlink(missing_ok=True)
+    return True
+
+
+def _recorded_url(home: Path) -> str | None:
+    try:
+        return str(json.loads((home / RECORD).read_text())["api_url"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _start(home: Path) -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    with (home / "projmig-api.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home,
+            start_new_session=True,  # outlives this command; not stopped by its Ctrl-C
+        )
+    (home / PREFECT_PID_FILE).write_text(str(process.pid))
+    (home / RECORD).write_text(json.dumps({"api_url": url, "pid": process.pid}))
+    deadline = time.monotonic() + START_TIMEOUT
+    while not healthy(url, timeout=1.0):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_local_api()
+            raise ProjmigError(f"the local Prefect server did not start (see {home / 'projmig-api.log'})")
+        time.sleep(0.2)
+    return url
