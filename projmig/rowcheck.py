@@ -161,84 +161,97 @@ def compare(
     """The destination's rows of ``expected``'s projects against the source's, column by column.
 
     ``objects``: destination key -> its state (``.size``, ``.etag``) as verified, for the file rows."""
-    facts = expected.facts
     check = RowCheck()
-    ours = {f.destination_uuid for f in facts.projects.values()}
-    originals = set(facts.renamed.values())
-    for table, keys in TABLES.items():
-        source_rows = expected.source.rows.get(table)
-        if source_rows is None:
-            continue
-        json_columns = set(expected.source.json_columns.get(table, ())) | set(destination.json_columns.get(table, ()))
-        want: dict[tuple, TextRow] = {}
-        dropped = []
-        for row in source_rows:
-            project = facts.projects.get(row.get(PROJECT_COLUMN.get(table, "project_uuid")) or "")
-            if project is None:
-                continue
-            key = _source_key(table, keys, row, project, facts)
-            if key is None:
-                dropped.append(row)
-            else:
-                want.setdefault(key, row)
-        got: dict[tuple, tuple[TextRow, TextRow]] = {}  # key -> (row in source ids, row as it is)
-        for raw in destination.rows.get(table, []):
-            if raw.get(PROJECT_COLUMN.get(table, "project_uuid")) not in ours:
-                continue
-            row = {c: _back_to_source_ids(v, facts.renamed) for c, v in raw.items()} if facts.renamed else raw
-            for column, value in raw.items() if originals else ():
-                for old in sorted({u.lower() for u in _UUID.findall(value or "")} & originals):
-                    check.differences.append(Difference(
-                        where=f"{table} {_name(table, keys, row)}",
-                        what=f"{column} refers to the source's id {old} (the copy must not point at its original)",
-                    ))
-            got[tuple(row.get(k) for k in keys)] = (row, raw)
-        for row in dropped:
-            check.notes.append(
-                f"not copied, as the table rules say: {table} {_name(table, keys, row)} (no such group in the destination)"
-            )
-        for key in sorted(want.keys() - got.keys(), key=str):
-            check.differences.append(Difference(where=f"{table} {_name(table, keys, want[key])}", what="missing in the destination"))
-        for key in sorted(got.keys() - want.keys(), key=str):
-            row = got[key][0]
-            where = f"{table} {_name(table, keys, row)}"
-            if table == "project_to_groups" and row.get("gid") == str(facts.owner_gid):
-                # the owner's group always gets its row (the destination's trigger), with every right
-                for column in ("read", "write", "delete"):
-                    if row.get(column) != "true":
-                        check.differences.append(Difference(where=where, what=f"{column}: {row.get(column)!r} in the "
-                                                            f"destination, expected 'true' ({REMAPPED[table, column]})"))
-                continue
-            check.differences.append(Difference(where=where, what="in the destination but not in the source"))
-        for key in sorted(want.keys() & got.keys(), key=str):
-            check.checked += 1
-            source, (there, raw) = want[key], got[key]
-            project = facts.projects[source.get(PROJECT_COLUMN.get(table, "project_uuid")) or ""]
-            for column in source.keys() & there.keys():
-                if (table, column) in SET_BY_DESTINATION and _set_by_destination(table, column, source, facts):
-                    continue
-                difference = _compare_value(table, column, source, there, raw, project, facts, objects, column in json_columns)
-                if difference is not None:
-                    check.differences.append(Difference(where=f"{table} {_name(table, keys, there)}", what=difference))
-        columns_here = {c for r in source_rows[:1] for c in r}
-        columns_there = {c for r in destination.rows.get(table, [])[:1] for c in r}
-        if columns_here and columns_there:
-            for column in sorted(columns_here - columns_there):
-                check.notes.append(f"not compared: {table}.{column}, only in the source")
-            for column in sorted(columns_there - columns_here):
-                check.notes.append(f"not compared: {table}.{column}, only in the destination")
-    present = {t for t in expected.source.rows}
+    for table in TABLES:
+        if table in expected.source.rows:
+            _compare_table(table, expected, destination, objects, check)
     check.notes[:0] = [
         f"not compared: {table}.{column}, set by {why}"
-        for (table, column), why in SET_BY_DESTINATION.items() if table in present
+        for (table, column), why in SET_BY_DESTINATION.items() if table in expected.source.rows
     ]
     return check
 
 
-def _source_key(table: str, keys: tuple[str, ...], row: TextRow, project: ProjectFacts, facts: RemapFacts) -> tuple | None:
+def _compare_table(
+    table: str, expected: Expectations, destination: TextTables, objects: Mapping[str, Any] | None, check: RowCheck
+) -> None:
+    facts, keys = expected.facts, TABLES[table]
+    json_columns = set(expected.source.json_columns.get(table, ())) | set(destination.json_columns.get(table, ()))
+    want = _source_rows(table, expected.source.rows[table], facts, check)
+    got = _destination_rows(table, destination.rows.get(table, []), facts, check)
+    for key in sorted(want.keys() - got.keys(), key=str):
+        check.differences.append(Difference(where=f"{table} {_name(table, want[key])}", what="missing in the destination"))
+    for key in sorted(got.keys() - want.keys(), key=str):
+        row = got[key][0]
+        where = f"{table} {_name(table, row)}"
+        if table != "project_to_groups" or row.get("gid") != str(facts.owner_gid):
+            check.differences.append(Difference(where=where, what="in the destination but not in the source"))
+            continue
+        # the owner's group always gets its row (the destination's trigger), with every right
+        for column in ("read", "write", "delete"):
+            if row.get(column) != "true":
+                what = f"{column}: {row.get(column)!r} in the destination, expected 'true' ({REMAPPED[table, column]})"
+                check.differences.append(Difference(where=where, what=what))
+    for key in sorted(want.keys() & got.keys(), key=str):
+        check.checked += 1
+        source, (there, raw) = want[key], got[key]
+        project = facts.projects[source.get(PROJECT_COLUMN.get(table, "project_uuid")) or ""]
+        for column in source.keys() & there.keys():
+            if (table, column) in SET_BY_DESTINATION and _set_by_destination(table, source, facts):
+                continue
+            difference = _compare_value(table, column, source, there, raw, project, facts, objects, column in json_columns)
+            if difference is not None:
+                check.differences.append(Difference(where=f"{table} {_name(table, there)}", what=difference))
+    columns_here = {c for r in expected.source.rows[table][:1] for c in r}
+    columns_there = {c for r in destination.rows.get(table, [])[:1] for c in r}
+    if columns_here and columns_there:
+        check.notes += [f"not compared: {table}.{c}, only in the source" for c in sorted(columns_here - columns_there)]
+        check.notes += [f"not compared: {table}.{c}, only in the destination" for c in sorted(columns_there - columns_here)]
+
+
+def _source_rows(table: str, rows: list[TextRow], facts: RemapFacts, check: RowCheck) -> dict[tuple, TextRow]:
+    """key (as the destination should have it) -> the source's row, for the projects of ``facts``."""
+    want: dict[tuple, TextRow] = {}
+    for row in rows:
+        project = facts.projects.get(row.get(PROJECT_COLUMN.get(table, "project_uuid")) or "")
+        if project is None:
+            continue
+        key = _source_key(table, row, project, facts)
+        if key is None:
+            check.notes.append(
+                f"not copied, as the table rules say: {table} {_name(table, row)} (no such group in the destination)"
+            )
+        else:
+            want.setdefault(key, row)
+    return want
+
+
+def _destination_rows(
+    table: str, rows: list[TextRow], facts: RemapFacts, check: RowCheck
+) -> dict[tuple, tuple[TextRow, TextRow]]:
+    """key -> (the destination's row with the source's ids, the row as it is), for the projects of ``facts``;
+    an id of the original left in a copy is a difference."""
+    ours = {f.destination_uuid for f in facts.projects.values()}
+    originals = set(facts.renamed.values())
+    got: dict[tuple, tuple[TextRow, TextRow]] = {}
+    for raw in rows:
+        if raw.get(PROJECT_COLUMN.get(table, "project_uuid")) not in ours:
+            continue
+        row = {c: _back_to_source_ids(v, facts.renamed) for c, v in raw.items()} if facts.renamed else raw
+        for column, value in raw.items() if originals else ():
+            for old in sorted({u.lower() for u in _UUID.findall(value or "")} & originals):
+                check.differences.append(Difference(
+                    where=f"{table} {_name(table, row)}",
+                    what=f"{column} refers to the source's id {old} (the copy must not point at its original)",
+                ))
+        got[tuple(row.get(k) for k in TABLES[table])] = (row, raw)
+    return got
+
+
+def _source_key(table: str, row: TextRow, project: ProjectFacts, facts: RemapFacts) -> tuple | None:
     """The row's key as the destination should have it (ids stay the source's); None: not copied."""
     if table != "project_to_groups":
-        return tuple(row.get(k) for k in keys)
+        return tuple(row.get(k) for k in TABLES[table])
     gid = _group_in_destination(int(row["gid"] or 0), project, facts)
     return None if gid is None else (row.get("project_uuid"), str(gid))
 
@@ -253,7 +266,7 @@ def _group_in_destination(gid: int, project: ProjectFacts, facts: RemapFacts) ->
     return None
 
 
-def _set_by_destination(table: str, column: str, source: TextRow, facts: RemapFacts) -> bool:
+def _set_by_destination(table: str, source: TextRow, facts: RemapFacts) -> bool:
     if table == "project_to_groups":  # the trigger writes the owner's row; the others keep their dates
         project = facts.projects[source.get("project_uuid") or ""]
         return _group_in_destination(int(source["gid"] or 0), project, facts) == facts.owner_gid
@@ -356,12 +369,12 @@ def _word(value: str | None, is_json: bool) -> str:
     return "JSON null" if is_json and value == "null" else repr(value)
 
 
-def _name(table: str, keys: tuple[str, ...], row: TextRow) -> str:
+def _name(table: str, row: TextRow) -> str:
     if table == "projects_nodes":
         return str(row.get("node_id"))
     if table == "project_to_groups":
         return f"{row.get('project_uuid')} gid {row.get('gid')}"
-    return " ".join(str(row.get(k)) for k in keys)
+    return " ".join(str(row.get(k)) for k in TABLES[table])
 
 
 def _quote(identifier: str) -> str:

@@ -28,7 +28,10 @@ def projmig(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600)
 
 
-async def test_missing_source_data_stops_the_migration_one_line_per_file(simcore: Simcore, tmp_path: Path, prefect: None) -> None:
+async def test_missing_source_data_stops_the_migration_one_line_per_file(
+    fixture_simcore: Simcore, tmp_path: Path, prefect: None
+) -> None:
+    simcore = fixture_simcore
     sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
                                         spec=SampleSpec(files=3, multipart_size=0, directory_objects=2, hidden_children=0))
     lost = next(f for f in sample.file_ids if "/outputs/output_1/" in f)
