@@ -1,13 +1,14 @@
-"""Checks before any byte moves. Reads both sides, writes nothing (one aborted multipart upload
-proves the destination accepts writes), and either returns what the migration needs to know or
-raises one :class:`PreflightError` listing every problem found, each naming what to fix."""
+"""Checks before any byte moves. Reads both sides, writes nothing (a multipart upload with one small
+part, aborted at once, proves the destination accepts writes and shows its ETags; no object
+appears), and either returns what the migration needs to know or raises one
+:class:`PreflightError` listing every problem found, each naming what to fix."""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
 import hashlib
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 from sqlalchemy import text
@@ -76,7 +77,7 @@ async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True
             except PreflightError as exc:
                 problems += exc.problems
         for role, s3 in (("source", settings.source.s3), ("destination", settings.destination.s3)):
-            problems += await check_bucket(role, s3, quick, listing=True, write_probe_key=None)
+            problems += (await check_bucket(role, s3, quick, listing=True, write_probe_key=None)).problems
         if problems:
             raise PreflightError(problems)
 
@@ -96,14 +97,9 @@ async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True
         if problems:
             raise PreflightError(problems)
         if probe_write:
-            # the only write of the preflight, and only once everything else is right
-            problems += await check_bucket(
-                "destination", settings.destination.s3, quick, listing=False,
-                write_probe_key=report.probe_key,
-            )
-            if problems:
-                raise PreflightError(problems)
-            report.verification = await probe_verification(settings, report, quick, problems)
+            # the only write of the preflight, and only once everything else is right; from here on
+            # the calls move bytes: retried like every S3 call of the migration
+            report.verification = await probe_verification(settings, report, Retrier.of(settings.options), problems)
             if problems:
                 raise PreflightError(problems)
         return report
@@ -117,31 +113,35 @@ async def probe_verification(
     settings: MigrationSettings, report: PreflightReport, retry: Retrier, problems: list[str]
 ) -> VerificationProbe:
     """Whether each side's ETags are the MD5 of the bytes (SSE-KMS and SSE-C objects on AWS have
-    other ETags): the source's smallest single-part object of the first project is read whole; the
-    destination gets a small object PUT and deleted again. ``options.verification=etag`` where a
-    side's ETags are not MD5s is a problem naming the provider and the object (copying would find
-    every object differing from its source, and delete it again)."""
+    other ETags): the source's smallest single-part object of the first project is read whole; in
+    the destination, the write probe's upload takes one small part (no object appears).
+    ``options.verification=etag`` where a side's ETags are not MD5s is a problem naming the provider
+    and the object (copying would find every object differing from its source, and delete it again)."""
     probe = VerificationProbe()
     src, dst = settings.source.s3, settings.destination.s3
+    written = await check_bucket("destination", dst, retry, listing=False, write_probe_key=report.probe_key)
+    if written.problems:
+        problems += written.problems
+        return probe
+    probe.destination_md5_etags = written.md5_etag
+    probe.notes.append(f"destination ({dst.provider}): ETags {'are' if written.md5_etag else 'are not'} MD5s")
+    destination_what = f"destination bucket {dst.describe()} (provider {dst.provider}): a part of probe upload {report.probe_key}"
+    source_what = ""
     async with s3_client(src) as client:
         listed = await list_prefix(client, src.bucket, f"{report.roots[0]}/", retry) if report.roots else {}
         small = sorted((s.size, k) for k, s in listed.items() if 0 < s.size <= SMALL_PROBE and "-" not in s.etag)
         if small:
             key = small[0][1]
-            resp = await retry(f"source bucket {src.describe()}: read {key}", lambda: client.get_object(Bucket=src.bucket, Key=key))
-            async with resp["Body"] as body:
-                data = await body.read()
-            probe.source_md5_etags = hashlib.md5(data).hexdigest() == etag_of(resp["ETag"])
+
+            async def read() -> tuple[str, bytes]:
+                resp = await client.get_object(Bucket=src.bucket, Key=key)
+                async with resp["Body"] as body:
+                    return resp["ETag"], await body.read()
+
+            etag, data = await retry(f"source bucket {src.describe()}: read {key}", read)
+            probe.source_md5_etags = hashlib.md5(data).hexdigest() == etag_of(etag)
             probe.notes.append(f"source ({src.provider}) object {key}: ETag {'is' if probe.source_md5_etags else 'is not'} its MD5")
             source_what = f"source bucket {src.describe()} (provider {src.provider}): object {key}"
-    async with s3_client(dst) as client:
-        key = report.probe_key
-        put = await retry(f"destination bucket {dst.describe()}: write {key}",
-                          lambda: client.put_object(Bucket=dst.bucket, Key=key, Body=PROBE_BODY))
-        await retry(f"destination bucket {dst.describe()}: delete {key}", lambda: client.delete_object(Bucket=dst.bucket, Key=key))
-        probe.destination_md5_etags = etag_of(put["ETag"]) == hashlib.md5(PROBE_BODY).hexdigest()
-        probe.notes.append(f"destination ({dst.provider}): ETags {'are' if probe.destination_md5_etags else 'are not'} MD5s")
-        destination_what = f"destination bucket {dst.describe()} (provider {dst.provider}): probe object {key}"
     md5s = probe.source_md5_etags is not False and probe.destination_md5_etags
     probe.method = "etag" if md5s else "sha256"
     if settings.options.verification == "etag" and not md5s:
@@ -169,33 +169,52 @@ def _lost(settings: MigrationSettings, roles: list[str], exc: BaseException) -> 
     ])
 
 
+class BucketCheck(NamedTuple):
+    problems: list[str]
+    md5_etag: bool | None = None  # the write probe's part came back with the MD5 of its bytes as ETag
+
+
 async def check_bucket(
     role: str, s3: S3Settings, retry: Retrier, *, listing: bool, write_probe_key: str | None
-) -> list[str]:
+) -> BucketCheck:
+    """Whether the bucket can be read (``listing``) and written: the write probe opens a multipart
+    upload at ``write_probe_key``, uploads one small part (its ETag tells whether the server's
+    ETags are MD5s) and aborts the upload, so no object ever appears."""
     where = f"{role} bucket {s3.describe()}"
+    md5_etag = None
     try:
         async with s3_client(s3, connect_timeout=5) as client:
             if listing:
                 await retry(f"{where}: head", lambda: client.head_bucket(Bucket=s3.bucket))
                 await retry(f"{where}: list", lambda: client.list_objects_v2(Bucket=s3.bucket, MaxKeys=1))
             if write_probe_key:
-                # a run killed between the two calls below left its probe open: abort it first
+                # a run killed before its abort below left its probe open: abort it first
                 await abort_uploads(client, s3.bucket, write_probe_key, retry, keys={write_probe_key})
                 upload = await retry(
                     f"{where}: write",
                     lambda: client.create_multipart_upload(Bucket=s3.bucket, Key=write_probe_key),
                 )
-                await retry(
-                    f"{where}: abort",
-                    lambda: client.abort_multipart_upload(
-                        Bucket=s3.bucket, Key=write_probe_key, UploadId=upload["UploadId"]
-                    ),
-                )
+                try:
+                    part = await retry(
+                        f"{where}: write a part",
+                        lambda: client.upload_part(
+                            Bucket=s3.bucket, Key=write_probe_key, UploadId=upload["UploadId"], PartNumber=1,
+                            Body=PROBE_BODY,
+                        ),
+                    )
+                    md5_etag = etag_of(part["ETag"]) == hashlib.md5(PROBE_BODY).hexdigest()
+                finally:
+                    await retry(
+                        f"{where}: abort",
+                        lambda: client.abort_multipart_upload(
+                            Bucket=s3.bucket, Key=write_probe_key, UploadId=upload["UploadId"]
+                        ),
+                    )
     except Exception as exc:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         action = "cannot write" if write_probe_key else "cannot read"
-        return [f"{where}: {action}: {explain_bucket_error(cause)}"]
-    return []
+        return BucketCheck([f"{where}: {action}: {explain_bucket_error(cause)}"])
+    return BucketCheck([], md5_etag)
 
 
 async def _check_databases(

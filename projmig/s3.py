@@ -37,7 +37,7 @@ from tenacity import (
 )
 
 from .errors import ConfigError, TransferError
-from .settings import Provider, S3Settings, _reveal
+from .settings import MigrationOptions, Provider, S3Settings, _reveal
 
 log = logging.getLogger("projmig.s3")
 T = TypeVar("T")
@@ -227,6 +227,11 @@ class Retrier:
         self.timeout = timeout
         self.initial_wait = initial_wait
         self.max_wait = max_wait
+
+    @classmethod
+    def of(cls, options: MigrationOptions) -> Retrier:
+        """A migration's rule for its S3 calls (``options.s3_max_attempts``, ``options.s3_call_timeout``)."""
+        return cls(attempts=options.s3_max_attempts, timeout=options.s3_call_timeout)
 
     async def __call__(self, what: str, call: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
         deadline = timeout or self.timeout

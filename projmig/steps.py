@@ -82,7 +82,7 @@ def _resolving(step: F) -> F:
 
 
 def retrier(settings: MigrationSettings) -> Retrier:
-    return Retrier(attempts=settings.options.s3_max_attempts, timeout=settings.options.s3_call_timeout)
+    return Retrier.of(settings.options)
 
 
 @_resolving
