@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.settings import get_current_settings
 
 from projmig.sandbox.sample import SampleSpec, build_sample_project
@@ -75,7 +77,11 @@ async def test_progress_bar_in_a_terminal_and_the_same_summary_as_the_artifact(
     headline = stdout.strip().splitlines()[-1]
     assert headline.startswith("migrated 1 project: ") and f"{len(sample.objects)} objects copied" in headline
     async with get_client() as client:
-        artifacts = [a for a in await client.read_artifacts() if a.key == "projmig-report"]
+        # the newest first: the session's server holds every earlier test's reports (a page holds 200)
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["projmig-report"])),
+            sort=ArtifactSort.CREATED_DESC, limit=20,
+        )
     assert any(a.description == headline for a in artifacts), (headline, [a.description for a in artifacts])
 
     # without a terminal: no bar, the same kind of summary (a rerun: nothing to do)
