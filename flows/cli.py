@@ -322,8 +322,8 @@ def cleanup(
         settings = await resolved(load(config, **selection.overrides()))
         report = await steps.preflight(settings, probe_write=False)
         migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
-        ours = {c.dst_key for c in migration.copies} | {report.probe_key}  # objects, and the preflight's write probe
-        return await steps.abort_our_uploads(settings, ours, older_than=age)
+        # the copies' uploads this migration started, and the preflight's write probe
+        return await steps.abort_our_uploads(settings, migration.copies, older_than=age, probe_key=report.probe_key)
 
     aborted = run(main())
     for key in aborted:

@@ -58,7 +58,7 @@ async def migrate_each(
         if isinstance(copy_error, TransferError) and copy_error.transient:
             logger.warning("unfinished multipart uploads of the failed projects are kept for a rerun to continue")
         else:
-            await tasks.abort_uploads(settings, failed_keys)
+            await tasks.abort_uploads(settings, [c for c in plan.copies if c.dst_key in failed_keys])
 
     with timer("insert"):
         results = await tasks.insert_rows_each(settings, quote(plan), verified, ready) if ready else []
@@ -76,8 +76,8 @@ async def migrate_each(
             note = f"{table}: source columns not in the destination, left out: {', '.join(columns)}"
             if note not in report.warnings:
                 report.warnings.append(note)
-    done_keys = {c.dst_key for c in plan.copies} - failed_keys
-    await tasks.abort_uploads(settings, done_keys)  # leftovers of earlier, different attempts
+    # leftovers of earlier, different attempts
+    await tasks.abort_uploads(settings, [c for c in plan.copies if c.dst_key not in failed_keys])
 
     if outcomes is not None:
         report.objects_copied = sum(1 for o in outcomes if o.action != "skipped")

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from projmig import steps
 from projmig.errors import ConfigError, ProjmigError, TransferError
 from projmig.objects import CopyOutcome, ObjectState, batch_transfers
+from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.report import MigrationReport, human_bytes
 from projmig.settings import (
     MigrationOptions,
@@ -176,9 +177,16 @@ async def migrate_project(
 
     report = MigrationReport.from_plan(plan, "migrated")
     report.verification = checked.verification.describe()
+    if checked.already_migrated:  # frozen: compared read-only, nothing of them written or deleted
+        plan = await _leave_migrated(settings, plan, checked.already_migrated, listed, report, logger)
+        if not plan.projects:
+            report.status = "already-migrated"
+            report.seconds = timer.seconds
+            await _publish(report)
+            logger.info(report.headline())
+            return report
     if len(checked.roots) > 1:  # each root project's graph in its own transaction: see flows/many.py
         return await migrate_each(settings, plan, report, timer, logger)
-    keys = {c.dst_key for c in plan.copies}
     try:
         # timed inside: "copy" (compare + copy task runs), "verify" (the listing after them)
         outcomes, verified = await _copy_and_verify(settings, plan.copies, report, logger, timer, listed)
@@ -191,15 +199,15 @@ async def migrate_project(
                 "them (or run `projmig cleanup` to abort them)"
             )
         else:
-            aborted = await tasks.abort_uploads(settings, keys)
+            aborted = await tasks.abort_uploads(settings, plan.copies)
             if aborted:
                 logger.info("aborted %d unfinished multipart uploads", len(aborted))
         raise
 
     # uploads of ours that an earlier, different attempt left behind (e.g. another part layout)
-    await tasks.abort_uploads(settings, keys)
+    await tasks.abort_uploads(settings, plan.copies)
     report.rows_inserted = inserted.inserted
-    report.already_present = inserted.already_present
+    report.already_present += inserted.already_present
     report.objects_copied = sum(1 for o in outcomes if o.action != "skipped")
     report.objects_skipped = len(outcomes) - report.objects_copied
     report.bytes_copied = sum(o.bytes_sent if o.action == "copied" else o.size for o in outcomes if o.action != "skipped")
@@ -212,6 +220,35 @@ async def migrate_project(
     await _publish(report)
     logger.info(report.headline())
     return report
+
+
+async def _leave_migrated(
+    settings: MigrationSettings, plan: MigrationPlan, migrated: list[str],
+    listed: dict[str, dict[str, ObjectState]] | None, report: MigrationReport, logger: Any,
+) -> MigrationPlan:
+    """Projects an earlier run inserted belong to the destination's users now: none of their objects
+    is copied, overwritten or deleted, none of their rows touched. Their objects are compared with
+    the source (read-only, from the listing taken) to say what differs; the uploads this migration
+    left open for them (:mod:`projmig.marks`) are aborted. Returns the plan of the other projects."""
+    frozen = set(migrated)
+    logger.info("already migrated by an earlier run, left as they are: %s", ", ".join(migrated))
+    report.already_present = [p.dst_uuid for p in plan.projects if p.dst_uuid in frozen]
+    theirs = plan.subset(frozen)
+    _, differing = await tasks.compare(settings, quote(theirs.copies), quote(listed))
+    by_project: dict[str, list[tuple[ObjectCopy, ObjectState | None]]] = {}
+    for copy, state in differing:
+        by_project.setdefault(copy.dst_key.split("/", 1)[0], []).append((copy, state))
+    for project in theirs.projects:
+        if project.dst_uuid in by_project:
+            found = by_project[project.dst_uuid]
+            copy, state = found[0]
+            what = "missing" if state is None else f"{state.size} bytes, ETag {state.etag}"
+            report.warnings.append(
+                f"{project.dst_uuid} (already migrated, left as it is): {len(found)} of {project.objects} objects differ "
+                f"from the source, e.g. {copy.dst_key} ({what}; source {copy.size} bytes, ETag {copy.etag})"
+            )
+    await tasks.abort_uploads(settings, theirs.copies)
+    return plan.subset({p.dst_uuid for p in plan.projects} - frozen)
 
 
 async def run_settings(
@@ -315,6 +352,7 @@ async def _copy_on(
     differs after that (VerificationError), else return what is there."""
     opts = settings.options
     started = time.monotonic()
+    total_bytes = sum(c.size for c in copies)
     there, todo = await tasks.compare(settings, quote(copies), quote(listed))
     outcomes = list(there)
     if there:
@@ -345,11 +383,11 @@ async def _copy_on(
                 done_bytes += sum(o.size for o in result)
                 if runner.remote:
                     report_bytes(sum(o.size for o in result))
-                pct = 100.0 * done_bytes / max(1, report.bytes_total)
+                pct = 100.0 * done_bytes / max(1, total_bytes)
                 await update_progress_artifact(
                     progress, progress=pct,
-                    description=f"{len(outcomes) + len(copied)}/{report.objects} objects, "
-                    f"{human_bytes(done_bytes)}/{human_bytes(report.bytes_total)} ({pct:.0f}%)",
+                    description=f"{len(outcomes) + len(copied)}/{len(copies)} objects, "
+                    f"{human_bytes(done_bytes)}/{human_bytes(total_bytes)} ({pct:.0f}%)",
                 )
         timer.add("copy", time.monotonic() - started)
         if failures:

@@ -107,5 +107,5 @@ async def insert_rows_each(
 
 
 @task(name="abort-uploads", cache_policy=NONE)
-async def abort_uploads(settings: MigrationSettings, keys: set[str]) -> list[str]:
-    return await steps.abort_our_uploads(settings, keys)
+async def abort_uploads(settings: MigrationSettings, copies: list[ObjectCopy]) -> list[str]:
+    return await steps.abort_our_uploads(settings, copies)

@@ -6,7 +6,10 @@
 - A large single-part source is copied in parts; its MD5 is computed in order while streaming and
   must equal the source ETag; the object carries ``x-amz-meta-projmig-source-etag`` for later skips.
 - An interrupted multipart upload is continued: the upload id is found again with
-  ``ListMultipartUploads`` and its finished parts with ``ListParts``.
+  ``ListMultipartUploads`` and its finished parts with ``ListParts`` (only an upload this migration
+  started: :mod:`projmig.marks`).
+- Everything written carries the migration's mark (:mod:`projmig.marks`); an object that fails its
+  ETag check is deleted again only while it still carries that mark.
 - A failure that retrying cannot fix aborts the upload; a transient one (network, 5xx) keeps it
   for the rerun to continue. Either way the error names the object and the cause.
 - Same endpoint and credentials on both sides: the server copies single-part objects
@@ -32,6 +35,19 @@ from pydantic import BaseModel
 
 from .errors import PreflightError, ProjmigError, TransferError, VerificationError
 from .graph import SourceObject
+from .marks import (
+    COPY_MARK,
+    UploadRecord,
+    drop_record,
+    ledger_key,
+    ledger_prefix,
+    mark_of,
+    project_of,
+    read_mark,
+    read_record,
+    without_marks,
+    write_record,
+)
 from .plan import ObjectCopy
 from .report import human_bytes
 from .settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
@@ -147,6 +163,50 @@ async def sha256_of(client: Any, bucket: str, key: str, retry: Retrier) -> str:
         return hasher.hexdigest()
 
     return await retry(f"{key}: read for SHA-256", read)
+
+
+async def abort_marked_uploads(
+    client: Any, bucket: str, marks: dict[str, str], retry: Retrier, *, older_than: datetime | None = None,
+) -> list[str]:
+    """Abort the open uploads of the keys in ``marks`` (destination key -> this migration's mark)
+    that are this migration's (:mod:`projmig.marks`), started before ``older_than`` when given, and
+    drop the ledger objects of the keys left without an open upload. Returns the aborted uploads' keys."""
+    aborted: list[str] = []
+    by_project: dict[str, dict[str, str]] = {}
+    for key, mark in marks.items():
+        by_project.setdefault(project_of(key), {})[key] = mark
+    for project, wanted in sorted(by_project.items()):
+        recorded = await list_prefix(client, bucket, ledger_prefix(project), retry)
+        keys = {k: m for k, m in wanted.items() if ledger_key(k) in recorded}
+        if not keys:
+            continue
+        open_uploads: dict[str, list[dict[str, Any]]] = {}
+        for upload in await list_uploads(client, bucket, f"{project}/", retry):
+            open_uploads.setdefault(upload["Key"], []).append(upload)
+        for key, mark in sorted(keys.items()):
+            record = await read_record(client, bucket, key, retry)
+            if record is None or record.mark != mark:
+                continue
+            kept = False
+            for upload in open_uploads.get(key, []):
+                if not record.owns(upload, mark):
+                    continue
+                initiated = upload.get("Initiated")
+                if older_than is not None and initiated is not None and initiated > older_than:
+                    kept = True
+                    continue
+                try:
+                    await retry(
+                        f"abort upload of {key}",
+                        lambda u=upload: client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=u["UploadId"]),
+                    )
+                except ClientError as exc:
+                    if not upload_gone(exc):  # finished or aborted meanwhile
+                        raise
+                aborted.append(key)
+            if not kept:
+                await drop_record(client, bucket, key, retry)
+    return aborted
 
 
 async def source_marker(client: Any, bucket: str, key: str, retry: Retrier) -> str | None:
@@ -287,10 +347,10 @@ class ObjectCopier:
                 f"{item.src_key}: GET", lambda: self.src_data.get(self.src_bucket, item.src_key, item.size)
             )
             _check_unchanged(item, etag_of(resp["ETag"]), got)
-            headers = _carried_headers(resp)
+            headers = _carried_headers(resp, mark_of(item.src_key, item.dst_key))
             read_sha256 = await digest("sha256", data) if self.by_sha256 else b""
             if self.by_sha256:
-                headers["Metadata"] = {**headers.get("Metadata", {}), MARKER: item.etag}
+                headers["Metadata"][MARKER] = item.etag
             put_resp = await self.retry(
                 f"{item.dst_key}: PUT", lambda: self.dst_data.put(self.dst_bucket, item.dst_key, data, **headers)
             )
@@ -301,29 +361,35 @@ class ObjectCopier:
         if self.by_sha256:
             await self._check_read_back(item, read_sha256.hex())
         elif etag != item.etag:
-            await self._discard(item.dst_key)
+            removed = await self._discard(item)
             if sent_md5.hex() == etag:  # it arrived as it was read: the source's ETag is no MD5 of its bytes
                 raise VerificationError(
                     f"{item.dst_key}: the source's ETag {item.etag} is not the MD5 of its bytes (SSE-KMS or SSE-C?); "
-                    "removed: migrate with options.verification=sha256"
+                    f"{removed}: migrate with options.verification=sha256"
                 )
-            raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; removed, rerun to copy again")
+            raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; {removed}")
         self.on_bytes(item.size)
         return CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="copied", bytes_sent=item.size)
 
     async def _server_side_copy(self, item: ObjectCopy) -> CopyOutcome:
+        # the copy gets our mark instead of the source's metadata: REPLACE, carrying the rest over
+        head = await self.retry(
+            f"{item.src_key}: HEAD", lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key)
+        )
+        _check_unchanged(item, etag_of(head["ETag"]), head["ContentLength"])
+        headers = _carried_headers(head, mark_of(item.src_key, item.dst_key))
         resp = await self.retry(
             f"{item.dst_key}: server-side copy",
             lambda: self.dst.copy_object(
                 Bucket=self.dst_bucket, Key=item.dst_key,
                 CopySource={"Bucket": self.src_bucket, "Key": item.src_key},
-                CopySourceIfMatch=f'"{item.etag}"',
+                CopySourceIfMatch=f'"{item.etag}"', MetadataDirective="REPLACE", **headers,
             ),
         )
         etag = etag_of(resp["CopyObjectResult"]["ETag"])
         if etag != item.etag:
-            await self._discard(item.dst_key)
-            raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; removed, rerun to copy again")
+            removed = await self._discard(item)
+            raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; {removed}")
         self.on_bytes(item.size)
         return CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="server-side")
 
@@ -363,18 +429,24 @@ class ObjectCopier:
             f"{item.src_key}: HEAD", lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key)
         )
         _check_unchanged(item, etag_of(head["ETag"]), head["ContentLength"])
+        mark = mark_of(item.src_key, item.dst_key)
         upload_id, done = None, {}
         if not fresh:
-            upload_id, done, sizes = await self._find_upload(item.dst_key, sizes, adopt_layout=not same_layout)
+            upload_id, done, sizes = await self._find_upload(item.dst_key, sizes, mark, adopt_layout=not same_layout)
         if upload_id is None:
-            extra = _carried_headers(head)
+            extra = _carried_headers(head, mark)
             if not same_layout:
-                extra["Metadata"] = {**extra.get("Metadata", {}), MARKER: item.etag}
+                extra["Metadata"][MARKER] = item.etag
+            # recorded before and after: a run stopped in between still finds the upload to be its own
+            await write_record(self.dst, self.dst_bucket, item.dst_key, mark, self.retry, uploads=set(), pending=True)
             created = await self.retry(
                 f"{item.dst_key}: create multipart upload",
                 lambda: self.dst.create_multipart_upload(Bucket=self.dst_bucket, Key=item.dst_key, **extra),
             )
             upload_id = created["UploadId"]
+            await write_record(
+                self.dst, self.dst_bucket, item.dst_key, mark, self.retry, uploads={upload_id}, pending=False
+            )
         try:
             parts, sent, whole = await self._transfer_parts(item, upload_id, sizes, done, same_layout)
             resp = await self.retry(
@@ -391,7 +463,9 @@ class ObjectCopier:
                 return await self._copy_in_parts(item, fresh=True)
             if not (exc.transient if isinstance(exc, TransferError) else is_transient(exc)):
                 await self._abort(item.dst_key, upload_id)
+                await self._forget_uploads(item.dst_key)
             raise
+        await self._forget_uploads(item.dst_key)  # completed: no open upload of ours left for this key
         # Ceph's RADOS Gateway answers with an empty ETag: the object's own HEAD tells it
         etag = etag_of(resp.get("ETag") or "") or await self._etag_of_completed(item)
         expected = item.etag if same_layout else composite_etag([md5 for _, _, md5 in parts])
@@ -399,9 +473,9 @@ class ObjectCopier:
             assert whole is not None
             await self._check_read_back(item, whole)
         elif etag != expected or (whole is not None and not is_multipart_etag(item.etag) and whole != item.etag):
-            await self._discard(item.dst_key)
+            removed = await self._discard(item)
             raise VerificationError(
-                f"{item.dst_key}: destination ETag {etag} != expected {expected} (source {item.etag}); removed, rerun to copy again"
+                f"{item.dst_key}: destination ETag {etag} != expected {expected} (source {item.etag}); {removed}"
             )
         return CopyOutcome(
             src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag,
@@ -410,13 +484,20 @@ class ObjectCopier:
         )
 
     async def _find_upload(
-        self, key: str, sizes: list[int], *, adopt_layout: bool
+        self, key: str, sizes: list[int], mark: str, *, adopt_layout: bool
     ) -> tuple[str | None, dict[int, str], list[int]]:
         """An earlier run's upload of ``key`` (the one with most usable parts; the others are
         aborted), its finished parts that have the expected size, and the part sizes to go on with.
         ``adopt_layout``: ``sizes`` is a layout of our own, and an upload whose parts show another
-        one (an earlier run with another ``multipart_chunksize``) is continued in its own."""
-        uploads = [u for u in await list_uploads(self.dst, self.dst_bucket, key, self.retry) if u["Key"] == key]
+        one (an earlier run with another ``multipart_chunksize``) is continued in its own. Uploads
+        this migration did not start are left alone."""
+        listed = [u for u in await list_uploads(self.dst, self.dst_bucket, key, self.retry) if u["Key"] == key]
+        if not listed:
+            return None, {}, sizes
+        record = await read_record(self.dst, self.dst_bucket, key, self.retry) or UploadRecord(mark=None)
+        uploads = [u for u in listed if record.owns(u, mark)]
+        if len(uploads) < len(listed):
+            log.warning("%s: %d open uploads not started by this migration: left alone", key, len(listed) - len(uploads))
         candidates = []
         for upload in uploads:
             try:
@@ -579,10 +660,10 @@ class ObjectCopier:
         """The destination object, read back whole, has the SHA-256 of the source bytes read."""
         got = await sha256_of(self.dst, self.dst_bucket, item.dst_key, self.retry)
         if got != read_sha256:
-            await self._discard(item.dst_key)
+            removed = await self._discard(item)
             raise VerificationError(
                 f"{item.dst_key}: read back from the destination, SHA-256 {got} != {read_sha256} of the source bytes "
-                "read; removed, rerun to copy again"
+                f"read; {removed}"
             )
 
     async def _etag_of_completed(self, item: ObjectCopy) -> str:
@@ -600,8 +681,25 @@ class ObjectCopier:
         except Exception as exc:  # the cleanup command can finish this later
             log.warning("%s: could not abort upload %s: %s", key, upload_id, describe_error(exc))
 
-    async def _discard(self, key: str) -> None:
-        await self.retry(f"{key}: delete", lambda: self.dst.delete_object(Bucket=self.dst_bucket, Key=key))
+    async def _forget_uploads(self, key: str) -> None:
+        try:
+            await drop_record(self.dst, self.dst_bucket, key, self.retry)
+        except Exception as exc:  # the run's end (or cleanup) drops it later
+            log.warning("%s: could not drop the upload record: %s", key, describe_error(exc))
+
+    async def _discard(self, item: ObjectCopy) -> str:
+        """Delete a copy that failed its ETag check, if it is still ours; says what happened."""
+        if await delete_if_marked(self.dst, self.dst_bucket, item.dst_key, mark_of(item.src_key, item.dst_key), self.retry):
+            return "removed, rerun to copy again"
+        return "not removed: it does not carry this migration's mark (written by someone else since)"
+
+
+async def delete_if_marked(client: Any, bucket: str, key: str, mark: str, retry: Retrier) -> bool:
+    """Delete ``key`` only if it carries ``mark``; whether it did."""
+    if await read_mark(client, bucket, key, retry) != mark:
+        return False
+    await retry(f"{key}: delete", lambda: client.delete_object(Bucket=bucket, Key=key))
+    return True
 
 
 def _fits(part: int, count: int, size: int) -> bool:
@@ -638,13 +736,14 @@ def _check_unchanged(item: ObjectCopy, etag: str, size: int) -> None:
         )
 
 
-def _carried_headers(resp: dict[str, Any]) -> dict[str, Any]:
+def _carried_headers(resp: dict[str, Any], mark: str) -> dict[str, Any]:
+    """The source's headers and metadata that a copy keeps, with this migration's mark instead of
+    any of projmig's own (the source may itself be a copy)."""
     headers: dict[str, Any] = {}
     for name in ("ContentType", "ContentEncoding", "ContentDisposition", "CacheControl"):
         if resp.get(name):
             headers[name] = resp[name]
-    if resp.get("Metadata"):
-        headers["Metadata"] = {k: v for k, v in resp["Metadata"].items() if k != MARKER}
+    headers["Metadata"] = {**without_marks(resp.get("Metadata"), [MARKER]), COPY_MARK: mark}
     return headers
 
 

@@ -21,7 +21,7 @@ from .errors import PreflightError
 from .graph import hidden_descendants, projects_of_user
 from .objects import abort_uploads, etag_of, list_prefix
 from .plan import DestinationFacts
-from .remap import copy_namespace, destination_identity, new_project_uuid, root_of
+from .remap import copy_namespace, destination_identity, legacy_destination_identity, new_project_uuid, root_of
 from .s3 import Retrier, explain_bucket_error, s3_client
 from .schema import ColumnDiff
 from .settings import MigrationSettings, S3Settings, UuidPolicy
@@ -287,7 +287,8 @@ async def _check_databases(
     namespaces: dict[str, str] | None = None
     new_uuids: dict[str, str] = {}
     if settings.options.uuid_policy == UuidPolicy.NEW and projects:
-        namespaces, new_uuids = _copy_ids(settings, roots, children)
+        namespaces = await copy_namespaces(dst, settings, roots)
+        new_uuids = _copy_ids(namespaces, children)
         already = await _earlier_copies(dst, new_uuids, found, problems)
 
     return PreflightReport(
@@ -305,15 +306,38 @@ async def _check_databases(
     )
 
 
-def _copy_ids(
-    settings: MigrationSettings, roots: list[str], children: list[tuple[str, str]]
-) -> tuple[dict[str, str], dict[str, str]]:
-    """uuid_policy=new: each root's namespace, and every project's new uuid."""
-    where = destination_identity(settings.destination.db.describe(), settings.destination.s3.bucket)
-    namespaces = {root: copy_namespace(where, root, settings.options.copy_label) for root in roots}
-    parents: dict[str, str | None] = {root: None for root in roots}
+async def copy_namespaces(dst: AsyncConnection, settings: MigrationSettings, roots: list[str]) -> dict[str, str]:
+    """uuid_policy=new: each root's namespace, from the destination's identity (its PostgreSQL
+    cluster, database and bucket: the same however the configuration names it). A root whose copy
+    the destination holds under the namespace earlier versions derived from the configuration's
+    spelling (host:port/database or the DSN's reference), and not under the new one, keeps that one:
+    its copy is resumed (or rolled back), not made again."""
+    bucket, label = settings.destination.s3.bucket, settings.options.copy_label
+    where = destination_identity(*await database_identity(dst), bucket)
+    legacy = legacy_destination_identity(settings.destination.db.describe(), bucket)
+    namespaces = {root: copy_namespace(where, root, label) for root in roots}
+    earlier = {root: copy_namespace(legacy, root, label) for root in roots}
+    ids = {new_project_uuid(ns, root): root for ns_of in (namespaces, earlier) for root, ns in ns_of.items()}
+    there = {r[0] for r in await dst.execute(text("SELECT uuid FROM projects WHERE uuid = ANY(:u)"), {"u": list(ids)})}
+    for root in roots:
+        if new_project_uuid(namespaces[root], root) not in there and new_project_uuid(earlier[root], root) in there:
+            namespaces[root] = earlier[root]
+    return namespaces
+
+
+async def database_identity(conn: AsyncConnection) -> tuple[str, str]:
+    """(the cluster's system_identifier, the database's name): what a database is, whatever its address."""
+    row = (await conn.execute(text(
+        "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
+    ))).one()
+    return row[0], row[1]
+
+
+def _copy_ids(namespaces: dict[str, str], children: list[tuple[str, str]]) -> dict[str, str]:
+    """uuid_policy=new: every project's new uuid (a hidden child's from its root's namespace)."""
+    parents: dict[str, str | None] = {root: None for root in namespaces}
     parents.update(dict(children))
-    return namespaces, {uuid: new_project_uuid(namespaces[root_of(uuid, parents)], uuid) for uuid in parents}
+    return {uuid: new_project_uuid(namespaces[root_of(uuid, parents)], uuid) for uuid in parents}
 
 
 async def _earlier_copies(

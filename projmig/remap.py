@@ -5,7 +5,11 @@ new uuid, and every reference to an old one is rewritten, so the copy can sit ne
 Deterministic: a new id is ``uuid5(namespace, old id)``, and the namespace of a root project is
 derived from the destination, the root's source uuid and ``options.copy_label``. Rerunning the same
 migration computes the same ids and resumes (an earlier run's rows and objects are found again);
-a second, deliberate copy into the same destination needs another ``copy_label``.
+a second, deliberate copy into the same destination needs another ``copy_label``. The destination
+is named by what it is, not by how a configuration spells it (:func:`destination_identity`: the
+PostgreSQL cluster's ``system_identifier``, the database name, the bucket name); copies made when it
+was named by the configuration's host:port/database (:func:`legacy_destination_identity`) are found
+by the preflight and kept (``projmig.preflight.copy_namespaces``).
 
 What is rewritten: any uuid in any column of any row the plan inserts, and in the S3 keys (in a JSON
 column, in each string of it, keys too; the JSON text is otherwise kept to the byte). The ids
@@ -48,8 +52,16 @@ def copy_namespace(destination: str, source_project: str, copy_label: str = "") 
     return str(uuid5(PROJMIG_NAMESPACE, text))
 
 
-def destination_identity(db: str, bucket: str) -> str:
-    """The destination as the namespace sees it: database (host:port/name) and bucket."""
+def destination_identity(system_identifier: str, database: str, bucket: str) -> str:
+    """The destination as the namespace sees it: the PostgreSQL cluster (``pg_control_system()``'s
+    ``system_identifier``, the same through any host name, address, port or DSN), the database in it,
+    and the bucket."""
+    return f"postgresql-system={system_identifier} database={database} s3://{bucket}"
+
+
+def legacy_destination_identity(db: str, bucket: str) -> str:
+    """The destination as earlier versions named it: as the configuration spelled the database
+    (``DatabaseSettings.describe()``: host:port/name, or the DSN's reference) and the bucket."""
     return f"{db} s3://{bucket}"
 
 

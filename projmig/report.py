@@ -25,7 +25,7 @@ class MigrationReport(BaseModel):
     projects: list[PlannedProject] = Field(default_factory=list)
     rows_planned: dict[str, int] = Field(default_factory=dict)
     rows_inserted: dict[str, int] = Field(default_factory=dict)
-    already_present: list[str] = Field(default_factory=list)
+    already_present: list[str] = Field(default_factory=list)  # migrated by an earlier run: left as they are
     files: int = 0
     objects: int = 0
     objects_copied: int = 0
@@ -76,8 +76,8 @@ class MigrationReport(BaseModel):
             )
         if self.status == "already-migrated":
             return (
-                f"nothing to do: {what} already migrated ({self.bytes_copied} bytes copied, "
-                f"{self.rows} rows inserted, {self.objects_skipped} objects already there)"
+                f"nothing to do: {what} already migrated, left as they are ({self.bytes_copied} bytes copied, "
+                f"{self.rows} rows inserted)"
             )
         if self.status == "failed":
             return f"failed: {self.error}"
@@ -87,9 +87,14 @@ class MigrationReport(BaseModel):
                 f"partly migrated: {len(self.failed)} of {roots} root projects failed (rerun to retry them); "
                 f"{self.objects_copied} objects copied ({human_bytes(self.bytes_copied)}), {self.rows} rows inserted"
             )
+        frozen = len(self.already_present)
+        if frozen:
+            moved = n - frozen
+            what = f"{moved} project{'s' if moved != 1 else ''}"
+        left = f"; {frozen} already migrated, left as they are" if frozen else ""
         return (
             f"migrated {what}: {self.objects_copied} objects copied ({human_bytes(self.bytes_copied)}), "
-            f"{self.objects_skipped} already there, {self.rows} rows inserted in {self.total_seconds:.1f} s"
+            f"{self.objects_skipped} already there, {self.rows} rows inserted in {self.total_seconds:.1f} s{left}"
         )
 
     def project_rows(self) -> list[dict[str, object]]:

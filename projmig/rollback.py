@@ -34,24 +34,27 @@ inserted, unchanged since:
 A planned project that is not in the destination has nothing to remove (rolled back already, or
 never inserted); when none is there and none of the objects either, rollback is a no-op that says
 so. With ``uuid_policy=keep`` the destination must not be the source itself: the same database is
-detected (an advisory lock held in one is seen from the other) and so is the same bucket, and
-rollback refuses, since there the "copy" is the original.
+detected (an advisory lock held in one is seen from the other) and so is the same bucket (a probe
+object written through the destination's client is seen through the source's), whatever names the
+configuration gives them, and rollback refuses, since there the "copy" is the original.
 
 **What is removed.** In one destination transaction, tables in reverse foreign-key order (
 ``file_meta_data`` explicitly, then ``project_to_groups``, ``projects_networks``,
 ``projects_extensions``, ``projects_to_jobs``, ``projects_metadata``, ``projects_nodes`` and last
 ``projects``), every row of these projects. The checks above run in that same transaction, with the
 project rows locked, so nothing can change between the check and the delete. Then, only once the
-rows are gone (osparc never sees a file row without its object), the objects: the keys the plan
-copies, and the objects the removed file rows name (a directory entry: every object under its
-prefix), each only under the prefix of a removed project (a soft link's target is never removed
-through the link). Batched ``DeleteObjects`` (1,000 keys a request), retried like every S3 call;
-unfinished multipart uploads of these keys are aborted. If deleting objects fails, a rerun finds no
-rows and deletes the planned keys that are left.
+rows are gone (osparc never sees a file row without its object), the objects under the prefix of a
+project of the plan that are the migration's: those the file rows removed in this run name (a
+directory entry: every object under its prefix; a soft link's target is never removed through the
+link) and those that carry this migration's mark (:mod:`projmig.marks`). Batched ``DeleteObjects``
+(1,000 keys a request), retried like every S3 call; the unfinished multipart uploads this migration
+started are aborted. If deleting objects fails, a rerun finds no rows and deletes the marked objects
+that are left.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -66,15 +69,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .errors import PreflightError, TransferError
 from .graph import SIMCORE_LOCATION, projects_of_user, read_graph
 from .insert import project_key
+from .marks import COPY_MARK, UploadRecord, copy_mark, read_mark, read_record
 from .objects import ObjectState, list_prefix, list_uploads
 from .plan import DestinationFacts, MigrationPlan, build_plan
-from .remap import copy_namespace, destination_identity
+from .preflight import copy_namespaces
 from .report import human_bytes
-from .s3 import Retrier, describe_error, is_transient, upload_gone
+from .s3 import Retrier, describe_error, error_code, is_transient, s3_client, upload_gone
 from .schema import PROJECT_TABLES, insert_order, reflect
 from .settings import MigrationSettings, UuidPolicy
 
 DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 maximum)
+IDENTITY_PROBE = ".projmig-identity-"  # + random hex: written to the destination, looked for in the source
+MARK_READS_AT_ONCE = 16  # HEADs in flight when reading the marks of objects no removed row names
 
 Lister = Callable[[str], Awaitable[dict[str, tuple[int, str]]]]
 
@@ -173,7 +179,9 @@ class RollbackResult(BaseModel):
 # --- which rows: the migration's plan, recomputed -------------------------------------------------
 
 
-async def recompute_plan(src: AsyncConnection, lister: Lister, settings: MigrationSettings) -> MigrationPlan:
+async def recompute_plan(
+    src: AsyncConnection, dst: AsyncConnection, lister: Lister, settings: MigrationSettings
+) -> MigrationPlan:
     """The plan the migration with these settings made (and would make now: see the module's rule)."""
     roots = [str(u) for u in settings.project_uuids]
     problems = []
@@ -192,10 +200,7 @@ async def recompute_plan(src: AsyncConnection, lister: Lister, settings: Migrati
     if problems:
         raise RollbackRefused(problems)
     graph = await read_graph(src, lister, roots, include_hidden=settings.source.include_hidden)
-    namespaces = None
-    if settings.options.uuid_policy == UuidPolicy.NEW:
-        where = destination_identity(settings.destination.db.describe(), settings.destination.s3.bucket)
-        namespaces = {root: copy_namespace(where, root, settings.options.copy_label) for root in roots}
+    namespaces = await copy_namespaces(dst, settings, roots) if settings.options.uuid_policy == UuidPolicy.NEW else None
     # rollback reads the plan's ids, dates, file ids and keys: the remapped owner/group values do not matter
     facts = DestinationFacts(
         owner_id=settings.destination.user_id, owner_gid=0, everyone_gid=None,
@@ -204,17 +209,33 @@ async def recompute_plan(src: AsyncConnection, lister: Lister, settings: Migrati
     return build_plan(graph, facts, namespaces)
 
 
-def refuse_shared_bucket(settings: MigrationSettings) -> None:
+async def refuse_shared_bucket(settings: MigrationSettings, retry: Retrier) -> None:
+    """uuid_policy=keep into the source bucket itself (under any name: another host name or address
+    of the same endpoint, a proxy): the "copy" objects are the source's. Decided by identity: a probe
+    object written through the destination's client is looked for through the source's."""
+    if settings.options.uuid_policy != UuidPolicy.KEEP:
+        return
     src, dst = settings.source.s3, settings.destination.s3
-    if (
-        settings.options.uuid_policy == UuidPolicy.KEEP
-        and src.bucket == dst.bucket
-        and src.endpoint == dst.endpoint
-        and src.region == dst.region
-    ):
+    key = f"{IDENTITY_PROBE}{secrets.token_hex(16)}"
+    async with s3_client(dst) as writer, s3_client(src) as reader:
+        await retry(f"{dst.describe()}: write identity probe", lambda: writer.put_object(
+            Bucket=dst.bucket, Key=key, Body=b"", Metadata={COPY_MARK: "identity probe"}))
+        try:
+            try:
+                await retry(f"{src.describe()}: look for identity probe",
+                            lambda: reader.head_object(Bucket=src.bucket, Key=key))
+                shared = True
+            except ClientError as exc:
+                if error_code(exc) not in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "NoSuchBucket"):
+                    raise
+                shared = False
+        finally:
+            await retry(f"{dst.describe()}: remove identity probe",
+                        lambda: writer.delete_object(Bucket=dst.bucket, Key=key))
+    if shared:
         raise RollbackRefused(
-            f"the destination bucket is the source bucket ({dst.describe()}): with uuid_policy=keep its objects "
-            "are the source project's own"
+            f"the destination bucket {dst.describe()} is the source bucket {src.describe()} (an object written to "
+            "one is seen in the other): with uuid_policy=keep its objects are the source project's own"
         )
 
 
@@ -463,24 +484,38 @@ def _collect_file_objects(files: list[SqlRow[Any]], uuids: list[str], removal: R
 async def find_objects(
     client: Any, bucket: str, plan: MigrationPlan, removal: RowRemoval, retry: Retrier, *, dry_run: bool
 ) -> RollbackResult:
-    """What of the migration is in the destination bucket: one listing per project prefix."""
-    prefixes = [f"{p.dst_uuid}/" for p in plan.projects]
-    ours = {c.dst_key for c in plan.copies if c.dst_key.startswith(tuple(prefixes))} | set(removal.file_keys)
+    """What of the migration is in the destination bucket, from one listing per project prefix: the
+    objects named by the rows removed in this run, and the objects and open uploads that carry the
+    mark of this migration (:mod:`projmig.marks`; one HEAD per object the rows do not name)."""
+    named = set(removal.file_keys)
     directories = tuple(removal.file_prefixes)
     objects: dict[str, int] = {}
     uploads: list[tuple[str, str]] = []
     left = 0
-    for prefix in prefixes:
+    slots = asyncio.Semaphore(MARK_READS_AT_ONCE)
+
+    async def mark(key: str) -> str | None:
+        async with slots:
+            return await read_mark(client, bucket, key, retry)
+
+    for project in plan.projects:
+        prefix, ours = f"{project.dst_uuid}/", copy_mark(project.src_uuid, project.dst_uuid)
         listing: dict[str, ObjectState] = await list_prefix(client, bucket, prefix, retry)
+        unnamed = [k for k in listing if k not in named and not (directories and k.startswith(directories))]
+        marks = dict(zip(unnamed, await asyncio.gather(*(mark(k) for k in unnamed))))
         for key, state in listing.items():
-            if key in ours or (directories and key.startswith(directories)):
+            if key not in marks or marks[key] == ours:
                 objects[key] = state.size
             else:
                 left += 1
-        uploads += [
-            (u["Key"], u["UploadId"]) for u in await list_uploads(client, bucket, prefix, retry)
-            if u["Key"] in ours or (directories and u["Key"].startswith(directories))
-        ]
+        records: dict[str, UploadRecord | None] = {}
+        for upload in await list_uploads(client, bucket, prefix, retry):
+            key = upload["Key"]
+            if key not in records:
+                records[key] = await read_record(client, bucket, key, retry)
+            record = records[key]
+            if record is not None and record.owns(upload, ours):
+                uploads.append((key, upload["UploadId"]))
     present = set(removal.present)
     return RollbackResult(
         dry_run=dry_run,

@@ -26,11 +26,13 @@ from .objects import (
     CopyOutcome,
     ObjectCopier,
     ObjectState,
+    abort_marked_uploads,
     abort_uploads,
     compare_with_destination,
     list_prefix,
     refuse_oversized,
 )
+from .marks import mark_of
 from .plan import MigrationPlan, ObjectCopy, build_plan
 from .preflight import PreflightReport, run_preflight
 from .rollback import (
@@ -322,17 +324,18 @@ async def insert_rows_each(
 
 @_resolving
 async def abort_our_uploads(
-    settings: MigrationSettings, keys: set[str], *, older_than: timedelta | None = None
+    settings: MigrationSettings, copies: list[ObjectCopy], *, older_than: timedelta | None = None,
+    probe_key: str | None = None,
 ) -> list[str]:
-    """Abort open multipart uploads of the given destination keys (ours: the plan's keys)."""
+    """Abort the open multipart uploads of these copies' destination keys that this migration started
+    (:mod:`projmig.marks`), and those of the preflight's write probe (``probe_key``, projmig's own name)."""
     cutoff = datetime.now(timezone.utc) - older_than if older_than is not None else None
-    prefixes = sorted({k.split("/", 1)[0] + "/" for k in keys})
-    aborted: list[str] = []
+    marks = {c.dst_key: mark_of(c.src_key, c.dst_key) for c in copies}
+    bucket, retry = settings.destination.s3.bucket, retrier(settings)
     async with s3_client(settings.destination.s3) as dst:
-        for prefix in prefixes:
-            aborted += await abort_uploads(
-                dst, settings.destination.s3.bucket, prefix, retrier(settings), keys=keys, older_than=cutoff
-            )
+        aborted = await abort_marked_uploads(dst, bucket, marks, retry, older_than=cutoff)
+        if probe_key is not None:
+            aborted += await abort_uploads(dst, bucket, probe_key, retry, keys={probe_key}, older_than=cutoff)
     return aborted
 
 
@@ -374,8 +377,8 @@ async def rollback_rows(settings: MigrationSettings, *, dry_run: bool = False) -
     """Recompute the migration's plan from the source; in one destination transaction, check that its
     projects are unchanged since the migration and delete their rows (dry run: count them); then find
     the migration's objects in the destination (deleted by :func:`rollback_objects`)."""
-    refuse_shared_bucket(settings)
     retry = retrier(settings)
+    await refuse_shared_bucket(settings, retry)
     s3 = settings.source.s3
     async with (
         open_engine(settings.source.db, "source") as src,
@@ -387,8 +390,8 @@ async def rollback_rows(settings: MigrationSettings, *, dry_run: bool = False) -
             found = await list_prefix(client, s3.bucket, prefix, retry)
             return {k: (v.size, v.etag) for k, v in found.items()}
 
-        async with src.connect() as conn:
-            plan = await recompute_plan(conn, lister, settings)
+        async with src.connect() as conn, dst.connect() as dst_conn:
+            plan = await recompute_plan(conn, dst_conn, lister, settings)
         removal = await remove_rows(
             dst, src, plan, keep_ids=settings.options.uuid_policy == UuidPolicy.KEEP, dry_run=dry_run
         )

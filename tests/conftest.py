@@ -12,6 +12,7 @@ SeaweedFS), on the real schema when it is given.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import secrets
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from projmig.marks import COPY_MARK, mark_of, write_record
+from projmig.s3 import Retrier, s3_client
 from projmig.sandbox import CephServer, Identities, S3Store, Sandbox
-from projmig.sandbox.simcore import SCHEMA_SQL_ENV, fixture_schema_sql, load_schema, seed
-from projmig.s3 import s3_client
+from projmig.sandbox.simcore import SCHEMA_SQL_ENV, asyncpg_dsn, fixture_schema_sql, load_schema, seed
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 
 # before anything imports Prefect: a PREFECT_HOME of the session's own, no telemetry
@@ -243,3 +246,40 @@ def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# -- independent views of a deployment (the databases' own text, the objects' bytes) -------------
+
+
+async def table_rows(db: DatabaseSettings) -> dict[str, list[str]]:
+    """Every row of every table, as PostgreSQL renders it (``row_to_json(t)::text``), sorted."""
+    conn = await asyncpg.connect(asyncpg_dsn(db))
+    try:
+        tables = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return {t: sorted(r[0] for r in await conn.fetch(f'SELECT row_to_json(t)::text FROM public."{t}" t'))
+                for t in tables}
+    finally:
+        await conn.close()
+
+
+async def object_digests(s3: S3Settings, prefix: str = "") -> dict[str, str]:
+    """Every object under ``prefix``: key -> SHA-256 of its bytes."""
+    async with s3_client(s3) as client:
+        found: dict[str, str] = {}
+        async for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                body = await client.get_object(Bucket=s3.bucket, Key=item["Key"])
+                async with body["Body"] as stream:
+                    found[item["Key"]] = hashlib.sha256(await stream.read()).hexdigest()
+        return found
+
+
+async def upload_started_by_projmig(client: Any, bucket: str, src_key: str, dst_key: str, **extra: Any) -> str:
+    """A multipart upload as an earlier run of a migration leaves it: recorded and marked as projmig
+    does (:mod:`projmig.marks`), so that a rerun, cleanup or rollback takes it for the migration's."""
+    mark, retry = mark_of(src_key, dst_key), Retrier(attempts=3, timeout=60, initial_wait=0.05)
+    await write_record(client, bucket, dst_key, mark, retry, uploads=set(), pending=True)
+    metadata = {**extra.pop("Metadata", {}), COPY_MARK: mark}
+    upload = (await client.create_multipart_upload(Bucket=bucket, Key=dst_key, Metadata=metadata, **extra))["UploadId"]
+    await write_record(client, bucket, dst_key, mark, retry, uploads={upload}, pending=False)
+    return upload

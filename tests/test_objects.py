@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator
 import pytest
 from botocore.exceptions import ClientError
 
+from projmig.marks import COPY_MARK, ledger_key, mark_of, write_record
 from projmig.objects import (
     MARKER,
     CopyFailures,
     ObjectCopier,
     ObjectState,
+    abort_marked_uploads,
     batch_transfers,
     compare_with_destination,
+    delete_if_marked,
     list_prefix,
     list_uploads,
 )
@@ -71,6 +74,8 @@ async def test_copies_keep_etags_and_bytes(clients) -> None:
     for c in copies:
         assert copied[c.dst_key] == ObjectState(size=c.size, etag=c.etag), c.dst_key  # source layout reproduced
         assert await sha256(src, sb, c.src_key) == await sha256(dst, db, c.dst_key)
+        head = await dst.head_object(Bucket=db, Key=c.dst_key)  # single PUT or multipart: marked as ours
+        assert head["Metadata"][COPY_MARK] == "source=p;copy=p", c.dst_key
     there, todo = await compare_with_destination(dst, db, copies, retry)
     assert len(there) == len(copies) and todo == []
 
@@ -96,27 +101,60 @@ async def test_interrupted_multipart_upload_is_continued(clients) -> None:
     data = os.urandom(31 * MiB)
     await put_multipart(src, sb, "p/n/resume.bin", data, part=6 * MiB)
     [copy] = copies_of(await list_prefix(src, sb, "p/", retry))
-    # an earlier run got three of six parts across before it died
-    upload = await dst.create_multipart_upload(Bucket=db, Key=copy.dst_key)
+    mark = mark_of(copy.src_key, copy.dst_key)
+    # an older attempt of this migration left a stale upload of the key, and the last one got three
+    # of six parts across before it died; each was recorded as projmig records its uploads
+    await write_record(dst, db, copy.dst_key, mark, retry, uploads=set(), pending=True)
+    stale = await dst.create_multipart_upload(Bucket=db, Key=copy.dst_key, Metadata={COPY_MARK: mark})
+    upload = await dst.create_multipart_upload(Bucket=db, Key=copy.dst_key, Metadata={COPY_MARK: mark})
+    await write_record(dst, db, copy.dst_key, mark, retry, uploads={stale["UploadId"], upload["UploadId"]}, pending=False)
     for number in (1, 2, 3):
         await dst.upload_part(Bucket=db, Key=copy.dst_key, UploadId=upload["UploadId"], PartNumber=number,
                               Body=data[(number - 1) * 6 * MiB:number * 6 * MiB])
-    # and an older attempt left a stale upload of the same key
-    await dst.create_multipart_upload(Bucket=db, Key=copy.dst_key)
+    # someone else (a destination user) has an upload of the same key open: not this migration's
+    theirs = await dst.create_multipart_upload(Bucket=db, Key=copy.dst_key)
+    await dst.upload_part(Bucket=db, Key=copy.dst_key, UploadId=theirs["UploadId"], PartNumber=1,
+                          Body=data[:6 * MiB])
     copier = ObjectCopier(src, dst, sb, db, retry=retry, multipart_threshold=8 * MiB)
     [outcome] = await copier.copy_all([(copy, None)])
     assert outcome.resumed_parts == 3
     assert outcome.bytes_sent == len(data) - 18 * MiB
     assert outcome.etag == copy.etag
     assert await sha256(dst, db, copy.dst_key) == hashlib.sha256(data).hexdigest()
-    assert await list_uploads(dst, db, "p/", retry) == []  # the resumed one completed, the stale one aborted
+    assert (await dst.head_object(Bucket=db, Key=copy.dst_key))["Metadata"][COPY_MARK] == mark
+    # the resumed one completed, the stale one aborted, the other one's left alone; the record gone
+    assert [u["UploadId"] for u in await list_uploads(dst, db, "p/", retry)] == [theirs["UploadId"]]
+    assert ledger_key(copy.dst_key) not in await list_prefix(dst, db, "p/", retry)
+
+
+async def test_only_this_migrations_uploads_are_aborted_and_only_its_objects_deleted(clients) -> None:
+    src, dst, sb, db = clients
+    ours, other = "p/n/ours.bin", "p/n/other.bin"
+    mark, elsewhere = mark_of(ours, ours), mark_of("q/n/x", ours)
+    await write_record(dst, db, ours, mark, retry, uploads=set(), pending=True)
+    mine = await dst.create_multipart_upload(Bucket=db, Key=ours)  # stopped before writing its id down
+    theirs = [(await dst.create_multipart_upload(Bucket=db, Key=key))["UploadId"] for key in (other, other)]
+    # another migration's mark on the same key does not make its uploads ours
+    assert await abort_marked_uploads(dst, db, {ours: elsewhere, other: mark}, retry) == []
+    assert await abort_marked_uploads(dst, db, {ours: mark, other: mark}, retry) == [ours]
+    assert sorted(u["UploadId"] for u in await list_uploads(dst, db, "p/", retry)) == sorted(theirs)
+    assert await list_prefix(dst, db, "p/", retry) == {}  # the record went with the last upload of ours
+
+    await dst.put_object(Bucket=db, Key=ours, Body=b"ours", Metadata={COPY_MARK: mark})
+    await dst.put_object(Bucket=db, Key=other, Body=b"written by a destination user")
+    assert not await delete_if_marked(dst, db, other, mark, retry)
+    assert not await delete_if_marked(dst, db, ours, elsewhere, retry)
+    assert await delete_if_marked(dst, db, ours, mark, retry)
+    assert set(await list_prefix(dst, db, "p/", retry)) == {other}
 
 
 async def test_server_side_copy_on_the_same_endpoint(fixture_simcore: Simcore) -> None:
     other = await fixture_simcore.sandbox.source.create_bucket(fixture_simcore.source_s3.bucket + "-b")
     async with s3_client(fixture_simcore.source_s3) as client:
         sb, db = fixture_simcore.source_s3.bucket, other.bucket
-        await client.put_object(Bucket=sb, Key="p/small.txt", Body=b"x" * 5000)
+        # the source is itself a copy: its mark is replaced, the rest of its metadata carried over
+        await client.put_object(Bucket=sb, Key="p/small.txt", Body=b"x" * 5000, ContentType="text/plain",
+                                Metadata={"origin": "lab", COPY_MARK: "source=a;copy=p"})
         await put_multipart(client, sb, "p/multi.bin", os.urandom(11 * MiB), part=5 * MiB)
         copies = copies_of(await list_prefix(client, sb, "p/", retry))
         assert fixture_simcore.source_s3.same_endpoint_as(other)
@@ -126,6 +164,8 @@ async def test_server_side_copy_on_the_same_endpoint(fixture_simcore: Simcore) -
         assert outcomes["p/multi.bin"].action == "copied"  # streamed: server part copies can't be verified
         copied = await list_prefix(client, db, "p/", retry)
         assert all(copied[c.dst_key] == ObjectState(c.size, c.etag) for c in copies)
+        head = await client.head_object(Bucket=db, Key="p/small.txt")
+        assert head["Metadata"] == {"origin": "lab", COPY_MARK: "source=p;copy=p"} and head["ContentType"] == "text/plain"
 
 
 async def test_a_changed_source_is_refused_by_name(clients) -> None:

@@ -62,7 +62,7 @@ FACTS = DestinationFacts(owner_id=2, owner_gid=22, everyone_gid=1, bucket="dst")
 
 
 def namespaces(label: str = "") -> dict[str, str]:
-    return {STUDY: copy_namespace(destination_identity("h:5432/db", "dst"), STUDY, label)}
+    return {STUDY: copy_namespace(destination_identity("7312345678901234567", "db", "dst"), STUDY, label)}
 
 
 def test_every_reference_is_rewritten_consistently() -> None:
@@ -105,7 +105,7 @@ def test_ids_are_deterministic_and_a_label_makes_another_copy() -> None:
     other = build_plan(graph(), FACTS, namespaces("second"))
     assert once.rows == again.rows and once.copies == again.copies
     assert {p.dst_uuid for p in once.projects}.isdisjoint({p.dst_uuid for p in other.projects})
-    elsewhere = {STUDY: copy_namespace(destination_identity("other:5432/db", "dst"), STUDY, "")}
+    elsewhere = {STUDY: copy_namespace(destination_identity("7399999999999999999", "db", "dst"), STUDY, "")}
     assert {p.dst_uuid for p in build_plan(graph(), FACTS, elsewhere).projects}.isdisjoint(
         {p.dst_uuid for p in once.projects})
 

@@ -27,7 +27,7 @@ from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.schema import PROJECT_TABLES
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 
-from .conftest import Simcore, unique
+from .conftest import Simcore, object_digests, table_rows as snapshot, unique
 from .faults.proxy import FaultProxy
 
 PROJMIG = str(Path(sys.executable).parent / "projmig")
@@ -59,17 +59,6 @@ async def sql(db: DatabaseSettings, statement: str, *args: Any) -> list[asyncpg.
     conn = await asyncpg.connect(asyncpg_dsn(db))
     try:
         return await conn.fetch(statement, *args)
-    finally:
-        await conn.close()
-
-
-async def snapshot(db: DatabaseSettings) -> dict[str, list[str]]:
-    """Every row of every table, as sorted JSON text."""
-    conn = await asyncpg.connect(asyncpg_dsn(db))
-    try:
-        tables = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        return {t: sorted(r[0] for r in await conn.fetch(f'SELECT row_to_json(t)::text FROM public."{t}" t'))
-                for t in tables}
     finally:
         await conn.close()
 
@@ -265,7 +254,7 @@ async def test_fresh_uuid_copies_roll_back_alone(simcore: Simcore) -> None:
 
     # uuid_policy=keep with the source as destination: the "copy" would be the original itself
     same_bucket = simcore.settings(sample.uuid, destination={"db": simcore.source_db, "s3": simcore.source_s3})
-    with pytest.raises(RollbackRefused, match="the destination bucket is the source bucket"):
+    with pytest.raises(RollbackRefused, match="the destination bucket .* is the source bucket .*an object written to one is seen in the other"):
         await steps.rollback_migration(same_bucket)
     same_db = simcore.settings(sample.uuid, destination={"db": simcore.source_db})
     with pytest.raises(RollbackRefused, match="the destination database is the source database"):
@@ -323,3 +312,47 @@ async def test_more_keys_than_one_delete_objects_request_takes(sandbox: Sandbox)
         assert await delete_objects(client, s3.bucket, asked, Retrier(attempts=3, timeout=60)) == len(asked)
         assert requests == [DELETE_BATCH, DELETE_BATCH, 345]
     assert await keys(s3) == {kept}
+
+
+async def test_with_the_rows_gone_only_objects_marked_by_the_migration_are_deleted(simcore: Simcore) -> None:
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
+                                        spec=small(70, multipart_size=6 * MiB, multipart_part_size=5 * MiB))
+    settings = simcore.settings(sample.uuid)
+    await migrate(settings)
+    # the rows went already (a rollback that stopped before its objects)
+    rows_only = await steps.rollback_rows(settings)
+    assert [p.dst_uuid for p in rows_only.removed_projects] == [sample.uuid]
+    # since then, a destination user wrote over one of the migration's objects and put one of their own
+    # beside it; an upload of theirs is under way
+    dst, bucket = simcore.destination_s3, simcore.destination_s3.bucket
+    overwritten = sorted(k for k in sample.objects if "/outputs/" in k)[0]
+    added = overwritten.rsplit("/", 1)[0] + "/added in the destination.txt"
+    async with s3_client(dst) as client:
+        await client.put_object(Bucket=bucket, Key=overwritten, Body=b"the user's own bytes")
+        await client.put_object(Bucket=bucket, Key=added, Body=b"the user's new file")
+        upload = await client.create_multipart_upload(Bucket=bucket, Key=overwritten)
+    theirs = {k: v for k, v in (await object_digests(dst)).items() if k in (overwritten, added)}
+
+    result = await steps.rollback_migration(settings)
+
+    assert result.removed_projects == [] and result.objects_left == 2
+    assert result.objects_removed == len(sample.objects) - 1 and overwritten not in result.objects
+    assert await object_digests(dst) == theirs
+    async with s3_client(dst) as client:
+        uploads = (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads", [])
+    assert [u["UploadId"] for u in uploads] == [upload["UploadId"]]
+
+
+async def test_keep_policy_rollback_through_another_name_of_the_source_bucket_is_refused(simcore: Simcore) -> None:
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(80))
+    source = simcore.source_s3
+    assert source.endpoint and "127.0.0.1" in source.endpoint
+    alias = source.model_copy(update={"endpoint": source.endpoint.replace("127.0.0.1", "localhost")})
+    settings = simcore.settings(sample.uuid, destination={"s3": alias})  # the source bucket, by another name
+    await migrate(settings)  # its "copies" are the source's own objects
+    rows, objects = await snapshot(simcore.destination_db), await object_digests(source)
+
+    with pytest.raises(RollbackRefused, match=rf"the destination bucket s3://{source.bucket} at http://localhost:\d+ is "
+                                              rf"the source bucket .*an object written to one is seen in the other"):
+        await steps.rollback_migration(settings)
+    assert await snapshot(simcore.destination_db) == rows and await object_digests(source) == objects

@@ -1,6 +1,6 @@
 """No multipart upload of ours stays open in the destination once a migration is over: after a
 failure retrying cannot fix (aborted at once), after a killed process (the rerun finishes or aborts
-what it left), and ``projmig cleanup`` aborts old ones of ours and nothing else."""
+what it left), and ``projmig cleanup`` aborts old ones of this migration (:mod:`projmig.marks`) and nothing else."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from projmig.errors import TransferError
 from projmig.preflight import PROBE_KEY
 from projmig.s3 import s3_client
 
-from ..conftest import CEPH, SEAWEEDFS
+from ..conftest import CEPH, SEAWEEDFS, upload_started_by_projmig
 from .conftest import REPO, MiB, Faulty, MigrationProcess, open_uploads, prefect_env
 
 pytestmark = pytest.mark.usefixtures("prefect")
@@ -75,19 +75,23 @@ async def test_a_process_killed_during_the_write_probe_leaves_no_upload_behind(f
     assert await open_uploads(direct) == []
 
 
-async def test_cleanup_aborts_only_old_uploads_of_the_migrated_projects(faulty: Faulty, tmp_path) -> None:
+async def test_cleanup_aborts_only_old_uploads_of_the_migration(faulty: Faulty, tmp_path) -> None:
     sample = await faulty.sample(files=3, directory_objects=0, multipart_size=12 * MiB)
     direct = faulty.direct(sample.uuid)
     big = next(k for k in sample.objects if k.endswith(".h5"))
     node = big.split("/")[1]
-    ours = {big, f"{sample.uuid}/{PROBE_KEY}"}  # an interrupted copy, a killed preflight's probe
-    theirs = {
-        f"{sample.uuid}/{node}/outputs/uploaded in the destination.bin",  # not a key the migration copies
-        f"00000000-1111-2222-3333-444444444444/{node}/outputs/other project.bin",
-    }
+    bucket = direct.destination.s3.bucket
     async with s3_client(direct.destination.s3) as client:
-        for key in sorted(ours | theirs):
-            await client.create_multipart_upload(Bucket=direct.destination.s3.bucket, Key=key)
+        async def start(key: str, **extra) -> tuple[str, str]:
+            return key, (await client.create_multipart_upload(Bucket=bucket, Key=key, **extra))["UploadId"]
+
+        # an interrupted copy of this migration, a killed preflight's probe
+        ours = {(big, await upload_started_by_projmig(client, bucket, big, big)), await start(f"{sample.uuid}/{PROBE_KEY}")}
+        theirs = {
+            await start(big),  # someone else's upload of a key the migration copies
+            await start(f"{sample.uuid}/{node}/outputs/uploaded in the destination.bin"),  # not a key it copies
+            await start(f"00000000-1111-2222-3333-444444444444/{node}/outputs/other project.bin"),
+        }
     config = faulty.config_file(tmp_path / "cfg.json", sample.uuid)
 
     def cleanup(age: str) -> str:
@@ -98,16 +102,19 @@ async def test_cleanup_aborts_only_old_uploads_of_the_migrated_projects(faulty: 
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
+    def listed(uploads: list[dict]) -> set[tuple[str, str]]:
+        return {(u["Key"], u["UploadId"]) for u in uploads}
+
     assert "0 unfinished uploads aborted" in cleanup("1h")  # all of them are younger than that
-    assert {u["Key"] for u in await open_uploads(direct)} == ours | theirs
+    assert listed(await open_uploads(direct)) == ours | theirs
 
     out = cleanup("0s")
     assert "2 unfinished uploads aborted" in out, out
-    assert {u["Key"] for u in await open_uploads(direct)} == theirs
+    assert listed(await open_uploads(direct)) == theirs
 
     # and a migration afterwards does not touch them either
     await migrate_project(faulty.settings(sample.uuid))
-    assert {u["Key"] for u in await open_uploads(direct)} == theirs
+    assert listed(await open_uploads(direct)) == theirs
     assert (await steps.verify_migration(direct, deep=False)).equal
 
 
@@ -122,7 +129,7 @@ async def test_an_upload_aborted_under_a_resuming_copy_is_started_over_on_ceph(f
     direct = faulty.direct(sample.uuid)
     bucket = direct.destination.s3.bucket
     async with s3_client(direct.destination.s3) as client:
-        upload = await client.create_multipart_upload(Bucket=bucket, Key=big)
+        upload = {"UploadId": await upload_started_by_projmig(client, bucket, big, big)}  # an earlier run's
         for number in (1, 2):
             await client.upload_part(Bucket=bucket, Key=big, UploadId=upload["UploadId"], PartNumber=number,
                                      Body=bytes(6 * MiB))

@@ -10,7 +10,8 @@ import pytest
 
 from flows.migrate import migrate_project
 from projmig import steps
-from projmig.remap import UUID_RE
+from projmig.plan import build_plan
+from projmig.remap import UUID_RE, copy_namespace, legacy_destination_identity
 from projmig.s3 import s3_client
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
@@ -147,5 +148,55 @@ async def test_two_copies_next_to_each_other_and_one_back_into_the_source(simcor
     conn = await asyncpg.connect(asyncpg_dsn(simcore.destination_db))
     try:
         assert await conn.fetchval("SELECT count(*) FROM projects") == 6
+    finally:
+        await conn.close()
+
+
+async def test_the_copy_is_the_same_however_the_configuration_names_the_destination(
+    simcore: Simcore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=SampleSpec(
+        files=3, file_size=4096, multipart_size=0, directory_objects=1, hidden_children=1, child_files=1,
+        deployment_bound_rows=False, special_names=False))
+    db = simcore.destination_db
+    # the destination database as a DSN reference (another host name for the same server) and as fields
+    monkeypatch.setenv("PROJMIG_TEST_DESTINATION_DSN", f"postgresql://{db.user}:{db.password.get_secret_value()}"  # type: ignore[union-attr]
+                       f"@localhost:{db.port}/{db.database}")
+    new_ids = {"uuid_policy": "new"}
+    source = {"include_hidden": True}
+    by_reference = simcore.settings(sample.uuid, source=source, options=new_ids,
+                                    destination={"db": {"dsn": {"env": "PROJMIG_TEST_DESTINATION_DSN"}}})
+    literal = simcore.settings(sample.uuid, source=source, options=new_ids)
+    assert by_reference.destination.db.describe() != literal.destination.db.describe()
+
+    made = await migrate_project(by_reference)
+    assert made.status == "migrated", made.headline()
+    again = await migrate_project(literal)
+    assert again.status == "already-migrated", again.headline()
+    assert sorted(again.already_present) == sorted(p.dst_uuid for p in made.projects)
+    assert (await steps.verify_migration(literal, deep=False)).equal
+    removed = await steps.rollback_migration(by_reference)  # and its rollback, spelled either way
+    assert sorted(p.dst_uuid for p in removed.removed_projects) == sorted(again.already_present)
+
+    # a copy made by an earlier version, whose ids came from how the configuration spelled the
+    # destination (host:port/database), is resumed and rolled back, not made again
+    earlier = simcore.settings(sample.uuid, source=source, options={**new_ids, "copy_label": "made before"})
+    checked = await steps.preflight(earlier, probe_write=False)
+    graph = await steps.read_project_graph(earlier, checked)
+    spelled = legacy_destination_identity(earlier.destination.db.describe(), earlier.destination.s3.bucket)
+    plan = build_plan(graph, checked.facts, {sample.uuid: copy_namespace(spelled, sample.uuid, "made before")})
+    _, todo = await steps.compare(earlier, plan.copies)
+    await steps.copy_objects(earlier, todo)
+    await steps.insert_rows(earlier, plan, await steps.verify_objects(earlier, plan.copies))
+    before = sorted(p.dst_uuid for p in plan.projects)
+    assert not set(before) & {p.dst_uuid for p in made.projects}
+
+    resumed = await migrate_project(earlier)
+    assert resumed.status == "already-migrated", resumed.headline()
+    assert sorted(resumed.already_present) == before
+    assert sorted(p.dst_uuid for p in (await steps.rollback_migration(earlier)).removed_projects) == before
+    conn = await asyncpg.connect(asyncpg_dsn(simcore.destination_db))
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM projects") == 0
     finally:
         await conn.close()

@@ -88,7 +88,8 @@ async def test_dry_run_writes_nothing(fixture_simcore: Simcore) -> None:
         assert (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads", []) == []
 
 
-async def test_deleted_destination_objects_are_copied_again(fixture_simcore: Simcore) -> None:
+async def test_an_object_deleted_in_a_migrated_project_is_reported_not_restored(fixture_simcore: Simcore) -> None:
+    """Once migrated, the project is the destination's: a rerun says what differs and writes nothing."""
     sample = await build_sample_project(fixture_simcore.source_db, fixture_simcore.source_s3, owner_id=fixture_simcore.alice,
                                         spec=SampleSpec(multipart_size=0, files=4, hidden_children=0))
     settings = fixture_simcore.settings(sample.uuid)
@@ -97,5 +98,8 @@ async def test_deleted_destination_objects_are_copied_again(fixture_simcore: Sim
     async with s3_client(fixture_simcore.destination_s3) as client:
         await client.delete_object(Bucket=fixture_simcore.destination_s3.bucket, Key=victim)
     report = await migrate_project(settings)
-    assert report.objects_copied == 1 and report.rows == 0
-    assert (await steps.verify_migration(settings, deep=True)).equal
+    assert report.status == "already-migrated" and report.objects_copied == 0 and report.rows == 0
+    assert any(w.startswith(f"{sample.uuid} (already migrated, left as it is): 1 of ") and f"{victim} (missing;" in w
+               for w in report.warnings), report.warnings
+    verified = await steps.verify_migration(settings, deep=False)
+    assert [d.where for d in verified.differences] == [victim]
