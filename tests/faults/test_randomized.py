@@ -39,6 +39,7 @@ import pytest
 from flows.migrate import migrate_project
 from projmig import steps
 from projmig.errors import ProjmigError
+from projmig.marks import is_ledger_key
 from projmig.s3 import s3_client
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.schema import PROJECT_TABLES
@@ -327,7 +328,8 @@ class Trial:
         partial = all_or_nothing(counts, expected)
         assert partial is None, f"{self.where()}: partial rows visible after a failed run: {partial}; {self.log}"
         present = await destination_keys(direct)
-        wrong = {k: n for k, n in present.items() if self.ref.keys.get(k) != n}
+        # besides the copies: projmig's records of the uploads it keeps open for the rerun (projmig/marks.py)
+        wrong = {k: n for k, n in present.items() if self.ref.keys.get(k) != n and not is_ledger_key(k)}
         assert not wrong, f"{self.where()}: objects of the wrong size or unknown after a failed run: {wrong}; {self.log}"
 
     async def check_end_state(self) -> None:
