@@ -28,7 +28,7 @@ from projmig.s3 import Retrier, is_transient, s3_client
 from projmig.sandbox import CephServer
 from projmig.settings import S3Settings
 
-from .conftest import Simcore, empty_and_remove, unique
+from .conftest import Simcore, empty_and_remove, unique, upload_started_by_projmig
 
 MiB = 1024 * 1024
 retry = Retrier(attempts=3, timeout=60, initial_wait=0.05)
@@ -232,7 +232,7 @@ async def test_ceph_ignores_part_number_yet_a_copy_resumes_part_by_part(clients,
         assert head["ContentLength"] == len(data) and "PartsCount" not in head  # the quirk: the whole object
         [copy] = copies_of(await list_prefix(ceph, ceph_bucket.bucket, "p/", retry))
         # an earlier run got three of six parts across before it died
-        upload = await dst.create_multipart_upload(Bucket=db, Key=copy.dst_key)
+        upload = {"UploadId": await upload_started_by_projmig(dst, db, copy.src_key, copy.dst_key)}
         for number in (1, 2, 3):
             await dst.upload_part(Bucket=db, Key=copy.dst_key, UploadId=upload["UploadId"], PartNumber=number,
                                   Body=data[(number - 1) * 6 * MiB:number * 6 * MiB])
@@ -255,7 +255,7 @@ async def test_an_upload_in_another_layout_is_continued_in_its_own(clients, ceph
     async with s3_client(ceph_bucket) as ceph:
         await put_multipart(ceph, ceph_bucket.bucket, "p/n/odd.bin", data, part=8 * MiB)
         [copy] = copies_of(await list_prefix(ceph, ceph_bucket.bucket, "p/", retry))
-        upload = await dst.create_multipart_upload(Bucket=db, Key=copy.dst_key, Metadata={MARKER: copy.etag})
+        upload = {"UploadId": await upload_started_by_projmig(dst, db, copy.src_key, copy.dst_key, Metadata={MARKER: copy.etag})}
         for number in (1, 2):  # an earlier run in 5 MiB parts
             await dst.upload_part(Bucket=db, Key=copy.dst_key, UploadId=upload["UploadId"], PartNumber=number,
                                   Body=data[(number - 1) * 5 * MiB:number * 5 * MiB])
