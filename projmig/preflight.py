@@ -19,6 +19,7 @@ from .db import alembic_revision, open_engine
 from .drift import check_drift
 from .errors import PreflightError
 from .graph import hidden_descendants, projects_of_user
+from .marks import COPY_MARK
 from .objects import abort_uploads, etag_of, list_prefix
 from .plan import DestinationFacts
 from .remap import copy_namespace, destination_identity, legacy_destination_identity, new_project_uuid, root_of
@@ -27,6 +28,7 @@ from .schema import ColumnDiff
 from .settings import MigrationSettings, S3Settings, UuidPolicy
 
 PROBE_KEY = ".projmig-preflight"
+PROBE_MARK = "preflight probe"  # the write probe's upload carries projmig's mark like everything it writes
 
 
 class VerificationProbe(BaseModel):
@@ -192,7 +194,9 @@ async def check_bucket(
                 await abort_uploads(client, s3.bucket, write_probe_key, retry, keys={write_probe_key})
                 upload = await retry(
                     f"{where}: write",
-                    lambda: client.create_multipart_upload(Bucket=s3.bucket, Key=write_probe_key),
+                    lambda: client.create_multipart_upload(
+                        Bucket=s3.bucket, Key=write_probe_key, Metadata={COPY_MARK: PROBE_MARK}
+                    ),
                 )
                 try:
                     part = await retry(
