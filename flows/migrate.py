@@ -147,8 +147,15 @@ async def migrate_project(
     )
     settings.require_something_to_move("parameters")
     settings = await resolve_credentials(settings)
-    timer = _Timer()
+    if settings.options.dry_run:
+        return await _migrate(settings, logger)
+    # one run of these projects at a time: the preflight locks them, the lock is held to the end
+    async with steps.holding_locks(settings):
+        return await _migrate(settings, logger)
 
+
+async def _migrate(settings: MigrationSettings, logger: Any) -> MigrationReport:
+    timer = _Timer()
     with timer("preflight"):
         checked = await tasks.preflight(settings, probe_write=not settings.options.dry_run)
     if checked.already_migrated:

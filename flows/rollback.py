@@ -80,9 +80,10 @@ async def rollback_migration(
     settings.require_something_to_move("parameters")
     settings = await resolve_credentials(settings)
 
-    result = await rollback_rows(settings, dry_run=dry_run)
-    if not dry_run and not result.nothing:
-        result = await rollback_objects(settings, result)
+    async with steps.holding_locks(settings):  # no migration of these projects meanwhile (projmig/locks.py)
+        result = await rollback_rows(settings, dry_run=dry_run)
+        if not dry_run and not result.nothing:
+            result = await rollback_objects(settings, result)
     for line in result.summary_lines():
         logger.info(line)
     await create_markdown_artifact(

@@ -19,6 +19,7 @@ from .db import alembic_revision, open_engine
 from .drift import check_drift
 from .errors import PreflightError
 from .graph import hidden_descendants, projects_of_user
+from .locks import ProjectLocks
 from .marks import COPY_MARK
 from .objects import abort_uploads, etag_of, list_prefix
 from .plan import DestinationFacts
@@ -68,7 +69,11 @@ class PreflightReport(BaseModel):
         return f"{self.roots[0]}/{PROBE_KEY}" if self.roots else PROBE_KEY
 
 
-async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True) -> PreflightReport:
+async def run_preflight(
+    settings: MigrationSettings, *, probe_write: bool = True, locks: ProjectLocks | None = None
+) -> PreflightReport:
+    """``locks``: the run's locks (:mod:`projmig.locks`): once the destination projects are known, and
+    before they are looked for in the destination, they are locked (waiting for another run of them)."""
     quick = Retrier(attempts=2, timeout=20, initial_wait=0.5, max_wait=2)
     async with AsyncExitStack() as stack:
         engines: dict[str, AsyncEngine] = {}
@@ -86,7 +91,7 @@ async def run_preflight(settings: MigrationSettings, *, probe_write: bool = True
         try:
             async with engines["source"].connect() as src, engines["destination"].connect() as dst:
                 try:
-                    report = await _check_databases(settings, src, dst, problems)
+                    report = await _check_databases(settings, src, dst, problems, locks)
                 except Exception as exc:
                     if not _connection_lost(exc):
                         raise
@@ -222,7 +227,8 @@ async def check_bucket(
 
 
 async def _check_databases(
-    settings: MigrationSettings, src: AsyncConnection, dst: AsyncConnection, problems: list[str]
+    settings: MigrationSettings, src: AsyncConnection, dst: AsyncConnection, problems: list[str],
+    locks: ProjectLocks | None = None,
 ) -> PreflightReport:
     src_rev, dst_rev = await alembic_revision(src), await alembic_revision(dst)
     drift: list[ColumnDiff] = []
@@ -263,6 +269,18 @@ async def _check_databases(
     # who receives it
     facts, products = await _destination_facts(settings, src, dst, projects, problems)
 
+    namespaces: dict[str, str] | None = None
+    new_uuids: dict[str, str] = {}
+    if settings.options.uuid_policy == UuidPolicy.NEW and projects:
+        namespaces = await copy_namespaces(dst, settings, roots)
+        new_uuids = _copy_ids(namespaces, children)
+    if locks is not None and projects and not problems:
+        # one run of these projects at a time from here on; what another run inserted while this
+        # one waited is seen below (no transaction is kept open while waiting)
+        await src.commit()
+        await dst.commit()
+        await locks.acquire([new_uuids.get(u, u) for u in projects])
+
     # collisions: the same uuid or file_id for something that is not this project
     already: list[str] = []
     if settings.options.uuid_policy == UuidPolicy.KEEP and projects:
@@ -288,11 +306,7 @@ async def _check_databases(
                 problems.append(f"collision: destination file_id {file_id} already belongs to project {owner}")
             if len(clashes) > 5:
                 problems.append("collision: more destination file_ids clash")
-    namespaces: dict[str, str] | None = None
-    new_uuids: dict[str, str] = {}
-    if settings.options.uuid_policy == UuidPolicy.NEW and projects:
-        namespaces = await copy_namespaces(dst, settings, roots)
-        new_uuids = _copy_ids(namespaces, children)
+    if new_uuids:
         already = await _earlier_copies(dst, new_uuids, found, problems)
 
     return PreflightReport(

@@ -321,6 +321,11 @@ class MigrationOptions(StrictModel):
         "", max_length=200,
         description="uuid_policy=new: names this copy; the same label resumes it, another label makes another copy",
     )
+    lock_wait: float = Field(
+        600.0, ge=0,
+        description="seconds a run waits for another run (migration or rollback) of the same projects to end before "
+        "it gives up, having written nothing",
+    )
     project_concurrency: int = Field(
         4, ge=1, le=64, description="projects inserted at once when several are moved (each in its own transaction)"
     )

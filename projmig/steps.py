@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, TypeVar
 
 from .db import create_engine, open_engine
 from .errors import PreflightError, TransferError
+from .locks import ProjectLocks, project_locks
 from .graph import ProjectGraph, read_graph
 from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
 from .objects import (
@@ -46,7 +47,7 @@ from .rollback import (
 )
 from .s3 import Retrier, s3_client
 from .s3data import DataPath, data_path
-from .settings import MigrationSettings, UuidPolicy, resolve_secrets
+from .settings import DatabaseSettings, MigrationSettings, UuidPolicy, resolve_secrets
 from .rowcheck import Difference, compare as compare_row_texts, read_text_rows
 from .verify import VerifyReport, compare_objects_sha256, verify_copies
 
@@ -67,6 +68,7 @@ __all__ = [
     "rollback_rows",
     "rollback_objects",
     "rollback_migration",
+    "holding_locks",
 ]
 
 
@@ -89,7 +91,39 @@ def retrier(settings: MigrationSettings) -> Retrier:
 
 @_resolving
 async def preflight(settings: MigrationSettings, *, probe_write: bool = True) -> PreflightReport:
-    return await run_preflight(settings, probe_write=probe_write)
+    """The checks before any byte moves; inside :func:`holding_locks`, the projects are locked too."""
+    return await run_preflight(settings, probe_write=probe_write, locks=_held_locks(settings))
+
+
+@dataclass
+class _HeldLocks:
+    locks: ProjectLocks
+    loop: asyncio.AbstractEventLoop
+    destination: DatabaseSettings
+
+
+_locks: ContextVar[_HeldLocks | None] = ContextVar("projmig_locks", default=None)
+
+
+@asynccontextmanager
+async def holding_locks(settings: MigrationSettings) -> AsyncIterator[ProjectLocks]:
+    """One run of a migration (or rollback): the steps awaited in this block, in this event loop (the
+    run's tasks), lock the destination projects they work on (:mod:`projmig.locks`) on one connection
+    kept open until the block ends, when all of them are released."""
+    settings = resolve_secrets(settings)
+    async with project_locks(settings.destination.db, settings.options.lock_wait) as locks:
+        token = _locks.set(_HeldLocks(locks, asyncio.get_running_loop(), settings.destination.db))
+        try:
+            yield locks
+        finally:
+            _locks.reset(token)
+
+
+def _held_locks(settings: MigrationSettings) -> ProjectLocks | None:
+    held = _locks.get()
+    if held is None or held.loop is not asyncio.get_running_loop() or held.destination != settings.destination.db:
+        return None
+    return held.locks
 
 
 @_resolving
@@ -392,6 +426,9 @@ async def rollback_rows(settings: MigrationSettings, *, dry_run: bool = False) -
 
         async with src.connect() as conn, dst.connect() as dst_conn:
             plan = await recompute_plan(conn, dst_conn, lister, settings)
+        locks = _held_locks(settings)
+        if locks is not None and not dry_run:
+            await locks.acquire(p.dst_uuid for p in plan.projects)
         removal = await remove_rows(
             dst, src, plan, keep_ids=settings.options.uuid_policy == UuidPolicy.KEEP, dry_run=dry_run
         )
@@ -416,12 +453,15 @@ async def rollback_objects(settings: MigrationSettings, result: RollbackResult) 
 
 
 async def rollback_migration(settings: MigrationSettings, *, dry_run: bool = False) -> RollbackResult:
-    """Remove from the destination what the migration with these settings inserted: rows, then objects.
-    Raises :class:`projmig.rollback.RollbackRefused` (nothing removed) when a project changed since."""
-    result = await rollback_rows(settings, dry_run=dry_run)
-    if dry_run:
-        return result
-    return await rollback_objects(settings, result)
+    """Remove from the destination what the migration with these settings inserted: rows, then objects,
+    holding the projects' locks (no migration of them runs meanwhile). Raises
+    :class:`projmig.rollback.RollbackRefused` (nothing removed) when a project changed since, and
+    :class:`projmig.locks.MigrationBusy` when a migration of one of them is running."""
+    async with holding_locks(settings):
+        result = await rollback_rows(settings, dry_run=dry_run)
+        if dry_run:
+            return result
+        return await rollback_objects(settings, result)
 
 
 @asynccontextmanager

@@ -12,11 +12,13 @@ SeaweedFS), on the real schema when it is given.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from projmig.locks import LOCK_SPACE
 from projmig.marks import COPY_MARK, mark_of, write_record
 from projmig.s3 import Retrier, s3_client
 from projmig.sandbox import CephServer, Identities, S3Store, Sandbox
@@ -283,3 +286,36 @@ async def upload_started_by_projmig(client: Any, bucket: str, src_key: str, dst_
     upload = (await client.create_multipart_upload(Bucket=bucket, Key=dst_key, Metadata=metadata, **extra))["UploadId"]
     await write_record(client, bucket, dst_key, mark, retry, uploads={upload}, pending=False)
     return upload
+
+
+# -- holding a run at its insert, to start others meanwhile ---------------------------------------
+
+
+async def hold_inserts(db: DatabaseSettings) -> tuple[asyncpg.Connection, Any]:
+    """Hold every insert at its nodes (inside its transaction, after all its objects were copied)
+    until the returned transaction ends."""
+    conn = await asyncpg.connect(asyncpg_dsn(db))
+    held = conn.transaction()
+    await held.start()
+    await conn.execute("LOCK TABLE projects_nodes IN ACCESS EXCLUSIVE MODE")
+    return conn, held
+
+
+async def held_at_insert_and_one_waiting(db: DatabaseSettings) -> bool:
+    """One run's insert waits for the nodes table (:func:`hold_inserts`), another run for the
+    projects' lock (:mod:`projmig.locks`)."""
+    conn = await asyncpg.connect(asyncpg_dsn(db))
+    try:
+        return await conn.fetchval("""
+            SELECT count(*) FILTER (WHERE l.locktype = 'relation' AND l.relation = 'projects_nodes'::regclass) > 0
+               AND count(*) FILTER (WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objsubid = 2) > 0
+            FROM pg_locks l WHERE NOT l.granted""", LOCK_SPACE)
+    finally:
+        await conn.close()
+
+
+async def wait_until(condition: Any, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"not in {timeout} s: {what}"
+        await asyncio.sleep(0.3)

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.settings import SecretRef
 
-from ..conftest import Simcore
+from ..conftest import Simcore, held_at_insert_and_one_waiting, hold_inserts, object_digests, wait_until
+from ..faults.conftest import duplicate_rows, open_uploads
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -255,6 +257,51 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
             assert secret not in text, f"a secret leaked into the {where}"
 
 
+@asynccontextmanager
+async def two_workers(server: PrefectServer, simcore: Simcore, tmp_path: Path, pool: str) -> AsyncIterator[tuple[Any, list[Path]]]:
+    """The README's commands: a process work pool, the deployment registered for it (named after the
+    pool), two workers with ``--limit 1`` (online when this yields the deployment); stopped after."""
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(deployment_config(simcore)))
+    await save_secret_blocks(server, simcore)
+    env = server.env()
+    created = subprocess.run([str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"],
+                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert created.returncode == 0, created.stdout + created.stderr
+    registered = subprocess.run(
+        [str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", pool, "--pool", pool],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    assert f"registered migrate-project/{pool}" in registered.stdout and f"registered rollback-migration/{pool}" in registered.stdout
+    logs = [tmp_path / f"worker-{i}.log" for i in (1, 2)]
+    workers = [
+        start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--limit", "1", "--name", f"{pool}-worker-{i}"],
+              server.env(PREFECT_WORKER_QUERY_SECONDS="1", **secret_env(simcore)), log)
+        for i, log in zip((1, 2), logs)
+    ]
+    try:
+        async with server.client() as client:
+            deadline = time.monotonic() + 90
+            while len(await client.read_workers_for_work_pool(pool)) < 2:
+                assert all(w.poll() is None for w in workers), "\n".join(log.read_text() for log in logs)
+                assert time.monotonic() < deadline, "the workers did not come online in 90 s"
+                time.sleep(0.5)
+            yield await client.read_deployment_by_name(f"migrate-project/{pool}"), logs
+    finally:
+        for worker in workers:
+            stop(worker)
+
+
+def executed_per_worker(runs: list[Any], outputs: list[str]) -> list[int]:
+    """How many of the runs each worker executed (a worker may also have tried to take the other run
+    and been told it was taken: "Aborted submission of flow run <id>")."""
+    return [
+        sum(f"submitting flow run '{r.id}'" in out and f"Aborted submission of flow run '{r.id}'" not in out for r in runs)
+        for out in outputs
+    ]
+
+
 async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
     prefect_server: PrefectServer, fixture_simcore: Simcore, tmp_path: Path
 ) -> None:
@@ -264,79 +311,74 @@ async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
                                    spec=SampleSpec(seed=seed, name=f"study {seed}", **spec))  # type: ignore[arg-type]
         for seed in (1, 2)
     ]
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps(deployment_config(fixture_simcore)))
-    await save_secret_blocks(prefect_server, fixture_simcore)
-    env = prefect_server.env()
-
-    # the README's commands: a process work pool, the deployment registered for it, two workers
-    pool = subprocess.run([str(BIN / "prefect"), "work-pool", "create", "projmig-test", "--type", "process"],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    assert pool.returncode == 0, pool.stdout + pool.stderr
-    registered = subprocess.run(
-        [str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", "pool", "--pool", "projmig-test"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
-    )
-    assert registered.returncode == 0, registered.stdout + registered.stderr
-    assert "registered migrate-project/pool" in registered.stdout and "registered rollback-migration/pool" in registered.stdout
-    logs = [tmp_path / f"worker-{i}.log" for i in (1, 2)]
-    workers = [
-        start([str(BIN / "prefect"), "worker", "start", "--pool", "projmig-test", "--limit", "1", "--name", f"worker-{i}"],
-              prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1", **secret_env(fixture_simcore)), log)
-        for i, log in zip((1, 2), logs)
-    ]
-    try:
-        async with prefect_server.client() as client:
-            deadline = time.monotonic() + 90
-            while len(await client.read_workers_for_work_pool("projmig-test")) < 2:
-                assert all(w.poll() is None for w in workers), "\n".join(log.read_text() for log in logs)
-                assert time.monotonic() < deadline, "the workers did not come online in 90 s"
+    async with two_workers(prefect_server, fixture_simcore, tmp_path, "projmig-test") as (deployment, logs), \
+            prefect_server.client() as client:
+        # hold both runs in their preflight (the source's projects table locked) until both run
+        # at once: with one run per worker at most, that is one run on each worker
+        lock = await asyncpg.connect(asyncpg_dsn(fixture_simcore.source_db))
+        held = lock.transaction()
+        await held.start()
+        await lock.execute("LOCK TABLE projects IN ACCESS EXCLUSIVE MODE")
+        try:
+            runs = [
+                await client.create_flow_run_from_deployment(deployment.id, parameters={"project_uuid": s.uuid})
+                for s in samples
+            ]
+            deadline = time.monotonic() + 120
+            while not all(r.state and r.state.is_running() for r in runs):
+                assert time.monotonic() < deadline, f"not both running after 120 s: {[r.state for r in runs]}"
                 time.sleep(0.5)
-            deployment = await client.read_deployment_by_name("migrate-project/pool")
-            # hold both runs in their preflight (the source's projects table locked) until both run
-            # at once: with one run per worker at most, that is one run on each worker
-            lock = await asyncpg.connect(asyncpg_dsn(fixture_simcore.source_db))
-            held = lock.transaction()
-            await held.start()
-            await lock.execute("LOCK TABLE projects IN ACCESS EXCLUSIVE MODE")
-            try:
-                runs = [
-                    await client.create_flow_run_from_deployment(deployment.id, parameters={"project_uuid": s.uuid})
-                    for s in samples
-                ]
-                deadline = time.monotonic() + 120
-                while not all(r.state and r.state.is_running() for r in runs):
-                    assert time.monotonic() < deadline, f"not both running after 120 s: {[r.state for r in runs]}"
-                    time.sleep(0.5)
-                    runs = [await client.read_flow_run(r.id) for r in runs]
-            finally:
-                await held.rollback()
-                await lock.close()
-            deadline = time.monotonic() + 240
-            while True:
                 runs = [await client.read_flow_run(r.id) for r in runs]
-                if all(r.state and r.state.is_final() for r in runs):
-                    break
-                assert time.monotonic() < deadline, "the runs did not finish in 240 s"
-                time.sleep(1)
-    finally:
-        for worker in workers:
-            stop(worker)
+        finally:
+            await held.rollback()
+            await lock.close()
+        runs = [await wait_final(client, r.id) for r in runs]
     outputs = [log.read_text() for log in logs]
     assert [r.state.name for r in runs] == ["Completed", "Completed"], "\n".join(outputs)  # type: ignore[union-attr]
-    # and each worker executed one of them (a worker may also have tried to take the other run and
-    # been told it was taken: "Aborted submission of flow run <id>")
-    executed = [
-        sum(f"submitting flow run '{r.id}'" in out and f"Aborted submission of flow run '{r.id}'" not in out for r in runs)
-        for out in outputs
-    ]
-    assert executed == [1, 1], "\n".join(outputs)
+    assert executed_per_worker(runs, outputs) == [1, 1], "\n".join(outputs)
     for sample in samples:
         verified = await steps.verify_migration(fixture_simcore.settings(sample.uuid), deep=True)
         assert verified.equal, [str(d) for d in verified.differences]
     for out in outputs:
         for secret in secrets_of(fixture_simcore):
             assert secret not in out
+
+
+async def test_two_runs_of_one_project_on_two_workers_migrate_it_once(
+    prefect_server: PrefectServer, fixture_simcore: Simcore, tmp_path: Path
+) -> None:
+    """The same project run twice at once on two workers: one run migrates it, the other waits for it
+    (the projects' lock, projmig/locks.py) and then finds it migrated; both complete."""
+    sample = await sample_project(fixture_simcore, seed=3)
+    parameters = {"project_uuid": sample.uuid, "include_hidden": True}
+    dst = fixture_simcore.destination_db
+    async with two_workers(prefect_server, fixture_simcore, tmp_path, "projmig-once") as (deployment, logs), \
+            prefect_server.client() as client:
+        holder, held = await hold_inserts(dst)  # whichever run gets the project first waits at its insert
+        try:
+            runs = [await client.create_flow_run_from_deployment(deployment.id, parameters=parameters) for _ in (1, 2)]
+            await wait_until(lambda: held_at_insert_and_one_waiting(dst), "one run at its insert, the other waiting")
+        finally:
+            await held.rollback()
+            await holder.close()
+        runs = [await wait_final(client, r.id) for r in runs]
+        reports = [
+            {a.key: a for a in await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[r.id]))
+            )}["projmig-report"].description
+            for r in runs
+        ]
+    outputs = [log.read_text() for log in logs]
+    assert [r.state.name for r in runs] == ["Completed", "Completed"], "\n".join(outputs)  # type: ignore[union-attr]
+    assert executed_per_worker(runs, outputs) == [1, 1], "\n".join(outputs)
+    assert sorted(r.split(":")[0] for r in reports) == ["migrated 2 projects", "nothing to do"], reports
+    assert any("2 projects already migrated, left as they are" in r for r in reports), reports
+    settings = fixture_simcore.settings(sample.uuid, source={"include_hidden": True})
+    verified = await steps.verify_migration(settings, deep=True)
+    assert verified.equal, [str(d) for d in verified.differences]
+    assert await duplicate_rows(settings) == {} and await open_uploads(settings) == []
+    source = await object_digests(fixture_simcore.source_s3)
+    assert await object_digests(fixture_simcore.destination_s3) == {k: source[k] for k in sample.objects}
 
 
 class FakeTarget:
