@@ -1,15 +1,22 @@
 """Read a project graph from the source deployment (read-only): rows of every project table, its
-hidden child job projects (recursively), and the objects each file entry names."""
+hidden child job projects (recursively), and the objects each file entry names.
+
+The rows are read in one ``REPEATABLE READ READ ONLY`` transaction (:func:`snapshot`): every table of
+every project as of one moment, never a project half-way through an edit. What later tells whether a
+source project changed since (:class:`SourceState`, read again just before the insert commits) is
+read in the same snapshot."""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 from sqlalchemy import JSON, Date, DateTime, MetaData, Table, Text, cast, func, literal_column, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import PreflightError
 from .rowcheck import TextTables, read_text_rows
@@ -39,6 +46,46 @@ class FileEntry(BaseModel):
         return sum(o.size for o in self.objects)
 
 
+class SourceState(BaseModel):
+    """What says that a source project changed: its ``last_change_date`` (moved by every change of
+    the project and, by trigger, of its nodes) and its file rows (``file_id``, size, ETag), both as
+    the source database writes them (a digest of the rows' text)."""
+
+    last_change: str | None
+    files: str
+
+    def changes(self, now: SourceState | None) -> str | None:
+        """How ``now`` differs from this state, in words (None: it does not)."""
+        if now is None:
+            return "deleted"
+        parts = []
+        if now.last_change != self.last_change:
+            parts.append(f"last change {now.last_change}")
+        if now.files != self.files:
+            parts.append(f"file rows changed; last change {now.last_change}" if not parts else "file rows changed")
+        return ", ".join(parts) or None
+
+
+async def source_states(conn: AsyncConnection, uuids: Collection[str]) -> dict[str, SourceState]:
+    rows = await conn.execute(text(
+        "SELECT p.uuid, p.last_change_date::text, "
+        "  (SELECT md5(coalesce(string_agg(format('%L|%L|%L', f.file_id, f.file_size, f.entity_tag), E'\\n' "
+        "                                  ORDER BY f.file_id), '')) "
+        "     FROM file_meta_data f WHERE f.project_id = p.uuid) "
+        "FROM projects p WHERE p.uuid = ANY(:u)"
+    ), {"u": list(uuids)})
+    return {uuid: SourceState(last_change=changed, files=files) for uuid, changed, files in rows}
+
+
+@asynccontextmanager
+async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a ``REPEATABLE READ READ ONLY`` transaction: one view of the source."""
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        async with conn.begin():
+            yield conn
+
+
 class ProjectRecord(BaseModel):
     uuid: str
     name: str
@@ -63,6 +110,7 @@ class ProjectGraph(BaseModel):
     unreferenced_bytes: int = 0
     json_columns: dict[str, list[str]] = Field(default_factory=dict)  # table -> its json/jsonb columns
     text_rows: TextTables = Field(default_factory=TextTables)  # the same rows as PostgreSQL's text (for the row check)
+    source_states: dict[str, SourceState] = Field(default_factory=dict)  # project -> its state when read
 
     def project(self, uuid: str) -> ProjectRecord:
         return next(p for p in self.projects if p.uuid == uuid)
@@ -170,14 +218,16 @@ async def _dates_out_of_range(conn: AsyncConnection, table: Table, key: str, uui
 
 
 async def read_graph(
-    conn: AsyncConnection, list_prefix, roots: list[str], *, include_hidden: bool
+    conn: AsyncConnection, list_prefix, roots: list[str], *, include_hidden: bool, only: Collection[str] | None = None
 ) -> ProjectGraph:
-    """The graph of ``roots``; ``list_prefix(prefix) -> {key: (size, etag)}`` lists the source bucket."""
+    """The graph of ``roots``; ``list_prefix(prefix) -> {key: (size, etag)}`` lists the source bucket.
+    ``only``: the projects the preflight found (and locked); a hidden child made since is left for a rerun."""
     metadata = await reflect(conn, PROJECT_TABLES)
     parents: dict[str, str | None] = {r: None for r in roots}
     if include_hidden and "projects_metadata" in metadata.tables:
         for child, parent in await hidden_descendants(conn, roots):
-            parents[child] = parent
+            if only is None or child in only:
+                parents[child] = parent
     uuids = list(parents)
     rows = await read_rows(conn, metadata, uuids)
     missing = [u for u in uuids if not rows[u].get("projects")]
@@ -186,6 +236,7 @@ async def read_graph(
 
     graph = ProjectGraph(roots=list(roots), projects=[], json_columns=json_columns(metadata))
     graph.text_rows = await read_text_rows(conn, uuids)
+    graph.source_states = await source_states(conn, uuids)
     graph.everyone_gid = await conn.scalar(text("SELECT gid FROM groups WHERE type = 'EVERYONE' LIMIT 1"))
     owners = {r["projects"][0]["prj_owner"] for r in rows.values()} - {None}
     owner_gids = dict(

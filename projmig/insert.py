@@ -14,13 +14,17 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import InsertError
-from .graph import Row
+from .graph import Row, source_states
 from .objects import ObjectState
-from .plan import MigrationPlan
+from .plan import MigrationPlan, PlannedProject
 from .rowcheck import compare, read_text_rows
 from .schema import PROJECT_TABLES, insert_order, reflect
 
 SHOWN_DIFFERENCES = 5  # in the error of a failed check (the rest are counted)
+
+
+class SourceChanged(InsertError):
+    """A source project changed between the graph's snapshot and the insert: nothing was committed."""
 
 
 class InsertResult(BaseModel):
@@ -37,12 +41,17 @@ def project_key(table: str) -> str:
     return {"projects": "uuid", "file_meta_data": "project_id"}.get(table, "project_uuid")
 
 
-async def insert_plan(engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState]) -> InsertResult:
-    """``verified``: destination key -> state, as verified after copying (sizes and ETags to record)."""
+async def insert_plan(
+    engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], *, source: AsyncEngine | None = None
+) -> InsertResult:
+    """``verified``: destination key -> state, as verified after copying (sizes and ETags to record).
+    ``source``: the source database, read again just before COMMIT (:func:`_refuse_changed_source`)."""
     committing = False
     try:
         async with engine.begin() as conn:
             result = await _insert(conn, plan, verified)
+            if source is not None:
+                await _refuse_changed_source(source, [p for p in plan.projects if p.dst_uuid not in result.already_present])
             committing = True  # leaving the block sends COMMIT
         return result
     except (DBAPIError, OSError, TimeoutError) as exc:
@@ -119,6 +128,24 @@ async def _check_written(
         )
 
 
+async def _refuse_changed_source(source: AsyncEngine, projects: list[PlannedProject]) -> None:
+    """The source projects being inserted, as they are now, must be as the graph read them (last
+    change date, file rows): else the rows in hand are no longer the source's and nothing is
+    committed; the objects copied stay for the rerun, which migrates the project's current state."""
+    if not projects:
+        return
+    async with source.connect() as conn:
+        now = await source_states(conn, [p.src_uuid for p in projects])
+    changed = [
+        f"source project {p.src_uuid} changed during the migration ({how}); rerun to migrate its current state"
+        for p in projects
+        if p.source_state is not None and (how := p.source_state.changes(now.get(p.src_uuid)))
+    ]
+    if changed:
+        raise SourceChanged(f"{'; '.join(changed)} (destination transaction rolled back, nothing was inserted; "
+                            "the objects copied are kept for the rerun)")
+
+
 def _with_verified(row: Row, verified: Mapping[str, ObjectState]) -> Row:
     state = verified.get(row.get("object_name") or row.get("file_id") or "")
     if state is None or row.get("is_directory") or row.get("is_soft_link"):
@@ -159,7 +186,7 @@ class ProjectInsert(BaseModel):
 
 async def insert_each(
     engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], roots: list[str], *,
-    concurrency: int = 4,
+    concurrency: int = 4, source: AsyncEngine | None = None,
 ) -> list[ProjectInsert]:
     """Each root's graph (the root and its hidden children) in a transaction of its own, ``concurrency``
     at once: a project that fails is rolled back alone and the others are kept."""
@@ -170,7 +197,8 @@ async def insert_each(
         uuids = [p.dst_uuid for p in groups[root]]
         async with slots:
             try:
-                return ProjectInsert(root=root, projects=uuids, result=await insert_plan(engine, plan.subset(uuids), verified))
+                return ProjectInsert(root=root, projects=uuids, result=await insert_plan(
+                    engine, plan.subset(uuids), verified, source=source))
             except InsertError as exc:
                 return ProjectInsert(root=root, projects=uuids, error=str(exc))
 

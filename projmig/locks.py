@@ -91,7 +91,7 @@ class ProjectLocks:
 @asynccontextmanager
 async def project_locks(db: DatabaseSettings, wait: float, what: str = "migration") -> AsyncIterator[ProjectLocks]:
     """A connection of its own for a run's locks; closing it releases them all."""
-    engine = create_engine(db, pool_size=1)
+    engine = create_engine(db, pool_size=1, role="destination")
     try:
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")  # no transaction held open

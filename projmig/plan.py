@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .graph import FileEntry, ProjectGraph, ProjectRecord, Row
+from .graph import FileEntry, ProjectGraph, ProjectRecord, Row, SourceState
 from .remap import IdMap, outside_links, root_of
 from .rowcheck import Expectations, ProjectFacts, RemapFacts
 from .schema import GENERATED_COLUMNS, PROJECT_TABLES
@@ -47,6 +47,7 @@ class PlannedProject(BaseModel):
     files: int
     objects: int
     bytes: int
+    source_state: SourceState | None = None  # as read: the insert checks it is still so before COMMIT
 
 
 class MigrationPlan(BaseModel):
@@ -155,6 +156,7 @@ def build_plan(
                 files=len(project.files),
                 objects=sum(len(e.objects) for e in project.files),
                 bytes=sum(e.size for e in project.files),
+                source_state=graph.source_states.get(project.uuid),
             )
         )
     plan = MigrationPlan(

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, TypeVar
 from .db import create_engine, open_engine
 from .errors import PreflightError, TransferError
 from .locks import ProjectLocks, project_locks
-from .graph import ProjectGraph, read_graph
+from .graph import ProjectGraph, read_graph, snapshot
 from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
 from .objects import (
     ByteBudget,
@@ -146,8 +146,10 @@ async def read_project_graph(settings: MigrationSettings, report: PreflightRepor
             return await started if started is not None else await listing(prefix)
 
         try:
-            async with engine.connect() as conn:
-                graph = await read_graph(conn, lister, report.roots, include_hidden=settings.source.include_hidden)
+            async with snapshot(engine) as conn:  # every row of every project as of one moment
+                graph = await read_graph(
+                    conn, lister, report.roots, include_hidden=settings.source.include_hidden, only=report.projects
+                )
             # before any byte moves: an object the destination cannot take fails the run now
             refuse_oversized(graph.objects, settings.destination.s3.max_object_size, settings.destination.s3.bucket)
             await _refuse_missing(settings, graph, retry)
@@ -339,8 +341,13 @@ async def verify_objects(settings: MigrationSettings, copies: list[ObjectCopy]) 
 async def insert_rows(
     settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState]
 ) -> InsertResult:
-    async with open_engine(settings.destination.db, "destination") as engine:
-        return await insert_plan(engine, plan, verified)
+    """One transaction; the source is read again just before COMMIT (a project changed meanwhile: nothing
+    committed)."""
+    async with (
+        open_engine(settings.destination.db, "destination") as engine,
+        open_engine(settings.source.db, "source") as source,
+    ):
+        return await insert_plan(engine, plan, verified, source=source)
 
 
 @_resolving
@@ -350,10 +357,12 @@ async def insert_rows_each(
     """Several root projects: each root's graph in its own transaction (``options.project_concurrency`` at once)."""
     concurrency = settings.options.project_concurrency
     engine = create_engine(settings.destination.db, pool_size=concurrency, role="destination")
+    source = create_engine(settings.source.db, pool_size=concurrency, role="source")
     try:
-        return await insert_each(engine, plan, verified, roots, concurrency=concurrency)
+        return await insert_each(engine, plan, verified, roots, concurrency=concurrency, source=source)
     finally:
         await engine.dispose()
+        await source.dispose()
 
 
 @_resolving
