@@ -43,7 +43,7 @@ async def test_a_project_is_held_by_one_run_and_the_other_waits_a_bounded_time(f
                 waiting = asyncio.ensure_future(third.acquire([A, B]))
                 await asyncio.sleep(0.5)
                 assert not waiting.done()
-                await first.conn.close()  # its connection goes: PostgreSQL releases its locks
+                await first.conn.invalidate()  # its connection goes (a killed run): PostgreSQL releases its locks
                 await asyncio.wait_for(waiting, 30)
                 assert third.held == {A, B}
     assert await held_by_others(fixture_simcore) == 0
