@@ -277,8 +277,8 @@ async def _check_databases(
     if locks is not None and projects and not problems:
         # one run of these projects at a time from here on; what another run inserted while this
         # one waited is seen below (no transaction is kept open while waiting)
-        await src.commit()
-        await dst.commit()
+        await src.rollback()  # read-only so far: ended, not kept open while waiting
+        await dst.rollback()
         await locks.acquire([new_uuids.get(u, u) for u in projects])
 
     # collisions: the same uuid or file_id for something that is not this project

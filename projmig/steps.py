@@ -119,6 +119,13 @@ async def holding_locks(settings: MigrationSettings) -> AsyncIterator[ProjectLoc
             _locks.reset(token)
 
 
+async def _confirm_locks(settings: MigrationSettings) -> None:
+    """Inside :func:`holding_locks`: the run still holds its projects' locks (before it inserts)."""
+    locks = _held_locks(settings)
+    if locks is not None:
+        await locks.confirm()
+
+
 def _held_locks(settings: MigrationSettings) -> ProjectLocks | None:
     held = _locks.get()
     if held is None or held.loop is not asyncio.get_running_loop() or held.destination != settings.destination.db:
@@ -347,6 +354,7 @@ async def insert_rows(
         open_engine(settings.destination.db, "destination") as engine,
         open_engine(settings.source.db, "source") as source,
     ):
+        await _confirm_locks(settings)
         return await insert_plan(engine, plan, verified, source=source)
 
 
@@ -359,6 +367,7 @@ async def insert_rows_each(
     engine = create_engine(settings.destination.db, pool_size=concurrency, role="destination")
     source = create_engine(settings.source.db, pool_size=concurrency, role="source")
     try:
+        await _confirm_locks(settings)
         return await insert_each(engine, plan, verified, roots, concurrency=concurrency, source=source)
     finally:
         await engine.dispose()

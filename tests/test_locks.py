@@ -33,7 +33,7 @@ async def test_a_project_is_held_by_one_run_and_the_other_waits_a_bounded_time(f
         await first.acquire([A, B])
         assert await held_by_others(fixture_simcore) == 2
         async with project_locks(db, wait=0.5) as second:
-            with pytest.raises(MigrationBusy, match=rf"^another migration of {B} is running \(waited 0.5 s"):
+            with pytest.raises(MigrationBusy, match=rf"^another migration of {B} is running \(or its rollback; waited 0.5 s"):
                 await second.acquire([B, C])
             assert second.held == set() and await held_by_others(fixture_simcore) == 2  # C was given back
             await second.acquire([C])  # a project nobody holds is taken at once
@@ -46,4 +46,12 @@ async def test_a_project_is_held_by_one_run_and_the_other_waits_a_bounded_time(f
                 await first.conn.invalidate()  # its connection goes (a killed run): PostgreSQL releases its locks
                 await asyncio.wait_for(waiting, 30)
                 assert third.held == {A, B}
+                # the first run, back before its insert, finds its locks gone with their connection
+                with pytest.raises(MigrationBusy, match=f"the lock of {A}, {B} went with its lost database connection "
+                                                        "and another run holds it now"):
+                    await first.confirm()
+                # the third one loses its connection too: nobody took the projects meanwhile, it takes them again
+                await third.conn.invalidate()
+                await third.confirm()
+                assert third.held == {A, B} and await held_by_others(fixture_simcore) == 3
     assert await held_by_others(fixture_simcore) == 0

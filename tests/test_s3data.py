@@ -12,6 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
+from projmig.marks import COPY_MARK
 from projmig.objects import ObjectCopier, ObjectState, list_prefix
 from projmig.plan import ObjectCopy
 from projmig.s3 import Retrier, s3_client
@@ -141,7 +142,7 @@ async def test_copier_on_either_path(fixture_simcore: Simcore, lean: bool) -> No
         for key in KEYS:
             assert there[key] == listing[key]
             head = await dst.head_object(Bucket=db, Key=key)
-            assert head["Metadata"] == {"n": str(KEYS.index(key))}
+            assert head["Metadata"] == {"n": str(KEYS.index(key)), COPY_MARK: "source=p;copy=p"}  # carried, and marked
         src_bytes = await (await src.get_object(Bucket=sb, Key="p/n/large.bin"))["Body"].read()
         dst_bytes = await (await dst.get_object(Bucket=db, Key="p/n/large.bin"))["Body"].read()
         assert src_bytes == dst_bytes
