@@ -261,6 +261,8 @@ def print_report(report: MigrationReport) -> None:
         say(out, "rows inserted: " + ", ".join(f"{t} {report.rows_inserted.get(t, 0)}/{n}" for t, n in report.rows_planned.items()))
     if report.seconds:
         say(out, "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.seconds.items()))
+    if report.verified_by:
+        say(out, report.verified_line())
     for table_name, n in report.left_behind.items():
         say(out, f"left behind (deployment-bound): {table_name} {n} rows")
     for group in report.dropped_groups:

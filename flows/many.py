@@ -80,10 +80,7 @@ async def migrate_each(
     await tasks.abort_uploads(settings, [c for c in plan.copies if c.dst_key not in failed_keys])
 
     if outcomes is not None:
-        report.objects_copied = sum(1 for o in outcomes if o.action != "skipped")
-        report.objects_skipped = len(outcomes) - report.objects_copied
-        report.bytes_copied = sum(o.bytes_sent if o.action == "copied" else o.size for o in outcomes if o.action != "skipped")
-        report.bytes_skipped = sum(o.size for o in outcomes if o.action == "skipped")
+        report.count_objects(outcomes)
     else:  # which objects this run copied is not known: count what is there now
         report.objects_skipped, report.bytes_skipped = len(there), sum(o.size for o in there)
         report.warnings.append(

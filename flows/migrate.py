@@ -215,10 +215,9 @@ async def _migrate(settings: MigrationSettings, logger: Any) -> MigrationReport:
     await tasks.abort_uploads(settings, plan.copies)
     report.rows_inserted = inserted.inserted
     report.already_present += inserted.already_present
-    report.objects_copied = sum(1 for o in outcomes if o.action != "skipped")
-    report.objects_skipped = len(outcomes) - report.objects_copied
-    report.bytes_copied = sum(o.bytes_sent if o.action == "copied" else o.size for o in outcomes if o.action != "skipped")
-    report.bytes_skipped = sum(o.size for o in outcomes if o.action == "skipped")
+    report.count_objects(outcomes)
+    if report.verified_by:
+        logger.info(report.verified_line())
     if report.objects_copied == 0 and inserted.rows == 0:
         report.status = "already-migrated"
     for table, columns in inserted.dropped_columns.items():

@@ -51,8 +51,8 @@ from .marks import (
 from .plan import ObjectCopy
 from .report import human_bytes
 from .settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
-from .s3 import Retrier, describe_error, is_transient, upload_gone
-from .s3data import BotoData, DataPath, digest
+from .s3 import CHECKSUM_MISMATCH, Retrier, describe_error, error_code, is_transient, upload_gone
+from .s3data import CHECKSUMS, BotoData, DataPath, digest
 
 log = logging.getLogger("projmig.objects")
 
@@ -75,6 +75,9 @@ class CopyOutcome(BaseModel):
     action: Literal["copied", "server-side", "skipped"]
     bytes_sent: int = 0  # bytes uploaded by this run (resumed parts not counted)
     resumed_parts: int = 0
+    # what proved it whole: "etag", "sha256" (read back), "checksum SHA256" (the source's stored
+    # checksum, validated by the destination on receipt; CRC32C...); "" for skipped objects
+    verified_by: str = ""
 
 
 class CopyFailures(TransferError):
@@ -97,6 +100,19 @@ def etag_of(value: str) -> str:
 
 def is_multipart_etag(etag: str) -> bool:
     return "-" in etag
+
+
+def stored_checksum(answer: dict[str, Any]) -> tuple[str, str] | None:
+    """(algorithm, value) of the full-object checksum an object's GET or HEAD answer carries (asked
+    with ``ChecksumMode=ENABLED``); a multipart object's COMPOSITE one (``<value>-N``, a checksum of
+    its parts' checksums) is not one."""
+    if answer.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    for name in CHECKSUMS:
+        value = answer.get(f"Checksum{name}")
+        if value and "-" not in value:
+            return name, value
+    return None
 
 
 def composite_etag(part_md5s: list[bytes]) -> str:
@@ -283,15 +299,18 @@ class ObjectCopier:
         dst_data: DataPath | None = None,
         slots: asyncio.Semaphore | None = None,
         budget: ByteBudget | None = None,
-        verification: Literal["etag", "sha256"] = "etag",
+        verification: Literal["etag", "checksum", "sha256"] = "etag",
     ):
         """``src``/``dst``: aiobotocore clients; ``src_data``/``dst_data``: what GETs and PUTs the
         bytes (:mod:`projmig.s3data`; default: the clients themselves). ``slots``/``budget``: limits
         shared with other copiers (default: this copier's own ``concurrency`` and ``memory_limit``).
         ``verification``: etag (the destination's ETag equals the source's, or the MD5s of what was
         sent) or sha256 (the object read back from the destination has the SHA-256 of the source
-        bytes read; the preflight chooses it where a side's ETags are not MD5s)."""
-        self.by_sha256 = verification == "sha256"
+        bytes read; the preflight chooses it where a side's ETags are not MD5s) or checksum (as
+        sha256, but an object sent in one PUT whose source has a stored full-object checksum
+        carries it, and the destination, which validates and keeps such checksums, proves it)."""
+        self.by_sha256 = verification != "etag"
+        self.by_checksum = verification == "checksum"
         self.src, self.dst = src, dst
         self.src_data = src_data or BotoData(src)
         self.dst_data = dst_data or BotoData(dst)
@@ -344,22 +363,29 @@ class ObjectCopier:
         await self.budget.acquire(item.size)
         try:
             resp, data, got = await self.retry(
-                f"{item.src_key}: GET", lambda: self.src_data.get(self.src_bucket, item.src_key, item.size)
+                f"{item.src_key}: GET",
+                lambda: self.src_data.get(self.src_bucket, item.src_key, item.size, checksums=self.by_checksum),
             )
             _check_unchanged(item, etag_of(resp["ETag"]), got)
             headers = _carried_headers(resp, mark_of(item.src_key, item.dst_key))
-            read_sha256 = await digest("sha256", data) if self.by_sha256 else b""
+            checksum = stored_checksum(resp) if self.by_checksum else None
+            if checksum:
+                headers[f"Checksum{checksum[0]}"] = checksum[1]
             if self.by_sha256:
                 headers["Metadata"][MARKER] = item.etag
-            put_resp = await self.retry(
-                f"{item.dst_key}: PUT", lambda: self.dst_data.put(self.dst_bucket, item.dst_key, data, **headers)
-            )
+            put_resp = await self._put_whole(item, data, headers, checksum)
+            by_checksum = checksum is not None and put_resp.get(f"Checksum{checksum[0]}") == checksum[1]
+            read_sha256 = await digest("sha256", data) if self.by_sha256 and not by_checksum else b""
             sent_md5 = await digest("md5", data) if etag_of(put_resp["ETag"]) != item.etag else b""
         finally:
             await self.budget.release(item.size)
         etag = etag_of(put_resp["ETag"])
-        if self.by_sha256:
+        if by_checksum:
+            assert checksum is not None
+            verified_by = f"checksum {checksum[0]}"
+        elif self.by_sha256:
             await self._check_read_back(item, read_sha256.hex())
+            verified_by = "sha256"
         elif etag != item.etag:
             removed = await self._discard(item)
             if sent_md5.hex() == etag:  # it arrived as it was read: the source's ETag is no MD5 of its bytes
@@ -368,8 +394,29 @@ class ObjectCopier:
                     f"{removed}: migrate with options.verification=sha256"
                 )
             raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; {removed}")
+        else:
+            verified_by = "etag"
         self.on_bytes(item.size)
-        return CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="copied", bytes_sent=item.size)
+        return CopyOutcome(
+            src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="copied",
+            bytes_sent=item.size, verified_by=verified_by,
+        )
+
+    async def _put_whole(
+        self, item: ObjectCopy, data: io.BytesIO, headers: dict[str, Any], checksum: tuple[str, str] | None
+    ) -> dict[str, Any]:
+        try:
+            return await self.retry(
+                f"{item.dst_key}: PUT", lambda: self.dst_data.put(self.dst_bucket, item.dst_key, data, **headers)
+            )
+        except ClientError as exc:
+            if checksum is None or error_code(exc) not in CHECKSUM_MISMATCH:
+                raise
+            # the destination refused to store it: what was read is not what the source stored
+            raise VerificationError(
+                f"{item.dst_key}: the destination refused the bytes read from the source: they do not have the "
+                f"source's stored {checksum[0]} checksum {checksum[1]} ({error_code(exc)}); nothing written, rerun to copy again"
+            ) from exc
 
     async def _server_side_copy(self, item: ObjectCopy) -> CopyOutcome:
         # the copy gets our mark instead of the source's metadata: REPLACE, carrying the rest over
@@ -391,7 +438,9 @@ class ObjectCopier:
             removed = await self._discard(item)
             raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; {removed}")
         self.on_bytes(item.size)
-        return CopyOutcome(src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="server-side")
+        return CopyOutcome(
+            src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="server-side", verified_by="etag"
+        )
 
     # -- multipart ------------------------------------------------------------------------------
 
@@ -479,7 +528,7 @@ class ObjectCopier:
             )
         return CopyOutcome(
             src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag,
-            action="copied", bytes_sent=sent,
+            action="copied", bytes_sent=sent, verified_by="sha256" if self.by_sha256 else "etag",
             resumed_parts=sum(1 for n, e, _ in parts if done.get(n) == e),
         )
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections import Counter
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from .plan import MigrationPlan, PlannedProject
 from .text import markdown_text
+
+if TYPE_CHECKING:
+    from .objects import CopyOutcome
 
 Status = Literal["migrated", "already-migrated", "dry-run", "failed", "partial"]  # partial: some projects failed
 
@@ -41,6 +46,7 @@ class MigrationReport(BaseModel):
     schema_drift: list[str] = Field(default_factory=list)  # columns dropped or defaulted between revisions
     failed: dict[str, str] = Field(default_factory=dict)  # root project (source uuid) -> why it was not migrated
     verification: str = ""  # how objects were proven whole (the preflight's probes)
+    verified_by: dict[str, int] = Field(default_factory=dict)  # objects copied by this run, per method that proved them
     error: str | None = None
 
     @classmethod
@@ -57,6 +63,20 @@ class MigrationReport(BaseModel):
             warnings=plan.warnings,
             schema_drift=plan.schema_drift,
         )
+
+    def count_objects(self, outcomes: Iterable[CopyOutcome]) -> None:
+        """Objects and bytes copied or already there, and what proved each copy whole."""
+        outcomes = list(outcomes)
+        copied = [o for o in outcomes if o.action != "skipped"]
+        self.objects_copied = len(copied)
+        self.objects_skipped = len(outcomes) - len(copied)
+        self.bytes_copied = sum(o.bytes_sent if o.action == "copied" else o.size for o in copied)
+        self.bytes_skipped = sum(o.size for o in outcomes if o.action == "skipped")
+        self.verified_by = dict(sorted(Counter(o.verified_by for o in copied).items()))
+
+    def verified_line(self) -> str:
+        """e.g. ``verified: 3 by checksum SHA256, 1 by sha256`` (the objects this run copied)."""
+        return "verified: " + ", ".join(f"{n} by {how}" for how, n in self.verified_by.items()) if self.verified_by else ""
 
     @property
     def rows(self) -> int:
@@ -130,6 +150,8 @@ class MigrationReport(BaseModel):
                 lines.append(f"| {markdown_text(table)} | {self.rows_inserted.get(table, 0)} | {planned} |")
         if self.verification:
             lines += ["", markdown_text(self.verification)]
+        if self.verified_by:
+            lines += ["", markdown_text(self.verified_line())]
         if self.seconds:
             lines += ["", "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())]
             if self.copy_task_runs:

@@ -61,6 +61,9 @@ TRANSIENT_CODES = frozenset(
 )
 
 
+# a body that does not match the checksum sent with it (AWS and SeaweedFS; MinIO)
+CHECKSUM_MISMATCH = frozenset({"BadDigest", "XAmzContentChecksumMismatch"})
+
 # what an S3 error code means, for replies that give no message (Ceph's mostly don't)
 MEANINGS = {
     "AccessDenied": "access denied",

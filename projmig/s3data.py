@@ -53,14 +53,19 @@ CARRIED = {  # botocore name -> header, for the headers a copy carries over
 }
 
 
+CHECKSUMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")  # S3's additional checksums (botocore: Checksum<name>)
+
+
 class DataPath(Protocol):
     async def get(
-        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None
+        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None,
+        checksums: bool = False,
     ) -> tuple[dict[str, Any], io.BytesIO, int]:
-        """(answer headers, body, bytes received): the body in a buffer of ``size`` bytes."""
+        """(answer headers, body, bytes received): the body in a buffer of ``size`` bytes.
+        ``checksums``: ask for the object's stored checksums too (``ChecksumMode=ENABLED``)."""
 
     async def put(self, bucket: str, key: str, body: io.BytesIO, **headers: Any) -> dict[str, Any]:
-        """PutObject; ``headers`` in botocore's names (ContentType, ..., Metadata)."""
+        """PutObject; ``headers`` in botocore's names (ContentType, ..., Metadata, ChecksumSHA256...)."""
 
     async def upload_part(
         self, bucket: str, key: str, upload_id: str, number: int, body: io.BytesIO, *, content_md5: str | None = None
@@ -101,9 +106,12 @@ class BotoData:
         self.client = client
 
     async def get(
-        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None
+        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None,
+        checksums: bool = False,
     ) -> tuple[dict[str, Any], io.BytesIO, int]:
         extra = {k: v for k, v in (("Range", byte_range), ("IfMatch", if_match)) if v}
+        if checksums:
+            extra["ChecksumMode"] = "ENABLED"
         resp = await self.client.get_object(Bucket=bucket, Key=key, **extra)
         async with resp["Body"] as body:
             data, got = await read_body(body, size)
@@ -150,9 +158,12 @@ class LeanData:
     # -- the calls ------------------------------------------------------------------------------
 
     async def get(
-        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None
+        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None,
+        checksums: bool = False,
     ) -> tuple[dict[str, Any], io.BytesIO, int]:
         headers = {k: v for k, v in (("range", byte_range), ("if-match", if_match)) if v}
+        if checksums:
+            headers["x-amz-checksum-mode"] = "ENABLED"
         url, signed = self._signed("GET", bucket, key, {}, headers, EMPTY_SHA256)
         async with self.http.get(url, headers=signed) as resp:
             if resp.status not in (200, 206):
@@ -165,6 +176,9 @@ class LeanData:
         fields = {name: str(headers[field]) for field, name in CARRIED.items() if headers.get(field)}
         for meta, value in (headers.get("Metadata") or {}).items():
             fields[f"x-amz-meta-{meta.lower()}"] = str(value)
+        for name in CHECKSUMS:
+            if headers.get(f"Checksum{name}"):
+                fields[f"x-amz-checksum-{name.lower()}"] = headers[f"Checksum{name}"]
         return await self._send("PUT", "PutObject", bucket, key, {}, fields, body)
 
     async def upload_part(
@@ -218,6 +232,11 @@ def _answer(resp: aiohttp.ClientResponse) -> dict[str, Any]:
     for field, name in CARRIED.items():
         if name in headers:
             answer[field] = headers[name]
+    for name in CHECKSUMS:
+        if f"x-amz-checksum-{name}" in headers:  # (case-insensitive)
+            answer[f"Checksum{name}"] = headers[f"x-amz-checksum-{name}"]
+    if "x-amz-checksum-type" in headers:
+        answer["ChecksumType"] = headers["x-amz-checksum-type"]
     metadata = {k[11:].lower(): v for k, v in headers.items() if k.lower().startswith("x-amz-meta-")}
     if metadata:
         answer["Metadata"] = metadata

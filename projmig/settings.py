@@ -355,11 +355,13 @@ class MigrationOptions(StrictModel):
         description="what GETs and PUTs object bytes at path-style endpoints (provider MINIO or CEPH): lean "
         "(aiohttp, signed by botocore's SigV4 signer, skipping the rest of botocore's per-request work: less CPU per object) or botocore; AWS always uses botocore",
     )
-    verification: Literal["auto", "etag", "sha256"] = Field(
+    verification: Literal["auto", "etag", "checksum", "sha256"] = Field(
         "auto",
         description="what proves an object arrived whole: etag (both sides' ETags are MD5s or their multipart "
-        "form), sha256 (the destination object read back and its SHA-256 compared with the source bytes read), "
-        "auto: etag where the preflight's probes show MD5 ETags on both sides, else sha256",
+        "form), checksum (an object sent in one PUT carries its source's stored S3 checksum, SHA256, CRC32C..., "
+        "which the destination validates on receipt; other objects: sha256), sha256 (the destination object read "
+        "back and its SHA-256 compared with the source bytes read), auto: etag where the preflight's probes show "
+        "MD5 ETags on both sides, else checksum where the destination validates and keeps S3 checksums, else sha256",
     )
     task_runner: Literal["threads", "dask"] = Field(
         "threads",

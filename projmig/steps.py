@@ -279,7 +279,7 @@ def _copier(
         on_bytes=on_bytes,
         src_data=src_data,
         dst_data=dst_data,
-        verification="sha256" if opts.verification == "sha256" else "etag",
+        verification=opts.verification if opts.verification in ("checksum", "sha256") else "etag",
         **limits,
     )
 

@@ -135,8 +135,8 @@ async def test_s3_over_https_with_the_ca_bundle(tls_servers: TlsServers) -> None
         listed = await client.list_objects_v2(Bucket=trusted.bucket)
     assert sorted(o["Key"] for o in listed["Contents"]) == ["a/b.bin", "a/lean.bin"]
     retry = Retrier(attempts=1, timeout=20)
-    assert await check_bucket("destination", trusted, retry, listing=True, write_probe_key="probe") == ([], True)
-    assert await check_bucket("destination", tls_servers.s3(verify=False), retry, listing=True, write_probe_key=None) == ([], None)
+    assert await check_bucket("destination", trusted, retry, listing=True, write_probe_key="probe") == ([], True, True)
+    assert await check_bucket("destination", tls_servers.s3(verify=False), retry, listing=True, write_probe_key=None) == ([], None, None)
 
     problems = (await check_bucket("destination", tls_servers.s3(), retry, listing=True, write_probe_key=None)).problems
     assert len(problems) == 1 and "TLS: the endpoint's certificate is not trusted" in problems[0], problems

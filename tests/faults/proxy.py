@@ -17,6 +17,9 @@ S3 GET bodies, query results). The test arms faults from outside:
   ``<ETag>`` in listings and copy results) reaches the client as ``fn(etag)`` (same length): what
   a client sees of objects whose ETags are not MD5s of their bytes (AWS SSE-KMS, SSE-C). Requests
   pass unchanged (they are signed): an ``If-Match`` with a rewritten ETag fails.
+- ``tamper(old, new)``: every ``old`` in what goes up (request bodies) is sent as ``new`` (same
+  length): bytes changed on the way, which only a checksum the server checks can catch (projmig
+  sends bodies as ``UNSIGNED-PAYLOAD``).
 
 It runs its own event loop in a daemon thread, so it keeps relaying while a Prefect flow runs its
 tasks in other threads and loops, and while a migration runs in another process.
@@ -93,6 +96,7 @@ class FaultProxy:
         self._triggers: list[_Trigger] = []
         self._errors: list[_ErrorRule] = []
         self._etag_rewrite: Callable[[str], str] | None = None
+        self._tamper: tuple[bytes, bytes] | None = None
         self._conns: set[_Conn] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"fault-proxy-{name}", daemon=True)
@@ -175,6 +179,12 @@ class FaultProxy:
             raise ValueError(f"{self.name}: rewriting ETags needs an http=True proxy")
         self._in_loop(lambda: setattr(self, "_etag_rewrite", fn))
 
+    def tamper(self, old: bytes, new: bytes) -> None:
+        """Send every ``old`` going up (within one read) as ``new``."""
+        if len(old) != len(new) or not old:
+            raise ValueError("tampering keeps the length (Content-Length stays right)")
+        self._in_loop(lambda: setattr(self, "_tamper", (old, new)))
+
     def cut(self, then: str = "heal") -> None:
         """Reset every open connection now."""
         self._in_loop(lambda: self._fire(_Trigger("now", 0, 0, "cut", then)))
@@ -191,6 +201,7 @@ class FaultProxy:
             self._triggers.clear()
             self._errors.clear()
             self._etag_rewrite = None
+            self._tamper = None
             for conn in self._conns:
                 conn.flowing.set()
 
@@ -262,6 +273,9 @@ class FaultProxy:
 
     async def _forward(self, conn: _Conn, direction: str, data: bytes, writer: asyncio.StreamWriter) -> None:
         data = self._before_match(conn, direction, data)
+        if direction == UP and self._tamper is not None and self._tamper[0] in data:
+            self.faults.append(f"tampered {data.count(self._tamper[0])} x {self._tamper[0]!r}")
+            data = data.replace(*self._tamper)
         while data and not conn.dead:
             await conn.flowing.wait()
             self._fire_due()
