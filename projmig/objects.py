@@ -49,7 +49,7 @@ from .marks import (
     write_record,
 )
 from .plan import ObjectCopy
-from .report import human_bytes
+from .units import human_bytes
 from .settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from .s3 import CHECKSUM_MISMATCH, Retrier, describe_error, error_code, is_transient, upload_gone
 from .s3data import CHECKSUMS, BotoData, DataPath, digest

@@ -10,19 +10,12 @@ from pydantic import BaseModel, Field
 
 from .plan import MigrationPlan, PlannedProject
 from .text import markdown_text
+from .units import human_bytes
 
 if TYPE_CHECKING:
     from .objects import CopyOutcome
 
 Status = Literal["migrated", "already-migrated", "dry-run", "failed", "partial"]  # partial: some projects failed
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 class MigrationReport(BaseModel):

@@ -73,7 +73,7 @@ from .marks import COPY_MARK, UploadRecord, copy_mark, read_mark, read_record
 from .objects import ObjectState, list_prefix, list_uploads
 from .plan import DestinationFacts, MigrationPlan, build_plan
 from .preflight import copy_namespaces
-from .report import human_bytes
+from .units import human_bytes
 from .s3 import Retrier, describe_error, error_code, is_transient, s3_client, upload_gone
 from .schema import PROJECT_TABLES, insert_order, reflect
 from .settings import MigrationSettings, UuidPolicy

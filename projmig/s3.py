@@ -37,7 +37,7 @@ from tenacity import (
 )
 
 from .errors import ConfigError, TransferError
-from .settings import MigrationOptions, Provider, S3Settings, _reveal
+from .settings import MigrationOptions, Provider, S3Settings, reveal
 
 log = logging.getLogger("projmig.s3")
 T = TypeVar("T")
@@ -129,8 +129,8 @@ def s3_client(settings: S3Settings, *, max_connections: int = 32, connect_timeou
         endpoint_url=settings.endpoint,
         verify=tls_verify(settings),
         region_name=settings.region,
-        aws_access_key_id=_reveal(settings.access_key, "access_key"),
-        aws_secret_access_key=_reveal(settings.secret_key, "secret_key"),
+        aws_access_key_id=reveal(settings.access_key, "access_key"),
+        aws_secret_access_key=reveal(settings.secret_key, "secret_key"),
         config=config,
     )
 

@@ -39,7 +39,7 @@ from botocore.exceptions import ClientError
 from yarl import URL
 
 from .s3 import tls_context
-from .settings import Provider, S3Settings, _reveal
+from .settings import Provider, S3Settings, reveal
 
 MiB = 1024 * 1024
 READ_CHUNK = 1 * MiB  # bytes taken from a response body at once
@@ -150,7 +150,7 @@ class LeanData:
         parts = urlsplit(settings.endpoint)
         self.base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.signer = _PayloadGivenSigV4(
-            Credentials(_reveal(settings.access_key, "access_key"), _reveal(settings.secret_key, "secret_key")),
+            Credentials(reveal(settings.access_key, "access_key"), reveal(settings.secret_key, "secret_key")),
             "s3", settings.region,
         )
         self.http = http

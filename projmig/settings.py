@@ -133,11 +133,11 @@ class DatabaseSettings(StrictModel):
         """The SQLAlchemy URL (asyncpg driver), without TLS (:meth:`with_dsn_tls`). Secrets must be
         resolved first."""
         if self.dsn is not None:
-            return parse_dsn(_reveal(self.dsn, "dsn")).url
+            return parse_dsn(reveal(self.dsn, "dsn")).url
         return URL.create(
             "postgresql+asyncpg",
             username=self.user,
-            password=_reveal(self.password, "password") if self.password is not None else None,
+            password=reveal(self.password, "password") if self.password is not None else None,
             host=self.host,
             port=self.port,
             database=self.database,
@@ -546,19 +546,6 @@ def secret_refs(settings: BaseModel) -> list[SecretRef]:
     return found
 
 
-def literal_credentials(settings: BaseModel, path: str = "") -> list[str]:
-    """Where ``settings`` holds a credential's value instead of a :class:`SecretRef` (field paths)."""
-    found: list[str] = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        where = f"{path}.{name}" if path else name
-        if isinstance(value, SecretStr):
-            found.append(where)
-        elif isinstance(value, BaseModel):
-            found += literal_credentials(value, where)
-    return found
-
-
 class SecretNotFound(LookupError):
     """A secret's holder (a Prefect Secret block) does not exist or cannot be read; the message
     says which and why, never a value."""
@@ -585,7 +572,9 @@ def _lookup(ref: SecretRef, where: str, prefect_secret: SecretLoader | None, pro
     return value
 
 
-def _reveal(value: Credential | None, what: str) -> str:
+def reveal(value: Credential | None, what: str) -> str:
+    """A resolved credential's value (``""`` for none); a reference still unresolved is a
+    :class:`ConfigError` naming ``what``."""
     if isinstance(value, SecretRef):
         raise ConfigError(f"{what} still refers to {value}: resolve secrets first")
     return value.get_secret_value() if value is not None else ""
