@@ -11,7 +11,8 @@ Then, from anywhere that reaches the same Prefect API::
 
 The cfg.json's two osparc deployments (database, bucket, credentials) are saved as the Prefect blocks
 ``<name>-source`` and ``<name>-destination`` (``flows.blocks.OsparcDeployment``; credentials as secret
-fields or as references), and the deployments name them: a run cannot name other blocks nor any
+fields or as references; saved by ``flows/credentials.py``, which also reads them for each run and
+refuses a run naming other connections), and the deployments name them: a run cannot name other blocks nor any
 connection field. The cfg.json's destination owner, product, include_hidden and options become the
 deployments' default parameters; each run names its projects (``project_uuid``, ``project_uuids`` or
 ``source_owner_user_id``). ``prefect deploy --all`` with the repository's ``prefect.yaml`` does the same
@@ -30,6 +31,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.credentials import save_connections
 from projmig.errors import ConfigError
 from projmig.settings import MigrationSettings
 from projmig.text import printable
@@ -38,16 +40,6 @@ FLOW_NAME = "migrate-project"
 ROLLBACK_FLOW_NAME = "rollback-migration"
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-def save_blocks(name: str, settings: MigrationSettings) -> tuple[str, str]:
-    """The cfg.json's two osparc deployments as OsparcDeployment blocks (overwritten if present)."""
-    from flows.blocks import OsparcDeployment
-
-    names = (f"{name}-source", f"{name}-destination")
-    for block_name, side in zip(names, (settings.source, settings.destination)):
-        OsparcDeployment(db=side.db, s3=side.s3).save(block_name, overwrite=True)
-    return names
 
 
 def deployment_parameters(settings: MigrationSettings, blocks: tuple[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -71,7 +63,7 @@ def make_deployments(name: str, config: Path, *, tags: list[str] | None = None) 
     from flows.rollback import rollback_migration
 
     settings = MigrationSettings.load(config, require_projects=False)
-    migrate, rollback = deployment_parameters(settings, save_blocks(name, settings))
+    migrate, rollback = deployment_parameters(settings, save_connections(name, settings))
     projects = "Name the projects per run: -p project_uuid=... (or project_uuids, source_owner_user_id)."
     return [
         flow.to_deployment(
@@ -107,7 +99,7 @@ def main(
     subprocesses of this one), or register them for a work pool (`--pool`), whose workers run them."""
     try:
         if blocks_only:
-            for block in save_blocks(name, MigrationSettings.load(config, require_projects=False)):
+            for block in save_connections(name, MigrationSettings.load(config, require_projects=False)):
                 print(f"saved OsparcDeployment block {block}")
             return
         deployments = make_deployments(name, config, tags=tag)

@@ -3,7 +3,8 @@
 Bad input is caught before Prefect starts (a library preflight) and printed as one ``error:``
 line per problem, exit code 2. A migration that fails midway exits with 1 and says whether a
 rerun will continue where it stopped. Names, keys and error details are untrusted text: the
-consoles interpret no markup, and every line goes through :func:`projmig.text.printable`.
+consoles (``flows/console.py``) interpret no markup, and every line goes through
+:func:`projmig.text.printable`. A command's Prefect API and credentials: ``flows/local_run.py``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import importlib
 import inspect
 import json
-import logging
-import os
 import sys
-import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,15 +24,13 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 from uuid import UUID
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
-from rich.text import Text
 
 from projmig.errors import ConfigError, PreflightError, ProjmigError, TransferError
-from projmig.report import MigrationReport, human_bytes
-from projmig.settings import MigrationSettings, UuidPolicy, resolve_secrets, secret_refs, template
-from projmig.text import printable
+from projmig.settings import MigrationSettings, UuidPolicy, template
+from projmig.units import human_bytes
+
+from .console import err, out, print_report, say
+from .local_run import migrate_with_progress, resolved
 
 app = typer.Typer(
     name="projmig",
@@ -44,10 +39,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# markup, emoji codes and highlighting off: nothing a project name holds is taken as styling
-# (not a terminal: wide enough that no table cell wraps, so that a name reads as one piece in a log)
-out = Console(width=None if sys.stdout.isatty() else 1000, markup=False, emoji=False, highlight=False)
-err = Console(stderr=True, markup=False, emoji=False, highlight=False)
 T = TypeVar("T")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="cfg.json (see `projmig config-template`)")]
@@ -115,11 +106,6 @@ selecting = options_of(Selection, "selection")
 receiving = options_of(Recipient, "recipient")
 
 
-def say(console: Console, text: object, *, label: str = "", style: str = "") -> None:
-    """One line of output: ``label`` (ours, styled) then ``text`` shown literally."""
-    console.print(Text.assemble((label, style), " " if label else "", printable(text)), soft_wrap=True)
-
-
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command; known errors become ``error:`` lines and an exit code, never a traceback."""
     with errors_as_lines():
@@ -144,17 +130,6 @@ def errors_as_lines() -> Iterator[None]:
 
 def load(config: Path, **overrides: Any) -> MigrationSettings:
     return MigrationSettings.load(config).with_overrides(**overrides)
-
-
-async def resolved(settings: MigrationSettings) -> MigrationSettings:
-    if any(ref.prefect_secret for ref in secret_refs(settings)):
-        from flows.migrate import resolve_credentials  # Prefect Secret blocks need Prefect
-
-        _prefect_api()
-        # reading a block emits an event; one still queued at exit is a warning line, not our business
-        logging.getLogger("EventsWorker").setLevel(logging.ERROR)
-        return await resolve_credentials(settings)
-    return resolve_secrets(settings)
 
 
 @app.command("config-template")
@@ -197,81 +172,6 @@ def migrate(
         settings = load(config, **selection.overrides(), **recipient.overrides(), dry_run=dry_run or None)
     report = run(migrate_with_progress(settings, verbose=verbose))
     print_report(report)
-
-
-async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = False) -> MigrationReport:
-    from projmig import steps
-
-    _quiet_prefect(verbose)
-    # with a Prefect API at hand, Prefect is imported (~1.5 s of CPU) while the preflight waits on
-    # the servers; without, the local API is started only after the preflight passed
-    importing = _import_in_background("flows.migrate") if _prefect_api(start=False) is not False else None
-    # bad input fails here, in seconds, before Prefect starts
-    await steps.preflight(await resolved(settings), probe_write=False)
-    if importing is None:
-        _prefect_api()
-    else:
-        importing.join()
-    from flows.migrate import migrate_project
-    from flows.progress import add_listener, remove_listener
-
-    with Progress(
-        TextColumn("[bold]copying[/] {task.fields[objects]} objects"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        listener = _BarListener(bar)
-        add_listener(listener)
-        try:
-            return await migrate_project(settings)
-        finally:
-            remove_listener(listener)
-
-
-class _BarListener:
-    def __init__(self, bar: Progress):
-        self.bar = bar
-        self.task: Any = None
-
-    def total(self, objects: int, nbytes: int) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task("copy", total=nbytes, objects=objects)
-        else:  # objects found still differing after the copy are copied again: the bar starts over
-            self.bar.reset(self.task, total=nbytes, objects=objects)
-
-    def advance(self, nbytes: int) -> None:
-        if self.task is not None:
-            self.bar.advance(self.task, nbytes)
-
-
-def print_report(report: MigrationReport) -> None:
-    table = Table(title=Text(printable(report.headline())), title_justify="left", show_edge=False)
-    for column in ("project", "name", "kind", "nodes", "files", "objects", "bytes"):
-        numeric = column in ("nodes", "files", "objects", "bytes")
-        table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "project")
-    for row in report.project_rows():
-        table.add_row(*[Text(human_bytes(v) if k == "bytes" else printable(v)) for k, v in row.items()])  # type: ignore[arg-type]
-    out.print(table)
-    if report.rows_planned:
-        say(out, "rows inserted: " + ", ".join(f"{t} {report.rows_inserted.get(t, 0)}/{n}" for t, n in report.rows_planned.items()))
-    if report.seconds:
-        say(out, "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.seconds.items()))
-    if report.verified_by:
-        say(out, report.verified_line())
-    for table_name, n in report.left_behind.items():
-        say(out, f"left behind (deployment-bound): {table_name} {n} rows")
-    for group in report.dropped_groups:
-        say(out, f"dropped group: {group}")
-    for note in report.schema_drift:
-        say(out, f"schema drift: {note}")
-    for warning in report.warnings:
-        say(out, warning, label="warning:", style="yellow")
-    say(out, report.headline())
 
 
 @app.command()
@@ -373,39 +273,6 @@ def demo(
     from flows.demo import run_demo
 
     run(run_demo(out, workdir=workdir, keep=keep))
-
-
-def _quiet_prefect(verbose: bool) -> None:
-    # the ephemeral server's telemetry write races its own first start ("database is locked")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        # the run's log lines (a failure's traceback too) still reach the Prefect API; the terminal
-        # gets the progress bar, the report and one error line
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-
-
-def _prefect_api(start: bool = True) -> bool | None:
-    """A Prefect API for this command: the configured one, else a local server kept running in the
-    background for later commands (``flows/local_api.py``), else Prefect's temporary one."""
-    from flows.local_api import use_local_api
-
-    chosen = use_local_api(lambda message: say(err, message), start=start)
-    if chosen is None:
-        _say_if_prefect_is_new()
-    return chosen
-
-
-def _import_in_background(module: str) -> threading.Thread:
-    thread = threading.Thread(target=importlib.import_module, args=(module,), daemon=True)
-    thread.start()
-    return thread
-
-
-def _say_if_prefect_is_new() -> None:
-    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
-    if not (home / "prefect.db").exists() and not os.environ.get("PREFECT_API_URL"):
-        say(err, "Starting Prefect for the first time: setting up its local database takes ~20 s (once).")
 
 
 def main() -> None:  # pragma: no cover - console script

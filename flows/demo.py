@@ -14,11 +14,12 @@ from projmig.sandbox import Sandbox
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.settings import MigrationSettings
 
+from .console import print_report
+from .local_run import migrate_with_progress
+
 
 async def run_demo(console: Console, *, workdir: Path | None = None, keep: bool = False) -> None:
     from projmig import steps
-
-    from .cli import migrate_with_progress, print_report
 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="projmig-demo-"))
     sandbox = Sandbox(root)

@@ -19,22 +19,24 @@ from prefect.utilities.annotations import quote
 from projmig.errors import ProjmigError, TransferError
 from projmig.objects import ObjectState
 from projmig.plan import MigrationPlan
-from projmig.report import MigrationReport
+from projmig.report import MigrationReport, StageTimer
 from projmig.settings import MigrationSettings
 
 from . import tasks
+from .artifacts import publish_report
+from .copying import copy_missing
 
 
 async def migrate_each(
-    settings: MigrationSettings, plan: MigrationPlan, report: MigrationReport, timer: Any, logger: Any
+    settings: MigrationSettings, plan: MigrationPlan, report: MigrationReport, timer: StageTimer, logger: Any
 ) -> MigrationReport:
-    from .migrate import _copy, _publish  # the same copy machinery as a single project
-
+    """Copy, verify and insert the plan's root projects, each with its own outcome (module docstring);
+    the flow ``migrate-project`` calls this after its preflight, graph and plan."""
     groups = plan.roots()
     copy_error: Exception | None = None
     with timer("copy"):
         try:
-            outcomes = await _copy(settings, plan.copies, report, logger)
+            outcomes = await copy_missing(settings, plan.copies, report, logger)
         except Exception as exc:  # what the other batches copied is kept; decided per project below
             copy_error, outcomes = exc, None
             logger.error("copying failed: %s", exc)
@@ -62,42 +64,24 @@ async def migrate_each(
 
     with timer("insert"):
         results = await tasks.insert_rows_each(settings, quote(plan), verified, ready) if ready else []
-    inserted_rows = 0
     for result in results:
         if result.error is not None:
             failed[result.root] = result.error
             continue
         assert result.result is not None
-        inserted_rows += result.result.rows
-        report.already_present += result.result.already_present
-        for table, n in result.result.inserted.items():
-            report.rows_inserted[table] = report.rows_inserted.get(table, 0) + n
-        for table, columns in result.result.dropped_columns.items():
-            note = f"{table}: source columns not in the destination, left out: {', '.join(columns)}"
-            if note not in report.warnings:
-                report.warnings.append(note)
+        report.count_inserted(result.result)
     # leftovers of earlier, different attempts
     await tasks.abort_uploads(settings, [c for c in plan.copies if c.dst_key not in failed_keys])
 
     if outcomes is not None:
         report.count_objects(outcomes)
-    else:  # which objects this run copied is not known: count what is there now
-        report.objects_skipped, report.bytes_skipped = len(there), sum(o.size for o in there)
-        report.warnings.append(
-            f"copying failed midway: {len(there)} of {len(plan.copies)} objects are in the destination "
-            "(copied by this run or an earlier one)"
-        )
+    else:  # which objects this run copied is not known
+        report.count_present(there, len(plan.copies))
     report.failed = {root: failed[root] for root in groups if root in failed}
     for root, why in report.failed.items():
         logger.error("project %s not migrated: %s", root, why)
-    if report.failed:
-        report.status = "partial"
-    elif report.objects_copied == 0 and inserted_rows == 0:
-        report.status = "already-migrated"
-    report.seconds = timer.seconds
-    if len(report.failed) == len(groups):
-        report.status, report.error = "failed", f"every project failed: {'; '.join(report.failed.values())}"
-    await _publish(report)
+    report.conclude(timer.seconds, roots=len(groups))
+    await publish_report(report)
     logger.info(report.headline())
     if report.status == "failed":
         raise ProjmigError(report.headline())

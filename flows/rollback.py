@@ -1,6 +1,6 @@
 """The ``rollback-migration`` flow: remove from the destination what a migration inserted.
 
-Two tasks, each a library step (``projmig.steps``): ``rollback-rows`` recomputes the migration's plan
+Two tasks (``flows/tasks.py``), each a library step: ``rollback-rows`` recomputes the migration's plan
 from the source, checks in one destination transaction that its projects are unchanged since the
 migration and deletes their rows (refusing, with nothing removed, otherwise: see
 :mod:`projmig.rollback` for the rule); ``rollback-objects`` then deletes the migration's objects.
@@ -16,23 +16,15 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NONE
+from prefect import flow, get_run_logger
 
 from projmig import steps
 from projmig.rollback import RollbackResult
 from projmig.settings import MigrationOptions, MigrationSettings, UuidPolicy
 
-
-@task(name="rollback-rows", cache_policy=NONE)
-async def rollback_rows(settings: MigrationSettings, dry_run: bool = False) -> RollbackResult:
-    return await steps.rollback_rows(settings, dry_run=dry_run)
-
-
-@task(name="rollback-objects", cache_policy=NONE, retries=1, retry_delay_seconds=2)
-async def rollback_objects(settings: MigrationSettings, result: RollbackResult) -> RollbackResult:
-    return await steps.rollback_objects(settings, result)
+from . import tasks
+from .artifacts import publish_rollback
+from .credentials import flow_run_settings
 
 
 @flow(name="rollback-migration", log_prints=False)
@@ -65,31 +57,23 @@ async def rollback_migration(
         source: the OsparcDeployment block of the source (fixed by the deployment).
         destination: the OsparcDeployment block of the destination (fixed by the deployment).
     """
-    from .migrate import resolve_credentials, run_settings
-
     logger = get_run_logger()
-    # the destination owner plays no part in a rollback
-    settings = await run_settings(settings, source, destination, None, options, owner_required=False)
-    settings = settings.with_overrides(
+    settings = await flow_run_settings(
+        settings, source=source, destination=destination, options=options,
+        owner_required=False,  # the destination owner plays no part in a rollback
         project_uuids=([project_uuid] if project_uuid else []) + list(project_uuids or []),
         source_owner_user_id=source_owner_user_id,
         include_hidden=include_hidden,
         uuid_policy=uuid_policy,
         copy_label=copy_label,
     )
-    settings.require_something_to_move("parameters")
-    settings = await resolve_credentials(settings)
 
     async with steps.holding_locks(settings):  # no migration of these projects meanwhile (projmig/locks.py)
-        result = await rollback_rows(settings, dry_run=dry_run)
+        result = await tasks.rollback_rows(settings, dry_run=dry_run)
         if not dry_run and not result.nothing:
-            result = await rollback_objects(settings, result)
+            result = await tasks.rollback_objects(settings, result)
     for line in result.summary_lines():
         logger.info(line)
-    await create_markdown_artifact(
-        key="projmig-rollback",
-        markdown="\n".join([f"## projmig: {result.headline()}", "", *[f"    {line}" for line in result.summary_lines()]]),
-        description=result.headline(),
-    )
+    await publish_rollback(result)
     logger.info(result.headline())
     return result

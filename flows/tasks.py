@@ -21,8 +21,10 @@ from projmig.insert import InsertResult, ProjectInsert
 from projmig.objects import CopyOutcome, ObjectState
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.preflight import PreflightReport
+from projmig.rollback import RollbackResult
 from projmig.settings import MigrationSettings
 
+from .naming import copy_run_name
 from .progress import report_bytes
 
 Batch = list[tuple[ObjectCopy, ObjectState | None]]
@@ -65,15 +67,6 @@ def copy_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"projmig-copy-{digest.hexdigest()}"
 
 
-def copy_run_name() -> str:
-    from prefect.runtime import task_run
-
-    batch = task_run.parameters.get("batch") or []
-    if len(batch) == 1:
-        return f"copy {batch[0][0].dst_key.rsplit('/', 1)[-1]}"
-    return f"copy {len(batch)} files"
-
-
 @task(
     name="copy-objects",
     task_run_name=copy_run_name,
@@ -109,3 +102,13 @@ async def insert_rows_each(
 @task(name="abort-uploads", cache_policy=NONE)
 async def abort_uploads(settings: MigrationSettings, copies: list[ObjectCopy]) -> list[str]:
     return await steps.abort_our_uploads(settings, copies)
+
+
+@task(name="rollback-rows", cache_policy=NONE)
+async def rollback_rows(settings: MigrationSettings, dry_run: bool = False) -> RollbackResult:
+    return await steps.rollback_rows(settings, dry_run=dry_run)
+
+
+@task(name="rollback-objects", cache_policy=NONE, retries=1, retry_delay_seconds=2)
+async def rollback_objects(settings: MigrationSettings, result: RollbackResult) -> RollbackResult:
+    return await steps.rollback_objects(settings, result)

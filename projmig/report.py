@@ -1,9 +1,13 @@
-"""What a migration did, for people: one headline, a table per project, and the notes that matter."""
+"""What a migration did, for people: one headline, a table per project, and the notes that matter;
+and its arithmetic (objects copied or found, rows inserted, columns left out, the final status),
+counted here once for every flow."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
@@ -13,6 +17,7 @@ from .text import markdown_text
 from .units import human_bytes
 
 if TYPE_CHECKING:
+    from .insert import InsertResult
     from .objects import CopyOutcome
 
 Status = Literal["migrated", "already-migrated", "dry-run", "failed", "partial"]  # partial: some projects failed
@@ -66,6 +71,38 @@ class MigrationReport(BaseModel):
         self.bytes_copied = sum(o.bytes_sent if o.action == "copied" else o.size for o in copied)
         self.bytes_skipped = sum(o.size for o in outcomes if o.action == "skipped")
         self.verified_by = dict(sorted(Counter(o.verified_by for o in copied).items()))
+
+    def count_present(self, there: list[CopyOutcome], planned: int) -> None:
+        """Copying failed midway, so which objects this run copied is not known: count what is in the
+        destination now (``there``, of ``planned``), and say so."""
+        self.objects_skipped, self.bytes_skipped = len(there), sum(o.size for o in there)
+        self.warnings.append(
+            f"copying failed midway: {len(there)} of {planned} objects are in the destination "
+            "(copied by this run or an earlier one)"
+        )
+
+    def count_inserted(self, result: InsertResult) -> None:
+        """What one insert transaction did, added to the others': rows per table, the projects it found
+        there from an earlier run, and the source columns the destination lacks (one warning a table)."""
+        self.already_present += result.already_present
+        for table, n in result.inserted.items():
+            self.rows_inserted[table] = self.rows_inserted.get(table, 0) + n
+        for table, columns in result.dropped_columns.items():
+            note = f"{table}: source columns not in the destination, left out: {', '.join(columns)}"
+            if note not in self.warnings:
+                self.warnings.append(note)
+
+    def conclude(self, seconds: dict[str, float], roots: int = 1) -> None:
+        """The end of a run that got past copying: its time per stage, and its status: ``partial``
+        when some of its ``roots`` root projects failed (:attr:`failed`), ``failed`` when all did,
+        ``already-migrated`` when it copied and inserted nothing."""
+        self.seconds = dict(seconds)
+        if self.failed:
+            self.status = "partial"
+            if len(self.failed) == roots:
+                self.status, self.error = "failed", f"every project failed: {'; '.join(self.failed.values())}"
+        elif self.objects_copied == 0 and self.rows == 0:
+            self.status = "already-migrated"
 
     def verified_line(self) -> str:
         """e.g. ``verified: 3 by checksum SHA256, 1 by sha256`` (the objects this run copied)."""
@@ -159,3 +196,22 @@ class MigrationReport(BaseModel):
             if items:
                 lines += ["", f"**{title}**", *[f"- {markdown_text(i)}" for i in items]]
         return "\n".join(lines)
+
+
+class StageTimer:
+    """Seconds per stage of a run (preflight, graph, copy, verify, insert), as the report shows them:
+    ``with timer("copy"): ...`` or ``timer.add("copy", seconds)``; a stage timed twice adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(stage, time.monotonic() - started)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + seconds, 3)

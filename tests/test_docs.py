@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,16 @@ def test_a_stale_readme_is_found_and_regenerated(tmp_path: Path) -> None:
     assert check(readme).returncode == 0
     assert outside in readme.read_text()
     assert readme.read_text().replace(f"\n{outside}\n", "") == README.read_text()
+
+
+def test_the_readme_names_every_prefect_module_and_only_files_that_exist() -> None:
+    """"How a migration runs" lists each module of ``flows/`` with its job; every source path the
+    README names is there (a module moved or renamed leaves no stale name behind)."""
+    text = README.read_text()
+    repo = README.parent
+    for module in sorted((repo / "flows").glob("*.py")):
+        if module.name != "__init__.py":
+            assert f"| `flows/{module.name}` |" in text, module.name
+    named = set(re.findall(r"`((?:projmig|flows|deployments|bench|tests)/[\w/]+\.py)", text))
+    assert "flows/copying.py" in named and "projmig/report.py" in named
+    assert sorted(path for path in named if not (repo / path).is_file()) == []

@@ -1,0 +1,171 @@
+"""Run-time credentials and connections, decided in one place: the prelude of every flow run, of the
+CLI's commands and of ``deployments/serve.py``.
+
+- A Prefect deployment's connections are its two ``OsparcDeployment`` blocks, saved from a cfg.json
+  (:func:`save_connections`); a run of it may name no others nor any connection field
+  (:func:`refuse_connections`, before anything is loaded or connected).
+- The settings a flow run works with (:func:`flow_run_settings`): a local call's own, or the
+  deployment's blocks and options; the run's choices applied, its credentials resolved.
+- Secret references resolved (:func:`resolve_credentials`): environment variables, and Prefect Secret
+  blocks through the Prefect API. The Prefect-free rules (which references exist, what a missing one
+  says) are :mod:`projmig.settings`'s; what Prefect holds is read here.
+
+Prefect is imported inside the functions that use it: the CLI imports this module before it knows
+whether it needs Prefect at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from projmig.errors import ConfigError
+from projmig.settings import (
+    MigrationOptions,
+    MigrationSettings,
+    SecretNotFound,
+    format_validation_error,
+    resolve_secrets,
+    secret_refs,
+)
+
+# parameters that name connections: a run gets the deployment's own, or is refused
+CONNECTION_PARAMETERS = ("source", "destination", "settings")
+# options that reach out to other machines: fixed by the deployment as well
+CONNECTION_OPTIONS = ("dask_address",)
+
+
+def save_connections(name: str, settings: MigrationSettings) -> tuple[str, str]:
+    """The cfg.json's two osparc deployments as the OsparcDeployment blocks ``<name>-source`` and
+    ``<name>-destination`` (overwritten if present; credentials as the cfg.json has them: values,
+    stored by Prefect as secret fields, or references). Returns the blocks' names."""
+    from .blocks import OsparcDeployment
+
+    names = (f"{name}-source", f"{name}-destination")
+    for block_name, side in zip(names, (settings.source, settings.destination)):
+        OsparcDeployment(db=side.db, s3=side.s3).save(block_name, overwrite=True)
+    return names
+
+
+def refuse_connections(run: dict[str, Any], fixed: dict[str, Any], deployment: str) -> None:
+    """Raise :class:`ConfigError` (one line per parameter) unless a run's connection parameters are
+    the deployment's own: ``run`` are the run's parameters (the deployment's defaults merged in by
+    Prefect), ``fixed`` the deployment's. Called before anything is loaded or connected."""
+    problems = [
+        f"parameter {name!r}: the connections of {deployment} are fixed by its blocks; a run names only what to "
+        "move and how (projects, owner, product, include_hidden, uuid_policy, copy_label, dry_run, options)"
+        for name in CONNECTION_PARAMETERS
+        if run.get(name) != fixed.get(name)
+    ]
+    run_options, fixed_options = run.get("options") or {}, fixed.get("options") or {}
+    if isinstance(run_options, dict) and isinstance(fixed_options, dict):
+        problems += [
+            f"parameter 'options.{name}': fixed by {deployment} (it names another machine)"
+            for name in CONNECTION_OPTIONS
+            if name in run_options and run_options.get(name) != fixed_options.get(name)
+        ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def merged_options(run: dict[str, Any] | None, fixed: dict[str, Any] | None) -> dict[str, Any]:
+    """The options of a deployment run: the deployment's, with the run's on top."""
+    merged = dict((fixed or {}).get("options") or {})
+    merged.update((run or {}).get("options") or {})
+    return merged
+
+
+async def flow_run_settings(
+    settings: MigrationSettings | None, *, source: str | None, destination: str | None,
+    options: MigrationOptions | None, owner_required: bool = True, **choices: Any,
+) -> MigrationSettings:
+    """The prelude of a flow run: its settings (:func:`connections`), the run's ``choices`` applied
+    (:meth:`MigrationSettings.with_overrides`), projects required, credentials resolved."""
+    chosen = await connections(
+        settings, source, destination, choices.get("destination_user_id"), options, owner_required=owner_required
+    )
+    chosen = chosen.with_overrides(**choices)
+    chosen.require_something_to_move("parameters")
+    return await resolve_credentials(chosen)
+
+
+async def connections(
+    settings: MigrationSettings | None, source: str | None, destination: str | None,
+    destination_user_id: int | None, options: MigrationOptions | None, *, owner_required: bool = True,
+) -> MigrationSettings:
+    """The settings of a flow run: ``settings`` as given in a local call; in a deployment run, the
+    deployment's own blocks and options, after refusing a run that names any connection of its own
+    (before anything is loaded or connected)."""
+    from prefect.context import FlowRunContext
+
+    from .blocks import load_deployment_block
+
+    chosen = options.model_dump(exclude_unset=True) if options is not None else {}
+    context = FlowRunContext.get()
+    flow_run = context.flow_run if context is not None else None
+    if flow_run is not None and flow_run.deployment_id is not None:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            deployment = await client.read_deployment(flow_run.deployment_id)
+        name = f"{context.flow.name}/{deployment.name}"  # type: ignore[union-attr]
+        refuse_connections(flow_run.parameters, deployment.parameters, name)
+        chosen = merged_options(flow_run.parameters, deployment.parameters)
+    elif settings is not None:
+        return settings
+    if source is None or destination is None:
+        raise ConfigError("give settings (a local call) or source and destination (OsparcDeployment block names)")
+    if destination_user_id is None and owner_required:
+        raise ConfigError("destination_user_id: give the destination user who will own the projects")
+    src, dst = await load_deployment_block(source, "source"), await load_deployment_block(destination, "destination")
+    try:
+        return MigrationSettings.model_validate({
+            "source": {"db": src.db, "s3": src.s3},
+            "destination": {"db": dst.db, "s3": dst.s3, "user_id": destination_user_id or 0},
+            "options": chosen,
+        })
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "parameters")) from None
+
+
+async def resolve_credentials(
+    settings: MigrationSettings, *, before_prefect: Callable[[], object] | None = None
+) -> MigrationSettings:
+    """Replace secret references (environment variables, Prefect Secret blocks) by their values.
+    A block that is missing, unreadable or empty is one error line naming the field and the block.
+    ``before_prefect``: called once before the first Secret block is read (the CLI chooses its
+    Prefect API there); settings that name no block never import Prefect."""
+    names = {ref.prefect_secret for ref in secret_refs(settings) if ref.prefect_secret}
+    if not names:
+        return resolve_secrets(settings)
+    if before_prefect is not None:
+        before_prefect()
+    values: dict[str, str | SecretNotFound] = {}
+    for name in names:
+        values[name] = await _read_secret_block(name)
+
+    def lookup(name: str) -> str:
+        value = values[name]
+        if isinstance(value, SecretNotFound):
+            raise value
+        return value
+
+    return resolve_secrets(settings, prefect_secret=lookup)
+
+
+async def _read_secret_block(name: str) -> str | SecretNotFound:
+    from prefect.blocks.system import Secret
+
+    try:
+        secret = await Secret.aload(name)
+    except ValueError as exc:  # Prefect: "Unable to find block document named ..."
+        if "Unable to find" in str(exc):
+            return SecretNotFound(f"Prefect Secret block {name!r} does not exist")
+        return SecretNotFound(f"Prefect Secret block {name!r} cannot be read ({type(exc).__name__})")
+    except Exception as exc:  # the API unreachable, another block type under that name, ...
+        return SecretNotFound(f"Prefect Secret block {name!r} cannot be read ({type(exc).__name__})")
+    value = secret.get()
+    return value if isinstance(value, str) else json.dumps(value)

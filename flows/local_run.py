@@ -1,0 +1,87 @@
+"""A command run from a terminal (the CLI and the demo) as Prefect needs it: a Prefect API for this
+process (:func:`use_prefect_api`), the settings' credentials resolved (:func:`resolved`: through
+``flows/credentials.py``, starting Prefect only for Secret blocks), and ``projmig migrate``'s run
+itself (:func:`migrate_with_progress`): the checks before Prefect starts, then the
+``migrate-project`` flow with a progress bar.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+from projmig.report import MigrationReport
+from projmig.settings import MigrationSettings
+
+from .console import copy_progress, err, say
+from .credentials import resolve_credentials
+
+
+async def resolved(settings: MigrationSettings, *, importing: threading.Thread | None = None) -> MigrationSettings:
+    """``settings`` with their credentials' values (environment variables, Prefect Secret blocks).
+    ``importing``: a thread importing Prefect meanwhile, awaited before this one imports it too (two
+    threads importing the same modules in another order deadlock)."""
+    return await resolve_credentials(settings, before_prefect=lambda: _prefect_for_secrets(importing))
+
+
+def _prefect_for_secrets(importing: threading.Thread | None) -> None:
+    if importing is not None:
+        importing.join()
+    use_prefect_api()
+    # reading a block emits an event; one still queued at exit is a warning line, not our business
+    logging.getLogger("EventsWorker").setLevel(logging.ERROR)
+
+
+async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = False) -> MigrationReport:
+    from projmig import steps
+
+    quiet_prefect(verbose)
+    # with a Prefect API at hand, Prefect is imported (~1.5 s of CPU) while the preflight waits on
+    # the servers; without, the local API is started only after the preflight passed
+    importing = _import_in_background("flows.migrate") if use_prefect_api(start=False) is not False else None
+    # bad input fails here, in seconds, before Prefect starts
+    await steps.preflight(await resolved(settings, importing=importing), probe_write=False)
+    if importing is None:
+        use_prefect_api()
+    else:
+        importing.join()
+    from flows.migrate import migrate_project
+
+    with copy_progress():
+        return await migrate_project(settings)
+
+
+def quiet_prefect(verbose: bool) -> None:
+    # the ephemeral server's telemetry write races its own first start ("database is locked")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # the run's log lines (a failure's traceback too) still reach the Prefect API; the terminal
+        # gets the progress bar, the report and one error line
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+def use_prefect_api(start: bool = True) -> bool | None:
+    """A Prefect API for this command: the configured one, else a local server kept running in the
+    background for later commands (``flows/local_api.py``), else Prefect's temporary one."""
+    from flows.local_api import use_local_api
+
+    chosen = use_local_api(lambda message: say(err, message), start=start)
+    if chosen is None:
+        _say_if_prefect_is_new()
+    return chosen
+
+
+def _import_in_background(module: str) -> threading.Thread:
+    thread = threading.Thread(target=importlib.import_module, args=(module,), daemon=True)
+    thread.start()
+    return thread
+
+
+def _say_if_prefect_is_new() -> None:
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    if not (home / "prefect.db").exists() and not os.environ.get("PREFECT_API_URL"):
+        say(err, "Starting Prefect for the first time: setting up its local database takes ~20 s (once).")
