@@ -215,17 +215,19 @@ def cleanup(
     older_than: Annotated[str, typer.Option(help="only uploads started longer ago than this (e.g. 30m, 6h, 2d)")] = "1h",
 ) -> None:
     """Abort unfinished multipart uploads of projmig in the destination (only under the migrated
-    projects' prefixes, only older than --older-than)."""
+    projects' prefixes, only older than --older-than), once no migration of them is running."""
     from projmig import steps
 
     age = parse_age(older_than)
 
     async def main() -> list[str]:
         settings = await resolved(load(config, **selection.overrides()))
-        report = await steps.preflight(settings, probe_write=False)
-        migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
-        # the copies' uploads this migration started, and the preflight's write probe
-        return await steps.abort_our_uploads(settings, migration.copies, older_than=age, probe_key=report.probe_key)
+        # the projects' locks (projmig/locks.py): never under a running migration or rollback of them
+        async with steps.holding_locks(settings):
+            report = await steps.preflight(settings, probe_write=False)
+            migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
+            # the copies' uploads this migration started, and the preflight's write probe
+            return await steps.abort_our_uploads(settings, migration.copies, older_than=age, probe_key=report.probe_key)
 
     aborted = run(main())
     for key in aborted:

@@ -1,7 +1,8 @@
 """The same migration started twice at once (both schemas): `projmig migrate` processes of one
 cfg.json. One migrates; the other waits for it and then finds the project migrated (or, told to wait
-less, refuses with one line, having written nothing). The destination ends as one uninterrupted run
-leaves it: every object's bytes, rows once, no upload or upload record left, no traceback."""
+less, refuses with one line, having written nothing; so does `projmig cleanup` meanwhile). The
+destination ends as one uninterrupted run leaves it: every object's bytes, rows once, no upload or
+upload record left, no traceback."""
 
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ async def test_two_migrate_processes_of_one_config_migrate_it_once(simcore: Simc
         runs = [MigrationProcess(config), MigrationProcess(config)]  # started at once
         await wait_until(lambda: held_at_insert_and_one_waiting(dst), "one run at its insert, the other waiting")
         # a third one, told to wait a second at most, refuses with one line and writes nothing
-        impatient = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "migrate", "--config", str(config)], cwd=REPO, capture_output=True,
+        impatient, cleanup = (subprocess.run(
+            [sys.executable, "-m", "flows.cli", *command, "--config", str(config)], cwd=REPO, capture_output=True,
             text=True, timeout=300, env={**prefect_env(), "PROJMIG_OPTIONS__LOCK_WAIT": "1"},
-        )
+        ) for command in (["migrate"], ["cleanup", "--older-than", "0s"]))
     finally:
         await held.rollback()
         await holder.close()
@@ -60,6 +61,9 @@ async def test_two_migrate_processes_of_one_config_migrate_it_once(simcore: Simc
     [line] = impatient.stderr.strip().splitlines()
     assert line.startswith(f"error: another migration of {sample.uuid} is running (or its rollback; waited 1 s"), line
     assert "Traceback" not in impatient.stdout + impatient.stderr
+    # nor does cleanup abort anything under a running migration: the same line, nothing aborted
+    assert cleanup.returncode == 1 and cleanup.stderr.strip().splitlines() == [line], cleanup.stdout + cleanup.stderr
+    assert "aborted" not in cleanup.stdout, cleanup.stdout
     for code, out in outputs:
         assert code == 0 and "Traceback" not in out, out
     last = sorted(out.strip().splitlines()[-1] for _, out in outputs)
