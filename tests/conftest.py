@@ -19,7 +19,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,22 @@ async def object_digests(s3: S3Settings, prefix: str = "") -> dict[str, str]:
                 async with body["Body"] as stream:
                     found[item["Key"]] = hashlib.sha256(await stream.read()).hexdigest()
         return found
+
+
+async def copy_marks(s3: S3Settings, keys: Iterable[str]) -> dict[str, str | None]:
+    """key -> the ``x-amz-meta-projmig-copy`` header its HEAD answers with, as the server sends it."""
+    async with s3_client(s3) as client:
+        return {
+            key: (await client.head_object(Bucket=s3.bucket, Key=key))["ResponseMetadata"]["HTTPHeaders"].get(
+                "x-amz-meta-projmig-copy")
+            for key in keys
+        }
+
+
+def expected_marks(keys: Iterable[str]) -> dict[str, str]:
+    """What the README says each object copied under uuid_policy=keep carries: ``source=<its
+    project>;copy=<its project>``."""
+    return {key: f"source={key.split('/', 1)[0]};copy={key.split('/', 1)[0]}" for key in keys}
 
 
 async def upload_started_by_projmig(client: Any, bucket: str, src_key: str, dst_key: str, **extra: Any) -> str:

@@ -28,7 +28,7 @@ from projmig.s3 import Retrier, is_transient, s3_client
 from projmig.sandbox import CephServer
 from projmig.settings import S3Settings
 
-from .conftest import Simcore, empty_and_remove, unique, upload_started_by_projmig
+from .conftest import CEPH, SEAWEEDFS, Simcore, empty_and_remove, unique, upload_started_by_projmig
 
 MiB = 1024 * 1024
 retry = Retrier(attempts=3, timeout=60, initial_wait=0.05)
@@ -96,8 +96,25 @@ async def test_large_single_part_object_is_rechunked_and_marked(clients) -> None
     assert [o.dst_key for o in there] == [copy.dst_key] and not todo
 
 
-async def test_interrupted_multipart_upload_is_continued(clients) -> None:
-    src, dst, sb, db = clients
+@pytest.fixture(params=[SEAWEEDFS, CEPH])
+async def destination(request: pytest.FixtureRequest, clients) -> AsyncIterator[tuple[object, str]]:
+    """(client, bucket) of a destination on SeaweedFS, or on Ceph's RADOS Gateway: projmig's marks and
+    upload records are user metadata, which each server must keep."""
+    if request.param == SEAWEEDFS:
+        _, dst, _, db = clients
+        yield dst, db
+        return
+    bucket = await request.getfixturevalue("ceph").create_bucket(unique("cephdst"))
+    try:
+        async with s3_client(bucket) as ceph:
+            yield ceph, bucket.bucket
+    finally:
+        await empty_and_remove(bucket)
+
+
+async def test_interrupted_multipart_upload_is_continued(clients, destination) -> None:
+    src, _, sb, _ = clients
+    dst, db = destination
     data = os.urandom(31 * MiB)
     await put_multipart(src, sb, "p/n/resume.bin", data, part=6 * MiB)
     [copy] = copies_of(await list_prefix(src, sb, "p/", retry))
@@ -127,12 +144,13 @@ async def test_interrupted_multipart_upload_is_continued(clients) -> None:
     assert ledger_key(copy.dst_key) not in await list_prefix(dst, db, "p/", retry)
 
 
-async def test_only_this_migrations_uploads_are_aborted_and_only_its_objects_deleted(clients) -> None:
-    src, dst, sb, db = clients
+async def test_only_this_migrations_uploads_are_aborted_and_only_its_objects_deleted(destination) -> None:
+    dst, db = destination
     ours, other = "p/n/ours.bin", "p/n/other.bin"
     mark, elsewhere = mark_of(ours, ours), mark_of("q/n/x", ours)
     await write_record(dst, db, ours, mark, retry, uploads=set(), pending=True)
-    mine = await dst.create_multipart_upload(Bucket=db, Key=ours)  # stopped before writing its id down
+    await dst.create_multipart_upload(Bucket=db, Key=ours)  # stopped before writing its id down
+    assert (await dst.head_object(Bucket=db, Key=ledger_key(ours)))["Metadata"] == {COPY_MARK: mark}  # kept as written
     theirs = [(await dst.create_multipart_upload(Bucket=db, Key=key))["UploadId"] for key in (other, other)]
     # another migration's mark on the same key does not make its uploads ours
     assert await abort_marked_uploads(dst, db, {ours: elsewhere, other: mark}, retry) == []

@@ -345,14 +345,16 @@ async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
 
 
 async def test_two_runs_of_one_project_on_two_workers_migrate_it_once(
-    prefect_server: PrefectServer, fixture_simcore: Simcore, tmp_path: Path
+    prefect_server: PrefectServer, simcore: Simcore, tmp_path: Path
 ) -> None:
-    """The same project run twice at once on two workers: one run migrates it, the other waits for it
-    (the projects' lock, projmig/locks.py) and then finds it migrated; both complete."""
-    sample = await sample_project(fixture_simcore, seed=3)
+    """The same project run twice at once on two workers (both schemas; runs name only the project):
+    one run migrates it, the other waits for it (the projects' lock, projmig/locks.py) and then finds
+    it migrated; both complete, no traceback, and the destination is what one uninterrupted run leaves."""
+    sample = await sample_project(simcore, seed=3)
     parameters = {"project_uuid": sample.uuid, "include_hidden": True}
-    dst = fixture_simcore.destination_db
-    async with two_workers(prefect_server, fixture_simcore, tmp_path, "projmig-once") as (deployment, logs), \
+    dst = simcore.destination_db
+    pool = f"projmig-once-{simcore.schema}"
+    async with two_workers(prefect_server, simcore, tmp_path, pool) as (deployment, logs), \
             prefect_server.client() as client:
         holder, held = await hold_inserts(dst)  # whichever run gets the project first waits at its insert
         try:
@@ -373,12 +375,14 @@ async def test_two_runs_of_one_project_on_two_workers_migrate_it_once(
     assert executed_per_worker(runs, outputs) == [1, 1], "\n".join(outputs)
     assert sorted(r.split(":")[0] for r in reports) == ["migrated 2 projects", "nothing to do"], reports
     assert any("2 projects already migrated, left as they are" in r for r in reports), reports
-    settings = fixture_simcore.settings(sample.uuid, source={"include_hidden": True})
+    assert all("Traceback" not in out for out in outputs), "\n".join(outputs)
+    settings = simcore.settings(sample.uuid, source={"include_hidden": True})
     verified = await steps.verify_migration(settings, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
     assert await duplicate_rows(settings) == {} and await open_uploads(settings) == []
-    source = await object_digests(fixture_simcore.source_s3)
-    assert await object_digests(fixture_simcore.destination_s3) == {k: source[k] for k in sample.objects}
+    source = await object_digests(simcore.source_s3)
+    # every object of the project, and nothing else: no upload record, no probe
+    assert await object_digests(simcore.destination_s3) == {k: source[k] for k in sample.objects}
 
 
 class FakeTarget:

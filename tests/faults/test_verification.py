@@ -24,7 +24,7 @@ from projmig.errors import PreflightError
 from projmig.objects import CopyFailures
 from projmig.s3 import s3_client
 
-from ..conftest import CEPH, SEAWEEDFS
+from ..conftest import CEPH, SEAWEEDFS, copy_marks, expected_marks
 from .conftest import MiB, Faulty, destination_keys, open_uploads, row_counts
 
 pytestmark = pytest.mark.usefixtures("prefect")
@@ -97,6 +97,8 @@ async def test_etags_that_are_not_md5s_are_verified_by_sha256(faulty: Faulty) ->
     assert await digests(direct.destination.s3, sample.objects) == await digests(direct.source.s3, sample.objects)
     assert (await row_counts(direct, [sample.uuid]))["file_meta_data"] == len(sample.file_ids)
     assert await open_uploads(direct) == []
+    # verified by SHA-256, single PUT and multipart alike: each copy carries projmig's mark
+    assert await copy_marks(direct.destination.s3, sample.objects) == expected_marks(sample.objects)
 
     again = await migrate_project(settings)  # no copy -> mismatch -> delete loop: what is there stays
     assert again.status == "already-migrated" and again.objects_copied == 0
@@ -124,6 +126,7 @@ async def test_a_destination_whose_etags_are_not_md5s_is_seen_by_the_write_probe
     assert await digests(direct.destination.s3, sample.objects) == await digests(direct.source.s3, sample.objects)
     assert set(await destination_keys(direct)) == set(sample.objects)  # the probe left nothing
     assert await open_uploads(direct) == []
+    assert await copy_marks(direct.destination.s3, sample.objects) == expected_marks(sample.objects)
 
     again = await migrate_project(settings)
     assert again.status == "already-migrated" and again.objects_copied == 0
@@ -161,6 +164,8 @@ async def test_objects_with_stored_checksums_are_verified_by_them(faulty: Faulty
             "checksum SHA256, 2 by sha256") in report.to_markdown()
     # the destination keeps the source's checksum; nothing proven by checksum was read back
     assert await stored_checksums(direct.destination.s3, checksummed) == checksummed
+    # verified by checksum or by SHA-256: each copy carries projmig's mark
+    assert await copy_marks(direct.destination.s3, sample.objects) == expected_marks(sample.objects)
     bucket = settings.destination.s3.bucket
     paths = [unquote(urlsplit(r.target).path) for r in faulty.proxies.dst_s3.requests if r.method == "GET"]
     read_back = {p.removeprefix(f"/{bucket}/") for p in paths if p.startswith(f"/{bucket}/")}  # not listings
@@ -224,3 +229,4 @@ async def test_a_destination_that_ignores_checksums_is_seen_by_the_probe(faulty:
     assert "destination (CEPH): ETags are MD5s, S3 checksums not validated" in report.verification
     assert report.verified_by == {"sha256": len(sample.objects)}, report.verified_by
     assert await digests(direct.destination.s3, sample.objects) == await digests(direct.source.s3, sample.objects)
+    assert await copy_marks(direct.destination.s3, sample.objects) == expected_marks(sample.objects)  # Ceph keeps it
