@@ -7,6 +7,7 @@ root, so as root its commands run in a user namespace (``unshare --map-user=6553
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,17 +34,47 @@ class ServerError(RuntimeError):
 
 _handed_out: set[int] = set()
 
+# Ports handed out by any process of this user in the last CLAIM_SECONDS, one empty file each: the
+# kernel offers a free port to whoever asks, and processes that start servers at the same time
+# (parallel test workers) must not get the same one before either server listens on it.
+PORT_CLAIMS = Path(tempfile.gettempdir()) / f"projmig-port-claims-{os.getuid()}"
+CLAIM_SECONDS = 600.0
 
-def free_port() -> int:
+
+def free_port(*, plus: int | None = None) -> int:
     """A port nobody listens on, never the same twice in this process (the kernel may offer a
-    just-closed port again, and a server is started only after all its ports are chosen)."""
+    just-closed port again, and a server is started only after all its ports are chosen) nor to two
+    processes at once. ``plus``: the port ``plus`` above it must be free too (and is handed out)."""
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port not in _handed_out and port + 10000 not in _handed_out:
-            _handed_out.add(port)
+        wanted = [port] if plus is None else [port, port + plus]
+        if wanted[-1] >= 65536 or any(p in _handed_out or p + 10000 in _handed_out for p in wanted):
+            continue
+        if plus is not None and not port_is_free(port + plus):
+            continue
+        if _claim(wanted):
+            _handed_out.update(wanted)
             return port
+
+
+def _claim(ports: list[int]) -> bool:
+    """Claim all of ``ports`` for this process, or none when another process claimed one lately."""
+    PORT_CLAIMS.mkdir(exist_ok=True)
+    with (PORT_CLAIMS / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        now = time.time()
+        if not _handed_out:  # once per process: forget old claims
+            for old in PORT_CLAIMS.glob("[0-9]*"):
+                if now - old.stat().st_mtime > CLAIM_SECONDS:
+                    old.unlink(missing_ok=True)
+        paths = [PORT_CLAIMS / str(port) for port in ports]
+        if any(path.exists() and now - path.stat().st_mtime < CLAIM_SECONDS for path in paths):
+            return False
+        for path in paths:
+            path.touch()
+        return True
 
 
 def port_is_free(port: int) -> bool:
@@ -250,8 +282,7 @@ class SeaweedServer(S3Store):
         config.write_text(json.dumps({"identities": identities}))
         ports = [free_port() for _ in range(9)]
         # the admin's plugin worker dials admin.port + 10000 whatever admin.port.grpc says
-        admin = next(p for p in (free_port() for _ in range(200)) if p + 10000 < 65536 and port_is_free(p + 10000))
-        _handed_out.add(admin + 10000)
+        admin = free_port(plus=10000)
         self.s3_port = ports[6]
         cmd = [
             self.binary(), "mini",
