@@ -68,6 +68,46 @@ def case_id(case: tuple[str, tuple[str, str]]) -> str:
     return f"{schema}-{source}-to-{destination}"
 
 
+# -- tiers ----------------------------------------------------------------------------------------
+#
+# Marks decided here from what a test takes (so that no list of files needs keeping up to date):
+# ``prefect_api`` (the session's Prefect API, or a Prefect server of the test's own), ``ceph`` (the
+# Ceph cluster, as a fixture or as a side of an S3 pair), ``fault_proxy`` (the fault proxies). Every
+# other test is ``quick``: pure, or on the session's PostgreSQL and SeaweedFS servers only (`make
+# test-quick`). A test that starts one of these servers itself carries its mark explicitly.
+#
+# `make test` runs the suite on parallel workers (pytest-xdist, ``--dist load``): each worker is a
+# session of its own, with its own servers (ports: projmig.sandbox.free_port), temporary directories
+# and PREFECT_HOME (above). No grouping of tests is needed: Ceph starts in ~2 s, the Prefect API in ~10 s.
+
+MARKS_BY_FIXTURE = {
+    "prefect": "prefect_api", "prefect_server": "prefect_api",
+    "ceph": "ceph",
+    "faulty": "fault_proxy", "proxies": "fault_proxy", "dst_s3_proxy": "fault_proxy",
+}
+SLOW_MARKS = {"prefect_api", "ceph", "fault_proxy"}
+
+
+def takes_ceph(item: pytest.Item) -> bool:
+    """The ``ceph`` fixture, or a parameter naming Ceph (an S3 pair, a destination)."""
+    def names_ceph(value: object) -> bool:
+        return value == CEPH or isinstance(value, tuple) and any(names_ceph(part) for part in value)
+
+    callspec = getattr(item, "callspec", None)
+    return "ceph" in item.fixturenames or callspec is not None and any(map(names_ceph, callspec.params.values()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = {MARKS_BY_FIXTURE[name] for name in item.fixturenames if name in MARKS_BY_FIXTURE}
+        if takes_ceph(item):
+            marks.add("ceph")
+        for mark in sorted(marks - {m.name for m in item.iter_markers()}):
+            item.add_marker(mark)
+        if not SLOW_MARKS & {m.name for m in item.iter_markers()}:
+            item.add_marker("quick")
+
+
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     box = Sandbox(tmp_path_factory.mktemp("sandbox")).start()

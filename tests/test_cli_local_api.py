@@ -11,10 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from flows.local_api import RECORD, healthy
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 
 from .conftest import Simcore
+
+pytestmark = pytest.mark.prefect_api  # the command starts a Prefect server of its own
 
 BIN = Path(sys.executable).parent
 

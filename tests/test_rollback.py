@@ -262,6 +262,7 @@ async def test_fresh_uuid_copies_roll_back_alone(simcore: Simcore) -> None:
     assert await snapshot(simcore.source_db) == source and await keys(simcore.source_s3) == source_keys
 
 
+@pytest.mark.fault_proxy
 async def test_object_deletion_is_retried_and_a_rerun_finishes_it(fixture_simcore: Simcore) -> None:
     simcore = fixture_simcore  # about S3 behaviour: one schema is enough
     sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(60))

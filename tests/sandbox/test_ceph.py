@@ -38,6 +38,7 @@ async def test_s3_with_its_own_credentials_only(ceph: CephServer) -> None:
         assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
+@pytest.mark.ceph  # Ceph's binaries, no cluster of the session's
 def test_a_start_that_fails_is_tried_once_more_then_says_why(tmp_path) -> None:
     # a monitor store under a regular file: ceph-mon --mkfs fails, for real, both times
     (tmp_path / "not-a-directory").write_text("")
