@@ -1,10 +1,12 @@
-# The two commands of the README: `make demo` and `make test`. Everything else they need is
-# installed into .venv on first use (a fresh machine needs Python and PostgreSQL's server binaries).
+# The two commands of the README: `make demo` and `make test` (CI runs `make test`). Everything else
+# they need is installed into .venv on first use (a fresh machine needs Python and PostgreSQL's server
+# binaries). `make test-quick`: the quick tier for the edit-run loop; `make test-long`: the
+# randomized fault trials, many more of them than `make test` runs.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench bench-smoke install ceph clean
+.PHONY: demo test test-quick test-long bench bench-smoke install ceph clean
 
 # Ceph's RADOS Gateway, the suite's second S3 server (Debian's packages, Ceph 16.2): installed only
 # when a binary is missing. Needs root (CI runs as root) or sudo rights.
@@ -31,8 +33,23 @@ ceph:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(CEPH_PACKAGES); \
 	fi
 
+# Parallel workers (pytest-xdist), each with servers of its own (tests/conftest.py): the suite waits on
+# servers and subprocesses much of the time (2 cores: 1654 s serial, 786 s on 3 workers).
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := $(BIN)/python -m pytest -n $(TEST_WORKERS)
+# the randomized fault trials (tests/faults/test_randomized.py): `make test` runs their default
+# number (20), `make test-long` this many (~7 s each)
+LONG_FAULT_TRIALS ?= 120
+
 test: install ceph
-	$(BIN)/python -m pytest
+	$(PYTEST_PARALLEL)
+
+# pure tests and tests on the session's PostgreSQL and SeaweedFS servers only (marks: tests/conftest.py)
+test-quick: install
+	$(PYTEST_PARALLEL) -m quick
+
+test-long: install ceph
+	PROJMIG_FAULT_TRIALS=$(LONG_FAULT_TRIALS) $(BIN)/python -m pytest tests/faults/test_randomized.py
 
 bench: install
 	$(BIN)/python -m bench all
