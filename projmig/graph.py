@@ -8,9 +8,11 @@ read in the same snapshot."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
@@ -26,19 +28,24 @@ Row = dict[str, Any]
 SIMCORE_LOCATION = "0"
 
 
-class SourceObject(BaseModel):
+# One instance per object or file of a project (100,000 and more): slotted dataclasses, ~100 bytes
+# each, where a pydantic model costs ~500-1,000 (its __dict__ and fields-set); pydantic models that
+# hold them still validate and serialise them.
+@dataclass(frozen=True, slots=True)
+class SourceObject:
     key: str
     size: int
     etag: str
 
 
-class FileEntry(BaseModel):
+@dataclass(slots=True)
+class FileEntry:
     """One ``file_meta_data`` row and the objects it stands for."""
 
     file_id: str
     kind: Literal["file", "directory", "soft_link", "external"]
     object_name: str | None
-    objects: list[SourceObject] = Field(default_factory=list)
+    objects: list[SourceObject] = field(default_factory=list)
     missing: str | None = None  # what the source lacks for this entry (its object, prefix or link target)
 
     @property
@@ -294,6 +301,7 @@ def _parents_first(parents: dict[str, str | None]) -> list[str]:
 def _file_entries(rows: list[Row], listing: dict[str, tuple[int, str]]) -> tuple[list[FileEntry], set[str]]:
     entries: list[FileEntry] = []
     referenced: set[str] = set()
+    keys: list[str] | None = None  # the listing's keys in order, sorted once (at the first directory entry)
     for row in rows:
         file_id, object_name = row["file_id"], row.get("object_name") or row["file_id"]
         if row.get("is_soft_link"):
@@ -304,8 +312,9 @@ def _file_entries(rows: list[Row], listing: dict[str, tuple[int, str]]) -> tuple
             continue
         if row.get("is_directory"):
             prefix = object_name.rstrip("/") + "/"
+            keys = keys if keys is not None else sorted(listing)
             objects = [
-                SourceObject(key=k, size=size, etag=etag) for k, (size, etag) in sorted(listing.items()) if k.startswith(prefix)
+                SourceObject(key=k, size=listing[k][0], etag=listing[k][1]) for k in _under(keys, prefix)
             ]
             referenced.update(o.key for o in objects)
             missing = None if objects else f"directory {file_id}: no object under {prefix} in the source bucket"
@@ -326,6 +335,15 @@ def _file_entries(rows: list[Row], listing: dict[str, tuple[int, str]]) -> tuple
                       objects=[SourceObject(key=object_name, size=size, etag=etag)])
         )
     return entries, referenced
+
+
+def _under(keys: list[str], prefix: str) -> list[str]:
+    """The keys (sorted) that start with ``prefix``: one contiguous run, found by bisection."""
+    first = bisect_left(keys, prefix)
+    last = first
+    while last < len(keys) and keys[last].startswith(prefix):
+        last += 1
+    return keys[first:last]
 
 
 async def _count_left_behind(conn: AsyncConnection, uuids: list[str]) -> dict[str, int]:

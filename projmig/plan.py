@@ -4,6 +4,7 @@ and bucket remapped for the destination. Pure: no I/O, so a dry run and a real r
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -28,7 +29,8 @@ class DestinationFacts(BaseModel):
         return self.product_name or project.product_name
 
 
-class ObjectCopy(BaseModel):
+@dataclass(frozen=True, slots=True)  # one per object: see graph.SourceObject
+class ObjectCopy:
     src_key: str
     dst_key: str
     size: int
@@ -242,7 +244,7 @@ def _with_new_ids(plan: MigrationPlan, ids: IdMap, json_columns: dict[str, list[
         table: [ids.row(r, r[_project_key(table)], set(json_columns.get(table, ()))) for r in table_rows]
         for table, table_rows in plan.rows.items()
     }
-    copies = [c.model_copy(update={"dst_key": ids.key(c.src_key), "file_id": ids.key(c.file_id)}) for c in plan.copies]
+    copies = [replace(c, dst_key=ids.key(c.src_key), file_id=ids.key(c.file_id)) for c in plan.copies]
     projects = [p.model_copy(update={"dst_uuid": ids.project(p.src_uuid)}) for p in plan.projects]
     return plan.model_copy(update={"rows": rows, "copies": copies, "projects": projects, "warnings": warnings})
 
