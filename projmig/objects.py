@@ -31,7 +31,6 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel
 
 from .errors import PreflightError, ProjmigError, TransferError, VerificationError
 from .graph import SourceObject
@@ -61,13 +60,14 @@ MARKER = "projmig-source-etag"
 MAX_SINGLE_COPY = 5 * 1024 * MiB  # CopyObject's limit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectState:
     size: int
     etag: str
 
 
-class CopyOutcome(BaseModel):
+@dataclass(frozen=True, slots=True)  # one per object: see graph.SourceObject
+class CopyOutcome:
     src_key: str
     dst_key: str
     size: int
@@ -119,20 +119,22 @@ def composite_etag(part_md5s: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
 
 
-async def list_prefix(client: Any, bucket: str, prefix: str, retry: Retrier) -> dict[str, ObjectState]:
-    """Every object under ``prefix`` (1,000 per call)."""
+async def list_prefix(
+    client: Any, bucket: str, prefix: str, retry: Retrier, *, data: DataPath | None = None
+) -> dict[str, ObjectState]:
+    """Every object under ``prefix`` (1,000 per call), through ``data``'s listing if given (the
+    lean path's: :mod:`projmig.s3data`), else ``client``'s."""
+    pages = data or BotoData(client)
     found: dict[str, ObjectState] = {}
     token: str | None = None
     while True:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
-        if token:
-            kwargs["ContinuationToken"] = token
-        page = await retry(f"list s3://{bucket}/{prefix}", lambda: client.list_objects_v2(**kwargs))
-        for item in page.get("Contents", []):
-            found[item["Key"]] = ObjectState(size=item["Size"], etag=etag_of(item["ETag"]))
-        if not page.get("IsTruncated"):
+        items, token = await retry(
+            f"list s3://{bucket}/{prefix}", lambda: pages.list_page(bucket, prefix, token)
+        )
+        for key, size, etag in items:
+            found[key] = ObjectState(size=size, etag=etag)
+        if token is None:
             return found
-        token = page["NextContinuationToken"]
 
 
 async def list_uploads(client: Any, bucket: str, prefix: str, retry: Retrier) -> list[dict[str, Any]]:
@@ -427,10 +429,8 @@ class ObjectCopier:
         headers = _carried_headers(head, mark_of(item.src_key, item.dst_key))
         resp = await self.retry(
             f"{item.dst_key}: server-side copy",
-            lambda: self.dst.copy_object(
-                Bucket=self.dst_bucket, Key=item.dst_key,
-                CopySource={"Bucket": self.src_bucket, "Key": item.src_key},
-                CopySourceIfMatch=f'"{item.etag}"', MetadataDirective="REPLACE", **headers,
+            lambda: self.dst_data.copy(
+                self.src_bucket, item.src_key, self.dst_bucket, item.dst_key, if_match=f'"{item.etag}"', **headers
             ),
         )
         etag = etag_of(resp["CopyObjectResult"]["ETag"])
@@ -802,10 +802,11 @@ def _named(item: ObjectCopy, exc: ClientError) -> TransferError:
 
 async def compare_with_destination(
     dst: Any, bucket: str, copies: list[ObjectCopy], retry: Retrier, *, concurrency: int = 16,
-    listed: dict[str, dict[str, ObjectState]] | None = None,
+    listed: dict[str, dict[str, ObjectState]] | None = None, data: DataPath | None = None,
 ) -> tuple[list[CopyOutcome], list[tuple[ObjectCopy, ObjectState | None]]]:
     """(already there, still to copy), from one listing per destination prefix (``listed``:
-    prefix -> its listing, taken earlier in this run; other prefixes are listed now).
+    prefix -> its listing, taken earlier in this run; other prefixes are listed now, through
+    ``data``'s listing if given).
 
     Same size and ETag: there. Same size, other ETag: there only if projmig re-chunked it or
     verified it by SHA-256, and marked it with the source ETag it was verified against (one HEAD each).
@@ -815,7 +816,7 @@ async def compare_with_destination(
         if listed is not None and prefix in listed:
             listing.update(listed[prefix])
         else:
-            listing.update(await list_prefix(dst, bucket, prefix, retry))
+            listing.update(await list_prefix(dst, bucket, prefix, retry, data=data))
     there: list[CopyOutcome] = []
     todo: list[tuple[ObjectCopy, ObjectState | None]] = []
     slots = asyncio.Semaphore(concurrency)

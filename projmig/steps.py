@@ -47,7 +47,7 @@ from .rollback import (
 )
 from .s3 import Retrier, s3_client
 from .s3data import DataPath, data_path
-from .settings import DatabaseSettings, MigrationSettings, UuidPolicy, resolve_secrets
+from .settings import DatabaseSettings, MigrationSettings, S3Settings, UuidPolicy, resolve_secrets
 from .rowcheck import Difference, compare as compare_row_texts, read_text_rows
 from .verify import VerifyReport, compare_objects_sha256, verify_copies
 
@@ -137,12 +137,12 @@ def _held_locks(settings: MigrationSettings) -> ProjectLocks | None:
 async def read_project_graph(settings: MigrationSettings, report: PreflightReport) -> ProjectGraph:
     retry = retrier(settings)
     s3 = settings.source.s3
-    async with open_engine(settings.source.db, "source") as engine, s3_client(s3) as client:
+    async with open_engine(settings.source.db, "source") as engine, _lister(settings, s3) as (client, data):
         slots = asyncio.Semaphore(LISTINGS_AT_ONCE)
 
         async def listing(prefix: str) -> dict[str, tuple[int, str]]:
             async with slots:
-                found = await list_prefix(client, s3.bucket, prefix, retry)
+                found = await list_prefix(client, s3.bucket, prefix, retry, data=data)
             return {k: (v.size, v.etag) for k, v in found.items()}
 
         # the projects the preflight found are listed while the database is read
@@ -203,11 +203,11 @@ async def list_destination(settings: MigrationSettings, prefixes: list[str]) -> 
     """prefix -> what the destination holds under it (for :func:`compare`, taken while the graph is read)."""
     retry = retrier(settings)
     slots = asyncio.Semaphore(LISTINGS_AT_ONCE)
-    async with s3_client(settings.destination.s3) as dst:
+    async with _lister(settings, settings.destination.s3) as (dst, data):
 
         async def one(prefix: str) -> dict[str, ObjectState]:
             async with slots:
-                return await list_prefix(dst, settings.destination.s3.bucket, prefix, retry)
+                return await list_prefix(dst, settings.destination.s3.bucket, prefix, retry, data=data)
 
         found = await asyncio.gather(*(one(p) for p in prefixes))
     return dict(zip(prefixes, found))
@@ -225,9 +225,9 @@ async def compare(
 ) -> tuple[list[CopyOutcome], list[tuple[ObjectCopy, ObjectState | None]]]:
     """(already in the destination, still to copy); ``listed``: listings taken earlier in this run
     (:func:`list_destination`), else the destination is listed now."""
-    async with s3_client(settings.destination.s3) as dst:
+    async with _lister(settings, settings.destination.s3) as (dst, data):
         return await compare_with_destination(
-            dst, settings.destination.s3.bucket, copies, retrier(settings), listed=listed
+            dst, settings.destination.s3.bucket, copies, retrier(settings), listed=listed, data=data
         )
 
 
@@ -340,8 +340,8 @@ async def shared_copy(settings: MigrationSettings) -> AsyncIterator[None]:
 
 @_resolving
 async def verify_objects(settings: MigrationSettings, copies: list[ObjectCopy]) -> dict[str, ObjectState]:
-    async with s3_client(settings.destination.s3) as dst:
-        return await verify_copies(dst, settings.destination.s3.bucket, copies, retrier(settings))
+    async with _lister(settings, settings.destination.s3) as (dst, data):
+        return await verify_copies(dst, settings.destination.s3.bucket, copies, retrier(settings), data=data)
 
 
 @_resolving
@@ -401,15 +401,23 @@ async def verify_migration(settings: MigrationSettings, *, deep: bool = True) ->
     plan = make_plan(graph, report)
     result = VerifyReport(projects=[p.dst_uuid for p in plan.projects])
     retry = retrier(settings)
-    async with _clients(settings) as (src, dst):
-        there, missing = await compare_with_destination(dst, settings.destination.s3.bucket, plan.copies, retry)
+    lean = settings.options.s3_data_client == "lean"
+    async with (
+        _clients(settings) as (src, dst),
+        data_path(settings.source.s3, src, lean=lean) as src_data,
+        data_path(settings.destination.s3, dst, lean=lean) as dst_data,
+    ):
+        there, missing = await compare_with_destination(
+            dst, settings.destination.s3.bucket, plan.copies, retry, data=dst_data
+        )
         for copy, state in missing:
             what = "missing" if state is None else f"{state.size} bytes, ETag {state.etag} (source {copy.size}, {copy.etag})"
             result.differences.append(Difference(where=copy.dst_key, what=what))
         if deep:
+            absent = {m[0].dst_key for m in missing}
             result.differences += await compare_objects_sha256(
-                src, dst, settings.source.s3.bucket, settings.destination.s3.bucket,
-                [c for c in plan.copies if c.dst_key not in {m[0].dst_key for m in missing}], retry,
+                src_data, dst_data, settings.source.s3.bucket, settings.destination.s3.bucket,
+                [c for c in plan.copies if c.dst_key not in absent], retry,
             )
             result.bytes_hashed = 2 * sum(c.size for c in plan.copies)
         result.objects_checked = len(plan.copies)
@@ -435,11 +443,11 @@ async def rollback_rows(settings: MigrationSettings, *, dry_run: bool = False) -
     async with (
         open_engine(settings.source.db, "source") as src,
         open_engine(settings.destination.db, "destination") as dst,
-        s3_client(s3) as client,
+        _lister(settings, s3) as (client, data),
     ):
 
         async def lister(prefix: str) -> dict[str, tuple[int, str]]:
-            found = await list_prefix(client, s3.bucket, prefix, retry)
+            found = await list_prefix(client, s3.bucket, prefix, retry, data=data)
             return {k: (v.size, v.etag) for k, v in found.items()}
 
         async with src.connect() as conn, dst.connect() as dst_conn:
@@ -480,6 +488,13 @@ async def rollback_migration(settings: MigrationSettings, *, dry_run: bool = Fal
         if dry_run:
             return result
         return await rollback_objects(settings, result)
+
+
+@asynccontextmanager
+async def _lister(settings: MigrationSettings, s3: S3Settings) -> AsyncIterator[tuple[Any, DataPath]]:
+    """A client for one side, and the data path whose listings are cheaper to parse (lean, if possible)."""
+    async with s3_client(s3) as client, data_path(s3, client, lean=settings.options.s3_data_client == "lean") as data:
+        yield client, data
 
 
 @asynccontextmanager

@@ -9,16 +9,19 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .errors import VerificationError
-from .objects import CopyOutcome, ObjectState, compare_with_destination, sha256_of
+from .objects import CopyOutcome, ObjectState, compare_with_destination
 from .plan import ObjectCopy
 from .rowcheck import Difference
 from .s3 import Retrier
+from .s3data import DataPath
 
 
-async def verify_copies(dst: Any, bucket: str, copies: list[ObjectCopy], retry: Retrier) -> dict[str, ObjectState]:
+async def verify_copies(
+    dst: Any, bucket: str, copies: list[ObjectCopy], retry: Retrier, *, data: DataPath | None = None
+) -> dict[str, ObjectState]:
     """Every planned object is in the destination with its source's size and ETag (or projmig's
     marker of the source ETag it was verified against); returns key -> destination state."""
-    there, missing = await compare_with_destination(dst, bucket, copies, retry)
+    there, missing = await compare_with_destination(dst, bucket, copies, retry, data=data)
     return verified_states(there, missing, len(copies))
 
 
@@ -53,18 +56,30 @@ class VerifyReport(BaseModel):
 
 
 async def compare_objects_sha256(
-    src: Any, dst: Any, src_bucket: str, dst_bucket: str, copies: list[ObjectCopy], retry: Retrier, concurrency: int = 8
+    src: DataPath, dst: DataPath, src_bucket: str, dst_bucket: str, copies: list[ObjectCopy], retry: Retrier,
+    concurrency: int = 8,
 ) -> list[Difference]:
-    slots = asyncio.Semaphore(concurrency)
+    """SHA-256 of every object's bytes on both sides (``src``/``dst``: :mod:`projmig.s3data` paths,
+    the objects streamed through the hash), ``concurrency`` objects at once."""
+    pending = iter(copies)
+    differences: list[Difference] = []
 
     async def one(copy: ObjectCopy) -> Difference | None:
-        async with slots:
-            try:
-                a, b = await asyncio.gather(
-                    sha256_of(src, src_bucket, copy.src_key, retry), sha256_of(dst, dst_bucket, copy.dst_key, retry)
-                )
-            except Exception as exc:
-                return Difference(where=copy.dst_key, what=f"cannot read: {exc}")
-            return None if a == b else Difference(where=copy.dst_key, what=f"SHA-256 {b} != source {a}")
+        try:
+            a, b = await asyncio.gather(
+                retry(f"{copy.src_key}: read for SHA-256", lambda: src.sha256(src_bucket, copy.src_key)),
+                retry(f"{copy.dst_key}: read for SHA-256", lambda: dst.sha256(dst_bucket, copy.dst_key)),
+            )
+        except Exception as exc:
+            return Difference(where=copy.dst_key, what=f"cannot read: {exc}")
+        return None if a == b else Difference(where=copy.dst_key, what=f"SHA-256 {b} != source {a}")
 
-    return [d for d in await asyncio.gather(*(one(c) for c in copies)) if d is not None]
+    async def worker() -> None:
+        for copy in pending:  # the workers share one iterator: each object is read once
+            found = await one(copy)
+            if found is not None:
+                differences.append(found)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    order = {c.dst_key: i for i, c in enumerate(copies)}
+    return sorted(differences, key=lambda d: order[d.where])

@@ -3,6 +3,7 @@ answers, the same errors, and the copier on top of it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -58,6 +59,27 @@ async def test_lean_and_botocore_read_and_write_the_same(sides) -> None:
             assert answer["Metadata"] == {"origin": "projmig-test"}
     listed = await list_prefix(client, bucket, "p/n/", retry)
     assert set(listed) == set(KEYS)
+    assert await list_prefix(client, bucket, "p/n/", retry, data=lean) == listed  # odd keys come back the same
+
+
+async def test_listings_page_alike(sides) -> None:
+    bucket, lean, boto, client = sides
+    keys = [f"p/l/{i:04d} + ü%.bin" for i in range(1003)]  # two pages of up to 1,000
+
+    async def put(start: int) -> None:
+        for key in keys[start::16]:
+            await lean.put(bucket, key, body(key.encode()))
+
+    await asyncio.gather(*(put(i) for i in range(16)))
+    first, token = await lean.list_page(bucket, "p/l/", None)
+    assert len(first) == 1000 and token is not None
+    assert (first, token) == await boto.list_page(bucket, "p/l/", None)
+    rest, last = await lean.list_page(bucket, "p/l/", token)
+    assert len(rest) == 3 and last is None
+    listed = await list_prefix(client, bucket, "p/l/", retry, data=lean)
+    assert listed == await list_prefix(client, bucket, "p/l/", retry)
+    assert sorted(listed) == keys and listed[keys[5]].etag == hashlib.md5(keys[5].encode()).hexdigest()
+    assert await lean.list_page(bucket, "p/none/", None) == ([], None)
 
 
 async def test_ranges_and_conditions(sides) -> None:
@@ -70,6 +92,43 @@ async def test_ranges_and_conditions(sides) -> None:
     # a body longer than expected is counted, not cut: the caller sees the size changed
     _, got, n = await lean.get(bucket, "p/r/obj", 10)
     assert n == len(data)
+
+
+async def test_sha256_streams_the_bytes_on_either_path(sides) -> None:
+    bucket, lean, boto, client = sides
+    data = os.urandom(2 * MiB + 17)  # more than one read chunk, not a multiple of it
+    await client.put_object(Bucket=bucket, Key="p/h/obj", Body=data)
+    await client.put_object(Bucket=bucket, Key="p/h/empty", Body=b"")
+    for reader in (lean, boto):
+        assert await reader.sha256(bucket, "p/h/obj") == hashlib.sha256(data).hexdigest(), reader
+        assert await reader.sha256(bucket, "p/h/empty") == hashlib.sha256(b"").hexdigest(), reader
+        with pytest.raises(ClientError) as caught:
+            await reader.sha256(bucket, "p/h/missing")
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+async def test_server_side_copy_on_either_path(sides) -> None:
+    bucket, lean, boto, client = sides
+    for i, (path, key) in enumerate(((lean, KEYS[1]), (boto, KEYS[2]), (lean, KEYS[8]))):
+        data = os.urandom(3000 + i)
+        put = await client.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/x-test",
+                                      Metadata={"origin": "projmig-test"})
+        copied = await path.copy(bucket, key, bucket, f"p/c/{i} {key}", if_match=put["ETag"])
+        assert copied["CopyObjectResult"]["ETag"].strip('"') == hashlib.md5(data).hexdigest(), path
+        got = await client.get_object(Bucket=bucket, Key=f"p/c/{i} {key}")
+        assert await got["Body"].read() == data and got["Metadata"] == {"origin": "projmig-test"}
+        assert got["ContentType"] == "text/x-test"
+    errors = {}
+    for path in (lean, boto):
+        for case, (key, etag) in {"changed": (KEYS[1], '"0123456789abcdef0123456789abcdef"'),
+                                  "missing": ("p/c/missing", '"0123456789abcdef0123456789abcdef"')}.items():
+            with pytest.raises(ClientError) as caught:
+                await path.copy(bucket, key, bucket, "p/c/never", if_match=etag)
+            errors.setdefault(case, set()).add(
+                (caught.value.response["Error"]["Code"], caught.value.response["ResponseMetadata"]["HTTPStatusCode"]))
+    assert all(len(found) == 1 for found in errors.values()), errors  # both paths report the same
+    assert {status for found in errors.values() for _, status in found} <= {404, 412}
+    assert "p/c/never" not in await list_prefix(client, bucket, "p/c/", retry)
 
 
 async def test_errors_are_botocore_client_errors_with_the_same_code(sides, fixture_simcore: Simcore) -> None:
