@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import insert, steps
 from projmig.errors import InsertError
 from projmig.preflight import PROBE_KEY
 
@@ -48,6 +48,30 @@ async def test_a_cut_before_commit_leaves_no_row_and_the_rerun_inserts_each_once
     assert await row_counts(direct, sample.all_projects) == {t: expected.get(t, 0) for t in await row_counts(direct, sample.all_projects)}
     assert await duplicate_rows(direct) == {}
     verified = await steps.verify_migration(direct, deep=True)
+    assert verified.equal, [str(d) for d in verified.differences]
+
+
+async def test_a_cut_during_copy_leaves_no_row_and_the_rerun_inserts_each_once(
+    faulty: Faulty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # large tables go in with COPY (projmig.insert.COPY_FROM_ROWS rows and up): here from 2 rows on,
+    # so that this small project's file rows take that path
+    monkeypatch.setattr(insert, "COPY_FROM_ROWS", 2)
+    sample, settings, direct = await migrated_sample(faulty)
+    expected = steps.make_plan(*(await _graph(direct))).rows_per_table()
+    faulty.proxies.dst_db.after(match=b"COPY", do="cut")
+
+    with pytest.raises(InsertError) as failed:
+        await migrate_project(settings)
+    assert "rolled back" in str(failed.value)
+    assert faulty.proxies.dst_db.faults, "the cut must have happened"
+    assert sum((await row_counts(direct, sample.all_projects)).values()) == 0
+
+    faulty.proxies.heal()
+    report = await migrate_project(settings)
+    assert report.status == "migrated" and report.rows_inserted == expected and report.objects_copied == 0
+    assert await duplicate_rows(direct) == {}
+    verified = await steps.verify_migration(direct, deep=False)
     assert verified.equal, [str(d) for d in verified.differences]
 
 
