@@ -22,6 +22,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
 demo: install
 	$(BIN)/projmig demo
 
@@ -52,7 +56,7 @@ test-quick: install
 test-long: install ceph
 	PROJMIG_FAULT_TRIALS=$(LONG_FAULT_TRIALS) $(BIN)/python -m pytest tests/faults/test_randomized.py
 
-bench: install
+bench: $(BIN)/.bench-installed
 	$(BIN)/python -m bench all
 
 bench-smoke: install

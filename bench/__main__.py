@@ -1,14 +1,18 @@
-"""``python -m bench all | smoke | large small mixed rerun insert memory [--runs N] [--set option=value]``
+"""``python -m bench all | smoke | scale | large small mixed rerun insert memory [--runs N] [--set option=value]``
 
 Starts its own servers (two SeaweedFS, two PostgreSQL on 127.0.0.1) and a Prefect server, seeds
 the source with the sample builder, measures projmig against rclone / s5cmd / a raw aiobotocore
 loop on the same data in the same run, prints one table per scenario and writes
-``bench/results/bench-<selection>-<time>.json`` (and ``latest.json``).
+``bench/results/bench-<selection>-<time>.json`` (and ``latest.json``). ``scale`` (not part of
+``all``: ~30 min) measures every stage of one project at 1,000 / 10,000 / 100,000 objects
+(``--scale-points``); ``smoke`` runs everything at tiny sizes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import sys
 import tempfile
@@ -19,6 +23,7 @@ from typing import Any
 
 from .env import BenchEnv
 from .report import table, write_json
+from .scale import ScaleSizes, run_scale
 from .scenarios import (
     GiB,
     MiB,
@@ -33,7 +38,8 @@ from .scenarios import (
     run_small,
 )
 
-SCENARIOS = ["large", "small", "mixed", "rerun", "insert", "memory"]
+SCENARIOS = ["large", "small", "mixed", "rerun", "insert", "memory"]  # "all"
+EXTRA = ["scale"]  # only when named (and in smoke)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -49,15 +55,20 @@ def run(
     results_dir: Path = RESULTS,
     log: Callable[[str], None] = print,
     profile: bool = False,
+    scale: ScaleSizes | None = None,
 ) -> tuple[dict[str, ScenarioResult], Path]:
     """Run the chosen scenarios; returns their results and the JSON file written."""
     began = time.perf_counter()
+    load_at_start = _load()
     smoke = "smoke" in selection
-    if smoke or "all" in selection:
-        selection = list(SCENARIOS)
+    if smoke:
+        selection = [*SCENARIOS, *EXTRA]
+    elif "all" in selection:
+        selection = list(dict.fromkeys([*SCENARIOS, *(s for s in selection if s in EXTRA)]))
     if "memory" in selection:
         selection = list(dict.fromkeys([*selection, "large", "rerun"]))  # memory is measured in these
     sizes = sizes or (Sizes.smoke() if smoke else Sizes())
+    scale = scale or (ScaleSizes.smoke() if smoke else ScaleSizes())
     options = options or {}
     root = Path(workdir or tempfile.mkdtemp(prefix="projmig-bench-"))
     if not smoke and sizes.large >= GiB and shutil.disk_usage(root).free < 8 * GiB:
@@ -74,7 +85,7 @@ def run(
         if not smoke:
             _warm_up(env, log)
         rerun_sample = None
-        for name in [s for s in SCENARIOS if s in selection and s != "memory"]:
+        for name in [s for s in [*SCENARIOS, *EXTRA] if s in selection and s != "memory"]:
             log(f"-- {name}")
             started = time.perf_counter()
             if name == "large":
@@ -85,6 +96,8 @@ def run(
                 res = run_mixed(env, runs, sizes, options, log)
             elif name == "rerun":
                 res, rerun_sample = run_rerun(env, runs, sizes, options, log)
+            elif name == "scale":
+                res = run_scale(env, runs, scale, options, log)
             else:
                 if rerun_sample is None:
                     rerun_sample = env.seed(SampleSpec(
@@ -107,11 +120,35 @@ def run(
     total = time.perf_counter() - began
     meta = {"selection": "smoke" if smoke else "+".join(selection), "runs": runs, "options": options,
             "sizes": sizes.__dict__, "total_seconds": round(total, 1), "prefect_api": "bench-wide server"
-            if prefect_api_url is None else "given"}
+            if prefect_api_url is None else "given", "load_average": {"start": load_at_start, "end": _load()}}
+    if "scale" in selection:
+        meta["scale_sizes"] = scale.__dict__
     path = write_json(results, results_dir, meta)
+    picture = _draw(path, log)
+    log(f"load average (1/5/15 min) at the start {load_at_start}, at the end {meta['load_average']['end']} "
+        f"({os.cpu_count()} cores)")
     log(f"\nmet: {sum(t.met for r in results.values() for t in r.targets)} of "
-        f"{sum(len(r.targets) for r in results.values())} targets; bench took {total:.0f} s; results in {path}")
+        f"{sum(len(r.targets) for r in results.values())} targets; bench took {total:.0f} s; results in {path}"
+        + (f" (picture: {picture})" if picture else ""))
     return results, path
+
+
+def _draw(path: Path, log: Callable[[str], None]) -> Path | None:
+    """The results' picture beside their JSON (and as latest.png), if matplotlib is installed."""
+    try:
+        from .plot import draw
+
+        picture = draw(json.loads(path.read_text()), path.with_suffix(".png"))
+    except ImportError:
+        log("no picture drawn: matplotlib is not installed (pip install -e '.[bench]')")
+        return None
+    shutil.copyfile(picture, path.parent / "latest.png")
+    return picture
+
+
+def _load() -> list[float]:
+    """The machine's load averages (1, 5, 15 min): other work on the cores skews wall times."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _warm_up(env: BenchEnv, log: Callable[[str], None]) -> None:
@@ -143,11 +180,13 @@ def _parse_set(values: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenarios", nargs="+", choices=["all", "smoke", *SCENARIOS])
+    parser.add_argument("scenarios", nargs="+", choices=["all", "smoke", *SCENARIOS, *EXTRA])
     parser.add_argument("--runs", type=int, default=None, help="runs per tool (default 3; smoke: 1)")
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                         help="a projmig MigrationOptions value for the projmig runs (e.g. task_concurrency=8)")
     parser.add_argument("--large-mib", type=int, default=None, help="size of the large object (default 1024)")
+    parser.add_argument("--scale-points", default=None, metavar="N,N,...",
+                        help="project sizes (objects) of the scale scenario (default 1000,10000,100000)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the servers' data here (default: a temp dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--profile", action="store_true",
@@ -158,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.large_mib:
         sizes.large = args.large_mib * MiB
     runs = args.runs or (1 if smoke else 3)
+    scale = ScaleSizes.smoke() if smoke else ScaleSizes()
+    if args.scale_points:
+        scale.points = tuple(int(n) for n in args.scale_points.split(","))
     run(args.scenarios, runs=runs, sizes=sizes, options=_parse_set(args.set), workdir=args.workdir,
-        results_dir=args.results, profile=args.profile)
+        results_dir=args.results, profile=args.profile, scale=scale)
     return 0
 
 

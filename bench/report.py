@@ -36,7 +36,7 @@ def table(result: ScenarioResult) -> str:
             f"CPU {split['cpu_seconds']:.1f} s; imports before the flow {split['import_seconds']:.1f} s"
         )
         lines.append(f"projmig stages (s): {stages}")
-    elif split:
+    elif split and "curve" not in split:  # the scale scenario's curve is in its notes
         lines.append("  " + ", ".join(f"{k}: {v}" for k, v in split.items()))
     lines += [f"  {n}" for n in result.notes]
     if result.targets:

@@ -1,5 +1,5 @@
 """One projmig run in its own process, measured from inside: ``python -m bench.run_projmig OUT.json``
-with the job on stdin (``{"mode": "cli" | "insert", "settings": {...}, "config": "cfg.json"}``).
+with the job on stdin (``{"mode": "cli" | "insert" | "plan" | "verify", "settings": {...}, "config": "cfg.json"}``).
 
 - ``cli``: ``projmig migrate --config cfg.json``, the command line itself (``flows.cli.app``, what
   the ``projmig`` script runs), in this process: the whole process's wall time (measured outside)
@@ -9,6 +9,11 @@ with the job on stdin (``{"mode": "cli" | "insert", "settings": {...}, "config":
   task runs, states, result persistence, artifacts).
 - ``insert``: preflight, graph and plan as the flow does them, then the single-transaction insert
   alone, timed (no Prefect).
+- ``plan``: what ``projmig plan`` computes (preflight, graph, plan), timed (no Prefect).
+- ``verify``: what ``projmig verify`` computes (``"deep": false``: ``--quick``), timed (no Prefect).
+
+Every mode reports ``<mode>_seconds`` (wall) and ``<mode>_cpu_seconds`` (this process's CPU over
+the same span: on a busy machine the steadier measure of the work done).
 """
 
 from __future__ import annotations
@@ -162,13 +167,52 @@ async def insert(job: dict[str, Any], result: dict[str, Any]) -> None:
     checked = await steps.preflight(settings, probe_write=False)
     plan = steps.make_plan(await steps.read_project_graph(settings, checked), checked)
     verified = {c.dst_key: ObjectState(size=c.size, etag=c.etag) for c in plan.copies}
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), cpu_seconds()
     inserted = await steps.insert_rows(settings, plan, verified)
     result.update(
         insert_seconds=time.perf_counter() - began,
+        insert_cpu_seconds=cpu_seconds() - cpu,
         rows_inserted=inserted.rows,
         rows_per_table=inserted.inserted,
     )
+
+
+async def plan(job: dict[str, Any], result: dict[str, Any]) -> None:
+    from projmig import steps
+    from projmig.settings import MigrationSettings
+
+    settings = MigrationSettings.parse(job["settings"], origin="bench")
+    result["import_seconds"] = time.perf_counter() - STARTED
+    began, cpu = time.perf_counter(), cpu_seconds()
+    checked = await steps.preflight(settings, probe_write=False)
+    made = steps.make_plan(await steps.read_project_graph(settings, checked), checked)
+    result.update(
+        plan_seconds=time.perf_counter() - began,
+        plan_cpu_seconds=cpu_seconds() - cpu,
+        objects=len(made.copies),
+        rows=sum(made.rows_per_table().values()),
+    )
+
+
+async def verify(job: dict[str, Any], result: dict[str, Any]) -> None:
+    from projmig import steps
+    from projmig.settings import MigrationSettings
+
+    settings = MigrationSettings.parse(job["settings"], origin="bench")
+    result["import_seconds"] = time.perf_counter() - STARTED
+    began, cpu = time.perf_counter(), cpu_seconds()
+    report = await steps.verify_migration(settings, deep=job.get("deep", True))
+    result.update(
+        verify_seconds=time.perf_counter() - began,
+        verify_cpu_seconds=cpu_seconds() - cpu,
+        equal=report.equal,
+        differences=[str(d) for d in report.differences[:5]],
+        objects_checked=report.objects_checked,
+        rows_checked=report.rows_checked,
+    )
+
+
+MODES = {"insert": insert, "plan": plan, "verify": verify}
 
 
 def peak_rss_mb() -> float:
@@ -187,7 +231,7 @@ def main() -> None:
     if job["mode"] == "cli":
         cli(job, result)
     else:
-        asyncio.run(insert(job, result))
+        asyncio.run(MODES[job["mode"]](job, result))
     result["self_peak_rss_mb"] = peak_rss_mb()
     with open(out, "w") as fh:
         json.dump(result, fh)

@@ -46,12 +46,14 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 
 def projmig(
     env: BenchEnv, project: str, dest: Destination, *, options: dict[str, Any] | None = None, mode: str = "cli",
-    ephemeral: bool = False, local_api: bool = False, label: str = "projmig",
+    ephemeral: bool = False, local_api: bool = False, label: str = "projmig", job: dict[str, Any] | None = None,
 ) -> tuple[Sample, Sample]:
     """(flow, process): ``projmig migrate --config cfg.json`` (mode ``cli``): the flow's wall time
     measured inside, and the whole process from outside (interpreter, imports, the CLI's checks,
     Prefect client start-up, the report; with ``ephemeral``, Prefect's own temporary API too; with
-    ``local_api``, no PREFECT_API_URL: the CLI's local server in the bench's PREFECT_HOME)."""
+    ``local_api``, no PREFECT_API_URL: the CLI's local server in the bench's PREFECT_HOME). Other
+    modes (``insert``, ``plan``, ``verify``: bench/run_projmig.py) time their library calls alone;
+    ``job`` adds to what the child is told (e.g. ``{"deep": False}``)."""
     prefect = env.prefect_env()
     if ephemeral or local_api:
         prefect.pop("PREFECT_API_URL", None)
@@ -61,7 +63,7 @@ def projmig(
     config = env.workdir / f"cfg-{os.getpid()}-{dest.s3.bucket}.json"  # the sandbox's throwaway credentials
     config.write_text(json.dumps(settings))
     config.chmod(0o600)
-    job = {"mode": mode, "settings": settings, "config": str(config)}
+    job = {"mode": mode, "settings": settings, "config": str(config), **(job or {})}
     cmd = [sys.executable, "-m", "bench.run_projmig"]
     if env.profile_dir is not None:  # py-spy samples the run (CPU, all threads); slows it a little
         env.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,7 @@ def projmig(
         ).check(label)
         result = json.loads(Path(out.name).read_text())
     config.unlink(missing_ok=True)
-    inner = result["flow_seconds"] if mode == "cli" else result["insert_seconds"]
+    inner = result["flow_seconds"] if mode == "cli" else result[f"{mode}_seconds"]
     rss = result["self_peak_rss_mb"]  # projmig's process alone (an ephemeral Prefect API is a child)
     flow = Sample(f"{label} (flow)", inner, rss, proc.tree_peak_rss_mb, proc.cpu_seconds, result)
     whole = Sample(f"{label} (process)", proc.seconds, rss, proc.tree_peak_rss_mb, proc.cpu_seconds, result)

@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from bench.__main__ import SCENARIOS, run
+from bench.__main__ import EXTRA, SCENARIOS, run
+from bench.scale import STAGES, ScaleSizes
 from bench.scenarios import Sizes
 from projmig.sandbox import Sandbox
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)  # ~2 min on a quiet machine; a guard against a hang, not a timing
 def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, prefect: None, tmp_path) -> None:
     from prefect.settings import PREFECT_API_URL
 
@@ -22,7 +23,7 @@ def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, p
                         workdir=tmp_path / "work", results_dir=tmp_path / "results", log=lines.append)
     printed = "\n".join(lines)
 
-    assert set(results) == set(SCENARIOS)
+    assert set(results) == {*SCENARIOS, *EXTRA}
     for name in ("large", "small", "mixed", "rerun"):
         tools = results[name].samples
         assert any(t.startswith("projmig") for t in tools) and any(t.startswith("rclone") for t in tools), name
@@ -45,8 +46,25 @@ def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, p
     assert results["memory"].targets and "peak RSS" in printed
     assert "projmig time split" in printed and printed.splitlines()[-1].startswith("met: ")
 
+    # the scale scenario: every stage at every size, on projects of the sizes asked for
+    curve = results["scale"].split["curve"]
+    scale = ScaleSizes.smoke()
+    assert curve["objects"] == list(scale.points) and curve["file_rows"][0] < curve["objects"][0]
+    for stage in (*STAGES, "rclone copy --checksum"):
+        assert all(s > 0 for s in curve["stages"][stage]["seconds"]), stage
+    for n in scale.points:
+        first = results["scale"].samples[f"scale {n:,}: first migration"][0].detail
+        assert first["objects_copied"] == n and first["status"] == "migrated"
+        verify = results["scale"].samples[f"scale {n:,}: verify"][0].detail
+        assert verify["equal"] and verify["objects_checked"] == n
+    assert curve["file_rows_insert"]["file_rows"] == scale.points[-1]
+    assert "objects:" in printed and "no-op rerun" in printed
+
     written = json.loads(path.read_text())
-    assert set(written["scenarios"]) == set(SCENARIOS)
+    assert set(written["scenarios"]) == {*SCENARIOS, *EXTRA}
+    assert written["meta"]["load_average"]["start"] and written["meta"]["scale_sizes"]["points"] == list(scale.points)
+    picture = path.with_suffix(".png")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (path.parent / "latest.png").exists()
     for deployment in (sandbox.source, sandbox.destination):
         for secret in (deployment.s3_secret_key, deployment.pg_password):
             assert secret not in path.read_text()
