@@ -170,19 +170,6 @@ async def abort_uploads(
     return aborted
 
 
-async def sha256_of(client: Any, bucket: str, key: str, retry: Retrier) -> str:
-    """SHA-256 of an object's bytes, hashed as they stream in."""
-    async def read() -> str:
-        resp = await client.get_object(Bucket=bucket, Key=key)
-        hasher = hashlib.sha256()
-        async with resp["Body"] as body:
-            async for chunk in body.iter_chunks(1024 * 1024):
-                hasher.update(chunk)
-        return hasher.hexdigest()
-
-    return await retry(f"{key}: read for SHA-256", read)
-
-
 async def abort_marked_uploads(
     client: Any, bucket: str, marks: dict[str, str], retry: Retrier, *, older_than: datetime | None = None,
 ) -> list[str]:
@@ -707,7 +694,9 @@ class ObjectCopier:
 
     async def _check_read_back(self, item: ObjectCopy, read_sha256: str) -> None:
         """The destination object, read back whole, has the SHA-256 of the source bytes read."""
-        got = await sha256_of(self.dst, self.dst_bucket, item.dst_key, self.retry)
+        got = await self.retry(
+            f"{item.dst_key}: read for SHA-256", lambda: self.dst_data.sha256(self.dst_bucket, item.dst_key)
+        )
         if got != read_sha256:
             removed = await self._discard(item)
             raise VerificationError(

@@ -3,6 +3,7 @@ with Ceph's RADOS Gateway on either side, where it answers differently."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -256,7 +257,7 @@ async def test_ceph_ignores_part_number_yet_a_copy_resumes_part_by_part(clients,
                                   Body=data[(number - 1) * 6 * MiB:number * 6 * MiB])
         copier = ObjectCopier(ceph, dst, ceph_bucket.bucket, db, retry=retry, multipart_threshold=8 * MiB)
         [outcome] = await copier.copy_all([(copy, None)])
-        fresh = copy.model_copy(update={"dst_key": "p/n/fresh copy.bin"})  # no earlier upload to learn from
+        fresh = dataclasses.replace(copy, dst_key="p/n/fresh copy.bin")  # no earlier upload to learn from
         [fresh_outcome] = await copier.copy_all([(fresh, None)])
     assert outcome.resumed_parts == 3 and outcome.bytes_sent == len(data) - 18 * MiB
     # the guessed layout (the smallest whole MiB giving 6 parts for 31 MiB: 6 MiB) was the source's
