@@ -271,9 +271,10 @@ class LeanData:
 
     async def list_page(self, bucket: str, prefix: str, token: str | None) -> tuple[list[Listed], str | None]:
         # keys come URL-encoded (encoding-type=url, as botocore asks): XML 1.0 cannot carry every key
-        query = {"list-type": "2", "prefix": prefix, "max-keys": "1000", "encoding-type": "url"}
+        query = {"list-type": "2", "prefix": prefix}
         if token:
             query["continuation-token"] = token
+        query |= {"max-keys": "1000", "encoding-type": "url"}
         url, signed = self._signed("GET", bucket, "", query, {}, EMPTY_SHA256)
         async with self.http.get(url, headers=signed) as resp:
             if resp.status != 200:
@@ -298,7 +299,8 @@ class LeanData:
     def _signed(
         self, method: str, bucket: str, key: str, query: dict[str, str], headers: dict[str, str], payload: str
     ) -> tuple[URL, dict[str, str]]:
-        encoded_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items()))
+        # in the caller's order, as botocore sends them (the signature sorts them for itself)
+        encoded_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in query.items())
         path = f"{self.base}/{bucket}/{quote(key, safe='/~')}" if key else f"{self.base}/{bucket}"
         url = path + (f"?{encoded_query}" if encoded_query else "")
         request = AWSRequest(method=method, url=url, headers={"host": self.host, **headers})

@@ -20,10 +20,11 @@ pytestmark = pytest.mark.usefixtures("prefect")
 
 
 def put_keys(requests, bucket: str) -> list[str]:
-    """Object keys of PUT requests (whole objects and parts)."""
+    """Object keys of PUT requests (whole objects and parts; not the preflight's verification probe,
+    which PUTs and deletes one of its own)."""
     keys = []
     for r in requests:
-        if r.method == "PUT":
+        if r.method == "PUT" and PROBE_KEY not in r.target:
             path = unquote(urlsplit(r.target).path)
             keys.append(path.removeprefix(f"/{bucket}/"))
     return keys
