@@ -20,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("prefect")
 
 
 def put_keys(requests, bucket: str) -> list[str]:
-    """Object keys of PUT requests (whole objects and parts; not the preflight's verification probe,
-    which PUTs and deletes one of its own)."""
+    """Object keys of PUT requests (whole objects and parts; not the preflight's write probe, which
+    puts one small part into an upload it aborts)."""
     keys = []
     for r in requests:
         if r.method == "PUT" and PROBE_KEY not in r.target:
