@@ -20,11 +20,10 @@ pytestmark = pytest.mark.usefixtures("prefect")
 
 
 def put_keys(requests, bucket: str) -> list[str]:
-    """Object keys of PUT requests (whole objects and parts; not the preflight's write probe, which
-    puts one small part into an upload it aborts)."""
+    """Object keys of PUT requests (whole objects and parts)."""
     keys = []
     for r in requests:
-        if r.method == "PUT" and PROBE_KEY not in r.target:
+        if r.method == "PUT":
             path = unquote(urlsplit(r.target).path)
             keys.append(path.removeprefix(f"/{bucket}/"))
     return keys

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import insert, steps
 from projmig.errors import PreflightError
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
@@ -201,8 +201,24 @@ async def run_cli(config: dict[str, Any], tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("how, uuid_policy", [("projmig migrate", "keep"), ("flow", "keep"), ("flow", "new")])
-async def test_every_column_arrives_as_the_source_has_it(simcore: Simcore, tmp_path: Path, how: str, uuid_policy: str) -> None:
+@pytest.mark.parametrize("how, uuid_policy", [
+    ("projmig migrate", "keep"), ("flow", "keep"), ("flow", "new"),
+    # every table's rows through the insert's binary COPY (taken from COPY_FROM_ROWS rows of one shape on)
+    ("flow with COPY", "keep"),
+])
+async def test_every_column_arrives_as_the_source_has_it(
+    simcore: Simcore, tmp_path: Path, how: str, uuid_policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copied_tables: list[str] = []
+    if how == "flow with COPY":
+        monkeypatch.setattr(insert, "COPY_FROM_ROWS", 1)
+        real_copy = insert._copy_rows
+
+        async def copy_rows(conn, table, columns, rows):  # the real COPY, noting which tables took it
+            copied_tables.append(table.name)
+            await real_copy(conn, table, columns, rows)
+
+        monkeypatch.setattr(insert, "_copy_rows", copy_rows)
     sample = await build_sample_project(
         simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
         spec=SampleSpec(nodes=5, files=3, multipart_size=0, directory_objects=2, hidden_children=1,
@@ -222,12 +238,14 @@ async def test_every_column_arrives_as_the_source_has_it(simcore: Simcore, tmp_p
     assert "123456789012345678901234567890.123456789012345678901" in nodes["root / node 4"]["boot_options"][1]
 
     options = {"uuid_policy": uuid_policy}
-    if how == "flow":
+    if how.startswith("flow"):
         report = await migrate_project(simcore.settings(sample.uuid, source={"include_hidden": True}, options=options))
         assert report.status == "migrated"
     else:
         await run_cli(simcore.config(sample.uuid, source={"include_hidden": True}, options=options), tmp_path)
 
+    if how == "flow with COPY":
+        assert {"projects", "projects_nodes", "projects_metadata", "file_meta_data"} <= set(copied_tables), copied_tables
     conn = await asyncpg.connect(asyncpg_dsn(simcore.destination_db))
     try:
         migrated = [r[0] for r in await conn.fetch("SELECT uuid FROM projects")]
