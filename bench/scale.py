@@ -21,7 +21,7 @@ from projmig.sandbox.sample import SampleProject, SampleSpec
 
 from . import tools
 from .env import BenchEnv, Destination
-from .scenarios import BARE, KiB, ScenarioResult, Target, _rounds
+from .scenarios import BARE, KiB, ScenarioResult, Target, run_rounds
 from .tools import Sample
 
 STAGES = ("plan", "first migration", "no-op rerun", "verify", "insert")
@@ -107,12 +107,12 @@ def _measure_point(env: BenchEnv, n: int, expensive_runs: int, runs: int, sizes:
         steps: list[Callable[[], Any]] = [
             lambda: keep("plan", tools.projmig(env, sample.uuid, dest, mode="plan", label="plan")),
         ]
-        _rounds(runs, steps, result, log)
+        run_rounds(runs, steps, result, log)
 
         # each first migration into an empty destination; the last one's is where the reruns go
         for run in range(expensive_runs):
             target = dest if run == expensive_runs - 1 else None
-            _rounds(1, [lambda: keep("first migration", _first(env, sample, options, target))], result, log)
+            run_rounds(1, [lambda: keep("first migration", _first(env, sample, options, target))], result, log)
         first = point.samples["first migration"][-1].detail
         assert first["objects_copied"] == point.objects, first
 
@@ -127,17 +127,17 @@ def _measure_point(env: BenchEnv, n: int, expensive_runs: int, runs: int, sizes:
             return [Sample(f"{label}: rclone copy --checksum", out.seconds, out.peak_rss_mb, out.tree_peak_rss_mb,
                            out.cpu_seconds)]
 
-        _rounds(runs, [rerun, rclone], result, log)
+        run_rounds(runs, [rerun, rclone], result, log)
 
         def verify() -> list[Sample]:
             out = tools.projmig(env, sample.uuid, dest, mode="verify", label="verify")
             assert out[0].detail["equal"], out[0].detail["differences"]
             return keep("verify", out)
 
-        _rounds(expensive_runs, [verify], result, log)
+        run_rounds(expensive_runs, [verify], result, log)
     finally:
         env.drop_destination(dest)
-    _rounds(runs, [lambda: keep("insert", _insert(env, sample))], result, log)
+    run_rounds(runs, [lambda: keep("insert", _insert(env, sample))], result, log)
     return point
 
 
@@ -173,7 +173,7 @@ def _insert_file_rows(env: BenchEnv, rows: int, runs: int, sizes: ScaleSizes, re
                               flow.tree_peak_rss_mb, _stage_cpu(flow), flow.detail))
         return samples[-1:]
 
-    _rounds(runs, [one], result, log)
+    run_rounds(runs, [one], result, log)
     return samples
 
 

@@ -115,7 +115,7 @@ def projmig_split(result: ScenarioResult, tool: str = "projmig (flow)") -> None:
     result.split["stages"] = stages  # type: ignore[assignment]
 
 
-def _rounds(runs: int, steps: list[Callable[[], list[Sample] | Sample]], result: ScenarioResult, log: Callable[[str], None]) -> None:
+def run_rounds(runs: int, steps: list[Callable[[], list[Sample] | Sample]], result: ScenarioResult, log: Callable[[str], None]) -> None:
     for run in range(runs):
         # each round starts one tool later: no tool always runs right after the same other one
         # (what one run leaves behind, a bucket being dropped or a warm cache, falls on each tool in turn)
@@ -187,7 +187,7 @@ def run_large(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], l
     sample = env.seed(spec)
     result = ScenarioResult("large", f"one {sizes.large / MiB:.0f} MiB object ({sizes.large_part // MiB} MiB parts), "
                             "cross-endpoint", runs, len(sample.objects), sample.total_bytes)
-    _rounds(runs, _copy_steps(env, sample, projmig_options=options, s5cmd=True, raw=True, raw_part=sizes.large_part,
+    run_rounds(runs, _copy_steps(env, sample, projmig_options=options, s5cmd=True, raw=True, raw_part=sizes.large_part,
                               same_endpoint=False), result, log)
     projmig_split(result)
     result.targets = [
@@ -205,7 +205,7 @@ def run_small(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], l
     sample = env.seed(spec)
     result = ScenarioResult("small", f"{len(sample.objects)} objects of {sizes.small_size // KiB} KiB", runs,
                             len(sample.objects), sample.total_bytes)
-    _rounds(runs, _copy_steps(env, sample, projmig_options=options, s5cmd=True, raw=True, raw_part=16 * MiB,
+    run_rounds(runs, _copy_steps(env, sample, projmig_options=options, s5cmd=True, raw=True, raw_part=16 * MiB,
                               same_endpoint=sizes.same_endpoint), result, log)
     projmig_split(result)
     result.targets = [
@@ -226,7 +226,7 @@ def run_mixed(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], l
     result = ScenarioResult("mixed", f"5 nodes, {sizes.mixed_files + 1} files of 1 KiB-{sizes.mixed_max / MiB:g} MiB "
                             f"(log-uniform; one multipart) + a directory of {sizes.mixed_dir_objects} objects",
                             runs, len(sample.objects), sample.total_bytes)
-    _rounds(runs, _copy_steps(env, sample, projmig_options=options, s5cmd=False, raw=True, raw_part=16 * MiB,
+    run_rounds(runs, _copy_steps(env, sample, projmig_options=options, s5cmd=False, raw=True, raw_part=16 * MiB,
                               same_endpoint=False), result, log)
     projmig_split(result)
     result.targets = [Target("projmig throughput / rclone (no target set; shown)", result.ratio("rclone copy"), 1.0, True)]
@@ -272,7 +272,7 @@ def run_rerun(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], l
             lambda: tools.rclone(env, sample.uuid, dest, flags=["--checksum"], label="rclone copy --checksum"),
             *([ephemeral_rerun, local_api_rerun] if sizes.ephemeral_rerun else []),
         ]
-        _rounds(runs, steps, result, log)
+        run_rounds(runs, steps, result, log)
     finally:
         env.drop_destination(dest)
         env.stop_local_api()
@@ -301,7 +301,7 @@ def run_insert(env: BenchEnv, runs: int, sample: SampleProject, log: Callable[[s
         finally:
             env.drop_destination(dest)
 
-    _rounds(runs, [one], result, log)
+    run_rounds(runs, [one], result, log)
     rows = result.samples["projmig insert (flow)"][0].detail["rows_inserted"]
     med = result.median("projmig insert (flow)")
     result.split = {"rows": rows, "rows_per_s": round(rows / med), "insert_seconds": round(med, 3),
