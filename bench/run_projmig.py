@@ -164,8 +164,7 @@ async def insert(job: dict[str, Any], result: dict[str, Any]) -> None:
 
     settings = MigrationSettings.parse(job["settings"], origin="bench")
     result["import_seconds"] = time.perf_counter() - STARTED
-    checked = await steps.preflight(settings, probe_write=False)
-    plan = steps.make_plan(await steps.read_project_graph(settings, checked), checked)
+    _, plan = await steps.plan_migration(settings)
     verified = {c.dst_key: ObjectState(size=c.size, etag=c.etag) for c in plan.copies}
     began, cpu = time.perf_counter(), cpu_seconds()
     inserted = await steps.insert_rows(settings, plan, verified)
@@ -184,8 +183,7 @@ async def plan(job: dict[str, Any], result: dict[str, Any]) -> None:
     settings = MigrationSettings.parse(job["settings"], origin="bench")
     result["import_seconds"] = time.perf_counter() - STARTED
     began, cpu = time.perf_counter(), cpu_seconds()
-    checked = await steps.preflight(settings, probe_write=False)
-    made = steps.make_plan(await steps.read_project_graph(settings, checked), checked)
+    _, made = await steps.plan_migration(settings)
     result.update(
         plan_seconds=time.perf_counter() - began,
         plan_cpu_seconds=cpu_seconds() - cpu,

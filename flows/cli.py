@@ -147,8 +147,7 @@ def plan(config: ConfigOption, selection: Selection, recipient: Recipient) -> No
 
     async def main() -> None:
         settings = await resolved(load(config, **selection.overrides(), **recipient.overrides()))
-        report = await steps.preflight(settings, probe_write=False)
-        migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
+        report, migration = await steps.plan_migration(settings)
         for line in migration.summary_lines():
             say(out, line)
         if report.already_migrated:
@@ -224,8 +223,7 @@ def cleanup(
         settings = await resolved(load(config, **selection.overrides()))
         # the projects' locks (projmig/locks.py): never under a running migration or rollback of them
         async with steps.holding_locks(settings):
-            report = await steps.preflight(settings, probe_write=False)
-            migration = steps.make_plan(await steps.read_project_graph(settings, report), report)
+            report, migration = await steps.plan_migration(settings)
             # the copies' uploads this migration started, and the preflight's write probe
             return await steps.abort_our_uploads(settings, migration.copies, older_than=age, probe_key=report.probe_key)
 

@@ -15,7 +15,7 @@ from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.settings import MigrationSettings
 
 from .console import print_report
-from .local_run import migrate_with_progress
+from .local_run import migrate_with_progress, resolved
 
 
 async def run_demo(console: Console, *, workdir: Path | None = None, keep: bool = False) -> None:
@@ -67,7 +67,7 @@ async def run_demo(console: Console, *, workdir: Path | None = None, keep: bool 
         console.rule("projmig migrate")
         print_report(await migrate_with_progress(settings))
         console.rule("projmig verify")
-        result = await steps.verify_migration(settings, deep=True)
+        result = await steps.verify_migration(await resolved(settings), deep=True)
         state = "[green]equal[/]" if result.equal else f"[red]{len(result.differences)} differences[/]"
         console.print(f"{state}: {result.rows_checked} rows, {result.objects_checked} objects (SHA-256)", highlight=False)
         for difference in result.differences:

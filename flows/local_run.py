@@ -42,8 +42,10 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
     # with a Prefect API at hand, Prefect is imported (~1.5 s of CPU) while the preflight waits on
     # the servers; without, the local API is started only after the preflight passed
     importing = _import_in_background("flows.migrate") if use_prefect_api(start=False) is not False else None
+    # credentials resolved once for the run (the flow gets their values, masked in its parameters);
     # bad input fails here, in seconds, before Prefect starts
-    await steps.preflight(await resolved(settings, importing=importing), probe_write=False)
+    settings = await resolved(settings, importing=importing)
+    await steps.preflight(settings, probe_write=False)
     if importing is None:
         use_prefect_api()
     else:

@@ -103,7 +103,7 @@ async def _migrate(settings: MigrationSettings, logger: Any) -> MigrationReport:
     with timer("graph"):
         # the destination is listed while the source graph is read (each side's servers at once)
         listing = None if settings.options.dry_run else tasks.list_destination(
-            settings, steps.destination_prefixes(checked)
+            settings, checked.selection.destination_prefixes
         )
         graph, listed = await asyncio.gather(tasks.read_graph(settings, checked), listing or _nothing())
         plan = tasks.plan(quote(graph), checked)
@@ -127,7 +127,7 @@ async def _migrate(settings: MigrationSettings, logger: Any) -> MigrationReport:
             await publish_report(report)
             logger.info(report.headline())
             return report
-    if len(checked.roots) > 1:  # each root project's graph in its own transaction: see flows/many.py
+    if len(checked.selection.roots) > 1:  # each root project's graph in its own transaction: see flows/many.py
         return await migrate_each(settings, plan, report, timer, logger)
     try:
         # timed inside: "copy" (compare + copy task runs), "verify" (the listing after them)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from contextlib import AsyncExitStack
-from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 from botocore.exceptions import ClientError
@@ -20,14 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .db import alembic_revision, open_engine
 from .drift import check_drift
 from .errors import PreflightError
-from .graph import hidden_descendants, projects_of_user
 from .locks import ProjectLocks
 from .marks import COPY_MARK
 from .objects import abort_uploads, etag_of, list_prefix, stored_checksum
 from .plan import DestinationFacts
-from .remap import copy_namespace, destination_identity, legacy_destination_identity, new_project_uuid, root_of
 from .s3 import CHECKSUM_MISMATCH, Retrier, error_code, explain_bucket_error, s3_client
 from .schema import ColumnDiff
+from .selection import Selection, creation_dates, select_projects
 from .settings import MigrationSettings, S3Settings, UuidPolicy
 
 PROBE_KEY = ".projmig-preflight"
@@ -58,15 +56,12 @@ class VerificationProbe(BaseModel):
 class PreflightReport(BaseModel):
     source_revision: str | None
     destination_revision: str | None
-    roots: list[str]  # the projects asked for (after expanding owner_user_id)
-    projects: list[str]  # roots and, when asked, their hidden children
+    selection: Selection  # the projects and their destination ids (projmig/selection.py)
     already_migrated: list[str] = Field(default_factory=list)  # in the destination from an earlier run
     facts: DestinationFacts
     products: dict[str, int | None] = Field(default_factory=dict)  # destination product -> its group
     schema_drift: list[dict[str, Any]] = Field(default_factory=list)
     drift_notes: list[str] = Field(default_factory=list)  # each column dropped or defaulted, in words
-    namespaces: dict[str, str] | None = None  # uuid_policy=new: root -> namespace of its copy's ids
-    new_uuids: dict[str, str] = Field(default_factory=dict)  # uuid_policy=new: source -> destination uuid
     verification: VerificationProbe = Field(default_factory=VerificationProbe)
 
     @property
@@ -76,7 +71,8 @@ class PreflightReport(BaseModel):
     @property
     def probe_key(self) -> str:
         """The destination key of the write probe: an upload opened and aborted at once (ours)."""
-        return f"{self.roots[0]}/{PROBE_KEY}" if self.roots else PROBE_KEY
+        roots = self.selection.roots
+        return f"{roots[0]}/{PROBE_KEY}" if roots else PROBE_KEY
 
 
 async def run_preflight(
@@ -150,7 +146,8 @@ async def probe_verification(
     destination_what = f"destination bucket {dst.describe()} (provider {dst.provider}): a part of probe upload {report.probe_key}"
     source_what = ""
     async with s3_client(src) as client:
-        listed = await list_prefix(client, src.bucket, f"{report.roots[0]}/", retry) if report.roots else {}
+        roots = report.selection.roots
+        listed = await list_prefix(client, src.bucket, f"{roots[0]}/", retry) if roots else {}
         small = sorted((s.size, k) for k, s in listed.items() if 0 < s.size <= SMALL_PROBE and "-" not in s.etag)
         if small:
             key = small[0][1]
@@ -300,21 +297,9 @@ async def _check_databases(
         else:
             drifting = True  # columns compared, and the rows to move checked, once they are known
 
-    # what to move
-    roots = [str(u) for u in settings.project_uuids]
-    if settings.source.owner_user_id is not None:
-        owned = await projects_of_user(src, settings.source.owner_user_id)
-        if not owned:
-            problems.append(f"source user {settings.source.owner_user_id} owns no projects (source.owner_user_id)")
-        roots += [u for u in owned if u not in roots]
-    found = await _creation_dates(src, roots)
-    unknown = [u for u in roots if u not in found]
-    for uuid in unknown:
-        problems.append(f"source project {uuid} does not exist (source.project_uuid)")
-    roots = [u for u in roots if u in found]
-    children = await hidden_descendants(src, roots) if settings.source.include_hidden and roots else []
-    projects = roots + [c for c, _ in children]
-    found.update(await _creation_dates(src, [c for c, _ in children]))
+    # what to move, and under which ids
+    selection = await select_projects(settings, src, dst, problems)
+    projects = selection.projects
     if drifting and projects:
         checked = await check_drift(src, dst, projects, revisions=(src_rev or "", dst_rev or ""))
         problems += checked.problems
@@ -323,24 +308,19 @@ async def _check_databases(
     # who receives it
     facts, products = await _destination_facts(settings, src, dst, projects, problems)
 
-    namespaces: dict[str, str] | None = None
-    new_uuids: dict[str, str] = {}
-    if settings.options.uuid_policy == UuidPolicy.NEW and projects:
-        namespaces = await copy_namespaces(dst, settings, roots)
-        new_uuids = _copy_ids(namespaces, children)
     if locks is not None and projects and not problems:
         # one run of these projects at a time from here on; what another run inserted while this
         # one waited is seen below (no transaction is kept open while waiting)
         await src.rollback()  # read-only so far: ended, not kept open while waiting
         await dst.rollback()
-        await locks.acquire([new_uuids.get(u, u) for u in projects])
+        await locks.acquire(selection.destination_uuids)
 
     # collisions: the same uuid or file_id for something that is not this project
     already: list[str] = []
     if settings.options.uuid_policy == UuidPolicy.KEEP and projects:
-        existing = await _creation_dates(dst, projects)
+        existing = await creation_dates(dst, projects)
         for uuid, (created, name) in existing.items():
-            if created == found[uuid][0]:
+            if created == selection.created[uuid]:
                 already.append(uuid)
             else:
                 problems.append(
@@ -360,69 +340,31 @@ async def _check_databases(
                 problems.append(f"collision: destination file_id {file_id} already belongs to project {owner}")
             if len(clashes) > 5:
                 problems.append("collision: more destination file_ids clash")
-    if new_uuids:
-        already = await _earlier_copies(dst, new_uuids, found, problems)
+    if selection.new_uuids:
+        already = await _earlier_copies(dst, selection, problems)
 
     return PreflightReport(
         source_revision=src_rev,
         destination_revision=dst_rev,
-        roots=roots,
-        projects=projects,
+        selection=selection,
         already_migrated=already,
         facts=facts,
         products=products,
         schema_drift=[d.__dict__ for d in drift if not d.identical],
         drift_notes=drift_notes,
-        namespaces=namespaces,
-        new_uuids=new_uuids,
     )
 
 
-async def copy_namespaces(dst: AsyncConnection, settings: MigrationSettings, roots: list[str]) -> dict[str, str]:
-    """uuid_policy=new: each root's namespace, from the destination's identity (its PostgreSQL
-    cluster, database and bucket: the same however the configuration names it). A root whose copy
-    the destination holds under the namespace earlier versions derived from the configuration's
-    spelling (host:port/database or the DSN's reference), and not under the new one, keeps that one:
-    its copy is resumed (or rolled back), not made again."""
-    bucket, label = settings.destination.s3.bucket, settings.options.copy_label
-    where = destination_identity(*await database_identity(dst), bucket)
-    legacy = legacy_destination_identity(settings.destination.db.describe(), bucket)
-    namespaces = {root: copy_namespace(where, root, label) for root in roots}
-    earlier = {root: copy_namespace(legacy, root, label) for root in roots}
-    ids = {new_project_uuid(ns, root): root for ns_of in (namespaces, earlier) for root, ns in ns_of.items()}
-    there = {r[0] for r in await dst.execute(text("SELECT uuid FROM projects WHERE uuid = ANY(:u)"), {"u": list(ids)})}
-    for root in roots:
-        if new_project_uuid(namespaces[root], root) not in there and new_project_uuid(earlier[root], root) in there:
-            namespaces[root] = earlier[root]
-    return namespaces
-
-
-async def database_identity(conn: AsyncConnection) -> tuple[str, str]:
-    """(the cluster's system_identifier, the database's name): what a database is, whatever its address."""
-    row = (await conn.execute(text(
-        "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
-    ))).one()
-    return row[0], row[1]
-
-
-def _copy_ids(namespaces: dict[str, str], children: list[tuple[str, str]]) -> dict[str, str]:
-    """uuid_policy=new: every project's new uuid (a hidden child's from its root's namespace)."""
-    parents: dict[str, str | None] = {root: None for root in namespaces}
-    parents.update(dict(children))
-    return {uuid: new_project_uuid(namespaces[root_of(uuid, parents)], uuid) for uuid in parents}
-
-
-async def _earlier_copies(
-    dst: AsyncConnection, new_uuids: dict[str, str], found: dict[str, tuple[datetime, str]], problems: list[str]
-) -> list[str]:
+async def _earlier_copies(dst: AsyncConnection, selection: Selection, problems: list[str]) -> list[str]:
     """The new ids must be free, or hold this same copy from an earlier run (resume)."""
     already: list[str] = []
-    existing = await _creation_dates(dst, list(new_uuids.values()))
+    new_uuids = selection.new_uuids
+    existing = await creation_dates(dst, list(new_uuids.values()))
     for src_uuid, dst_uuid in new_uuids.items():
         if dst_uuid not in existing:
             continue
         created, name = existing[dst_uuid]
-        if created == found[src_uuid][0]:
+        if created == selection.created[src_uuid]:
             already.append(dst_uuid)
         else:
             problems.append(
@@ -437,15 +379,6 @@ async def _earlier_copies(
     for file_id, owner in clashes[:5]:
         problems.append(f"collision: destination file_id {file_id} already belongs to project {owner}")
     return already
-
-
-async def _creation_dates(conn: AsyncConnection, uuids: list[str]) -> dict[str, tuple[datetime, str]]:
-    if not uuids:
-        return {}
-    rows = await conn.execute(
-        text("SELECT uuid, creation_date, name FROM projects WHERE uuid = ANY(:u)"), {"u": uuids}
-    )
-    return {uuid: (created, name) for uuid, created, name in rows}
 
 
 async def _destination_facts(

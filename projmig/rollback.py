@@ -2,10 +2,10 @@
 then its objects. Refuse, removing nothing, when a destination project changed after the migration.
 
 **Which rows are the migration's.** Rollback takes the migration's own configuration and recomputes
-its plan from the source (the same roots, hidden children with ``include_hidden``, and under
-``uuid_policy=new`` the same destination ids: they derive from the destination, the source uuid and
-``copy_label``). Every destination project of that plan that is there must be what the migration
-inserted, unchanged since:
+its plan from the source with the migration's own selection (:mod:`projmig.selection`: the same
+roots, hidden children with ``include_hidden``, and under ``uuid_policy=new`` the same destination
+ids: they derive from the destination, the source uuid and ``copy_label``). Every destination
+project of that plan that is there must be what the migration inserted, unchanged since:
 
 1. its ``creation_date`` is the source project's (the insert keeps it): else it is another project
    that only has the uuid, and rollback refuses;
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -67,23 +66,20 @@ from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import PreflightError, TransferError
-from .graph import SIMCORE_LOCATION, projects_of_user, read_graph
+from .graph import SIMCORE_LOCATION
 from .insert import project_key
 from .marks import COPY_MARK, UploadRecord, copy_mark, read_mark, read_record
 from .objects import ObjectState, list_prefix, list_uploads
-from .plan import DestinationFacts, MigrationPlan, build_plan
-from .preflight import copy_namespaces
+from .plan import DestinationFacts, MigrationPlan
 from .units import human_bytes
 from .s3 import Retrier, describe_error, error_code, is_transient, s3_client, upload_gone
 from .schema import PROJECT_TABLES, insert_order, reflect
+from .selection import Lister, plan_selection, read_selection, select_projects
 from .settings import MigrationSettings, UuidPolicy
 
 DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 maximum)
 IDENTITY_PROBE = ".projmig-identity-"  # + random hex: written to the destination, looked for in the source
 MARK_READS_AT_ONCE = 16  # HEADs in flight when reading the marks of objects no removed row names
-
-Lister = Callable[[str], Awaitable[dict[str, tuple[int, str]]]]
-
 
 class RollbackRefused(PreflightError):
     """The destination holds something this migration did not write, or changed since: nothing removed."""
@@ -182,31 +178,19 @@ class RollbackResult(BaseModel):
 async def recompute_plan(
     src: AsyncConnection, dst: AsyncConnection, lister: Lister, settings: MigrationSettings
 ) -> MigrationPlan:
-    """The plan the migration with these settings made (and would make now: see the module's rule)."""
-    roots = [str(u) for u in settings.project_uuids]
-    problems = []
-    if settings.source.owner_user_id is not None:
-        owned = await projects_of_user(src, settings.source.owner_user_id)
-        if not owned:
-            problems.append(f"source user {settings.source.owner_user_id} owns no projects (source.owner_user_id)")
-        roots += [u for u in owned if u not in roots]
-    found = {r[0] for r in await src.execute(text("SELECT uuid FROM projects WHERE uuid = ANY(:u)"), {"u": roots})}
-    problems += [
-        f"source project {u} does not exist: rollback recomputes what the migration wrote from the source project "
-        "(source.project_uuid)"
-        for u in roots
-        if u not in found
-    ]
+    """The plan the migration with these settings made (and would make now: see the module's rule),
+    from the same selection (:func:`projmig.selection.select_projects`)."""
+    problems: list[str] = []
+    selection = await select_projects(settings, src, dst, problems)
     if problems:
-        raise RollbackRefused(problems)
-    graph = await read_graph(src, lister, roots, include_hidden=settings.source.include_hidden)
-    namespaces = await copy_namespaces(dst, settings, roots) if settings.options.uuid_policy == UuidPolicy.NEW else None
+        raise RollbackRefused([f"{p}: rollback finds what the migration wrote from the source projects" for p in problems])
+    graph = await read_selection(src, lister, selection)
     # rollback reads the plan's ids, dates, file ids and keys: the remapped owner/group values do not matter
     facts = DestinationFacts(
         owner_id=settings.destination.user_id, owner_gid=0, everyone_gid=None,
         product_name=settings.destination.product_name, bucket=settings.destination.s3.bucket,
     )
-    return build_plan(graph, facts, namespaces)
+    return plan_selection(graph, selection, facts)
 
 
 async def refuse_shared_bucket(settings: MigrationSettings, retry: Retrier) -> None:

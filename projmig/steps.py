@@ -3,24 +3,27 @@
 This is what the Prefect tasks, the CLI and the tests call: every call opens the connections it
 needs from the settings and closes them, so a step can run in any process (a thread, a Dask
 worker, a rerun after a crash) and its inputs stay hashable and free of live objects.
+
+The settings' credentials are values: a run resolves its references once, before its first step
+(``flows/credentials.py`` for flows and the CLI; :func:`projmig.settings.resolve_secrets` for a
+library caller); a step given a reference fails with one line naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, AsyncIterator
 
 from .db import create_engine, open_engine
 from .errors import PreflightError, TransferError
 from .locks import ProjectLocks, project_locks
-from .graph import ProjectGraph, read_graph, snapshot
+from .graph import ProjectGraph, snapshot
 from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
 from .objects import (
     ByteBudget,
@@ -34,7 +37,7 @@ from .objects import (
     refuse_oversized,
 )
 from .marks import mark_of
-from .plan import MigrationPlan, ObjectCopy, build_plan
+from .plan import MigrationPlan, ObjectCopy
 from .preflight import PreflightReport, run_preflight
 from .rollback import (
     RollbackResult,
@@ -47,7 +50,8 @@ from .rollback import (
 )
 from .s3 import Retrier, s3_client
 from .s3data import DataPath, data_path
-from .settings import DatabaseSettings, MigrationSettings, S3Settings, UuidPolicy, resolve_secrets
+from .selection import plan_selection, read_selection
+from .settings import DatabaseSettings, MigrationSettings, S3Settings, UuidPolicy
 from .rowcheck import Difference, compare as compare_row_texts, read_text_rows
 from .verify import VerifyReport, compare_objects_sha256, verify_copies
 
@@ -58,6 +62,7 @@ __all__ = [
     "preflight",
     "read_project_graph",
     "make_plan",
+    "plan_migration",
     "compare",
     "copy_objects",
     "verify_objects",
@@ -72,24 +77,10 @@ __all__ = [
 ]
 
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def _resolving(step: F) -> F:
-    """Steps accept settings whose credentials are still environment references."""
-
-    @functools.wraps(step)
-    async def wrapper(settings: MigrationSettings, *args: Any, **kwargs: Any) -> Any:
-        return await step(resolve_secrets(settings), *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
 def retrier(settings: MigrationSettings) -> Retrier:
     return Retrier.of(settings.options)
 
 
-@_resolving
 async def preflight(settings: MigrationSettings, *, probe_write: bool = True) -> PreflightReport:
     """The checks before any byte moves; inside :func:`holding_locks`, the projects are locked too."""
     return await run_preflight(settings, probe_write=probe_write, locks=_held_locks(settings))
@@ -110,7 +101,6 @@ async def holding_locks(settings: MigrationSettings) -> AsyncIterator[ProjectLoc
     """One run of a migration (or rollback): the steps awaited in this block, in this event loop (the
     run's tasks), lock the destination projects they work on (:mod:`projmig.locks`) on one connection
     kept open until the block ends, when all of them are released."""
-    settings = resolve_secrets(settings)
     async with project_locks(settings.destination.db, settings.options.lock_wait) as locks:
         token = _locks.set(_HeldLocks(locks, asyncio.get_running_loop(), settings.destination.db))
         try:
@@ -133,7 +123,6 @@ def _held_locks(settings: MigrationSettings) -> ProjectLocks | None:
     return held.locks
 
 
-@_resolving
 async def read_project_graph(settings: MigrationSettings, report: PreflightReport) -> ProjectGraph:
     retry = retrier(settings)
     s3 = settings.source.s3
@@ -146,7 +135,7 @@ async def read_project_graph(settings: MigrationSettings, report: PreflightRepor
             return {k: (v.size, v.etag) for k, v in found.items()}
 
         # the projects the preflight found are listed while the database is read
-        early = {f"{u}/": asyncio.ensure_future(listing(f"{u}/")) for u in report.projects}
+        early = {f"{u}/": asyncio.ensure_future(listing(f"{u}/")) for u in report.selection.projects}
 
         async def lister(prefix: str) -> dict[str, tuple[int, str]]:
             started = early.pop(prefix, None)
@@ -154,9 +143,7 @@ async def read_project_graph(settings: MigrationSettings, report: PreflightRepor
 
         try:
             async with snapshot(engine) as conn:  # every row of every project as of one moment
-                graph = await read_graph(
-                    conn, lister, report.roots, include_hidden=settings.source.include_hidden, only=report.projects
-                )
+                graph = await read_selection(conn, lister, report.selection)
             # before any byte moves: an object the destination cannot take fails the run now
             refuse_oversized(graph.objects, settings.destination.s3.max_object_size, settings.destination.s3.bucket)
             await _refuse_missing(settings, graph, retry)
@@ -193,12 +180,6 @@ async def _refuse_missing(settings: MigrationSettings, graph: ProjectGraph, retr
     graph.warnings += [f"{m}: its row moves without it (options.allow_missing_objects)" for m in missing]
 
 
-def destination_prefixes(report: PreflightReport) -> list[str]:
-    """The destination prefix of every project the preflight found (its objects' keys start so)."""
-    return [f"{report.new_uuids.get(u, u)}/" for u in report.projects]
-
-
-@_resolving
 async def list_destination(settings: MigrationSettings, prefixes: list[str]) -> dict[str, dict[str, ObjectState]]:
     """prefix -> what the destination holds under it (for :func:`compare`, taken while the graph is read)."""
     retry = retrier(settings)
@@ -214,12 +195,16 @@ async def list_destination(settings: MigrationSettings, prefixes: list[str]) -> 
 
 
 def make_plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
-    plan = build_plan(graph, report.facts, report.namespaces)
-    plan.schema_drift = list(report.drift_notes)
-    return plan
+    return plan_selection(graph, report.selection, report.facts, report.drift_notes)
 
 
-@_resolving
+async def plan_migration(settings: MigrationSettings) -> tuple[PreflightReport, MigrationPlan]:
+    """What a migration with these settings would do, writing nothing: the preflight (no write probe),
+    the graph and the plan (``projmig plan``, ``verify``, ``cleanup``)."""
+    report = await preflight(settings, probe_write=False)
+    return report, make_plan(await read_project_graph(settings, report), report)
+
+
 async def compare(
     settings: MigrationSettings, copies: list[ObjectCopy], listed: dict[str, dict[str, ObjectState]] | None = None
 ) -> tuple[list[CopyOutcome], list[tuple[ObjectCopy, ObjectState | None]]]:
@@ -231,7 +216,6 @@ async def compare(
         )
 
 
-@_resolving
 async def copy_objects(
     settings: MigrationSettings,
     items: list[tuple[ObjectCopy, ObjectState | None]],
@@ -318,7 +302,6 @@ async def shared_copy(settings: MigrationSettings) -> AsyncIterator[None]:
     copy task runs of a flow), share one pair of clients, one connection pool per side and the
     limits (``copy_concurrency`` objects, ``memory_limit`` bytes, across all of them): a batch that
     finishes late gets every free slot instead of its share, and no call opens clients of its own."""
-    settings = resolve_secrets(settings)
     opts = settings.options
     lean = opts.s3_data_client == "lean"
     pool = max(opts.copy_concurrency, opts.part_concurrency) + 4
@@ -338,13 +321,11 @@ async def shared_copy(settings: MigrationSettings) -> AsyncIterator[None]:
             _shared_copy.reset(token)
 
 
-@_resolving
 async def verify_objects(settings: MigrationSettings, copies: list[ObjectCopy]) -> dict[str, ObjectState]:
     async with _lister(settings, settings.destination.s3) as (dst, data):
         return await verify_copies(dst, settings.destination.s3.bucket, copies, retrier(settings), data=data)
 
 
-@_resolving
 async def insert_rows(
     settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState]
 ) -> InsertResult:
@@ -358,7 +339,6 @@ async def insert_rows(
         return await insert_plan(engine, plan, verified, source=source)
 
 
-@_resolving
 async def insert_rows_each(
     settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
 ) -> list[ProjectInsert]:
@@ -374,7 +354,6 @@ async def insert_rows_each(
         await source.dispose()
 
 
-@_resolving
 async def abort_our_uploads(
     settings: MigrationSettings, copies: list[ObjectCopy], *, older_than: timedelta | None = None,
     probe_key: str | None = None,
@@ -391,14 +370,11 @@ async def abort_our_uploads(
     return aborted
 
 
-@_resolving
 async def verify_migration(settings: MigrationSettings, *, deep: bool = True) -> VerifyReport:
     """Compare the destination with the source: rows in PostgreSQL's text form modulo the documented
     remaps (:mod:`projmig.rowcheck`); objects by size/ETag, and by SHA-256 of their bytes when ``deep``."""
     started = time.monotonic()
-    report = await preflight(settings, probe_write=False)
-    graph = await read_project_graph(settings, report)
-    plan = make_plan(graph, report)
+    _, plan = await plan_migration(settings)
     result = VerifyReport(projects=[p.dst_uuid for p in plan.projects])
     retry = retrier(settings)
     lean = settings.options.s3_data_client == "lean"
@@ -432,7 +408,6 @@ async def verify_migration(settings: MigrationSettings, *, deep: bool = True) ->
     return result
 
 
-@_resolving
 async def rollback_rows(settings: MigrationSettings, *, dry_run: bool = False) -> RollbackResult:
     """Recompute the migration's plan from the source; in one destination transaction, check that its
     projects are unchanged since the migration and delete their rows (dry run: count them); then find
@@ -462,7 +437,6 @@ async def rollback_rows(settings: MigrationSettings, *, dry_run: bool = False) -
         return await find_objects(client, settings.destination.s3.bucket, plan, removal, retry, dry_run=dry_run)
 
 
-@_resolving
 async def rollback_objects(settings: MigrationSettings, result: RollbackResult) -> RollbackResult:
     """Delete the objects :func:`rollback_rows` found (batched DeleteObjects) and abort the unfinished
     uploads of the migration's keys."""

@@ -262,6 +262,63 @@ async def test_fresh_uuid_copies_roll_back_alone(simcore: Simcore) -> None:
     assert await snapshot(simcore.source_db) == source and await keys(simcore.source_s3) == source_keys
 
 
+SELECTED_BY_OWNER = """
+    WITH RECURSIVE graph(uuid) AS (
+        SELECT uuid FROM projects WHERE prj_owner = $1 AND trashed IS NULL AND NOT hidden
+        UNION
+        SELECT m.project_uuid FROM projects_metadata m JOIN projects p ON p.uuid = m.project_uuid
+        JOIN graph g ON g.uuid IN (m.parent_project_uuid, m.root_parent_project_uuid) WHERE p.hidden
+    )
+    SELECT uuid FROM graph"""
+PROJECT_FACE = "SELECT name, creation_date::text, hidden FROM projects WHERE uuid = ANY($1::varchar[]) ORDER BY name"
+
+
+async def test_rollback_of_an_owner_migration_with_hidden_jobs_under_new_ids_finds_what_it_created(simcore: Simcore) -> None:
+    """Migrate and rollback decide which projects a configuration means, and their new ids, alike:
+    every project of a source user (one trashed left out, another user's not taken), their hidden jobs
+    (a chain of two below one root), each under a new uuid from its root's namespace. What the migration
+    created is read from the destination in SQL, and the source's side by a query of the test's own."""
+    bob = simcore.source_ids.users["bob"].id
+    a = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(70, hidden_children=2))
+    b = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(71, hidden_children=1))
+    trashed = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(72))
+    await sql(simcore.source_db, "UPDATE projects SET trashed = now() WHERE uuid = $1", trashed.uuid)
+    theirs = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=bob, spec=small(73, hidden_children=1))
+    await migrate(simcore.settings(theirs.uuid, source={"include_hidden": True}))  # already in the destination, kept
+
+    wanted = {r[0] for r in await sql(simcore.source_db, SELECTED_BY_OWNER, simcore.alice)}
+    assert wanted == set(a.all_projects) | set(b.all_projects)  # the test's own query agrees with the samples
+    before, before_keys = await snapshot(simcore.destination_db), await keys(simcore.destination_s3)
+    there = {r[0] for r in await sql(simcore.destination_db, "SELECT uuid FROM projects")}
+    settings = simcore.settings(None, source={"owner_user_id": simcore.alice, "include_hidden": True},
+                                options={"uuid_policy": "new", "copy_label": "one selection"})
+    await migrate(settings)
+
+    created = {r[0] for r in await sql(simcore.destination_db, "SELECT uuid FROM projects")} - there
+    assert len(created) == len(wanted) and not created & wanted  # new ids, one per selected project
+    faces = [[tuple(r) for r in await sql(db, PROJECT_FACE, list(u))]
+             for db, u in ((simcore.destination_db, created), (simcore.source_db, wanted))]
+    assert faces[0] == faces[1]  # name, creation date and hidden as the source has them
+    links = await sql(simcore.destination_db, "SELECT parent_project_uuid, root_parent_project_uuid FROM projects_metadata "
+                      "WHERE project_uuid = ANY($1::varchar[]) AND parent_project_uuid IS NOT NULL", list(created))
+    assert len(links) == 3 and {u for link in links for u in link} <= created  # the jobs hang below the copies
+    new_keys = await keys(simcore.destination_s3) - before_keys
+    assert new_keys and {k.split("/", 1)[0] for k in new_keys} <= created
+
+    dry = await steps.rollback_migration(settings, dry_run=True)
+    assert {p.dst_uuid for p in dry.projects} == {p.dst_uuid for p in dry.removed_projects} == created
+    assert {p.src_uuid for p in dry.projects} == wanted
+    hidden = {r[0] for r in await sql(simcore.destination_db, "SELECT uuid FROM projects WHERE hidden AND uuid = ANY($1::varchar[])",
+                                      list(created))}
+    assert {p.dst_uuid for p in dry.projects if p.hidden} == hidden
+    assert set(dry.objects) == new_keys
+
+    done = await steps.rollback_migration(settings)
+    assert {p.dst_uuid for p in done.removed_projects} == created and done.objects_removed == len(new_keys)
+    assert await snapshot(simcore.destination_db) == before  # exactly the migration's rows went, the rest stayed
+    assert await keys(simcore.destination_s3) == before_keys
+
+
 @pytest.mark.fault_proxy
 async def test_object_deletion_is_retried_and_a_rerun_finishes_it(fixture_simcore: Simcore) -> None:
     simcore = fixture_simcore  # about S3 behaviour: one schema is enough

@@ -15,7 +15,7 @@ from projmig.remap import UUID_RE, copy_namespace, legacy_destination_identity
 from projmig.s3 import s3_client
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
-from projmig.settings import DatabaseSettings, S3Settings
+from projmig.settings import DatabaseSettings, S3Settings, resolve_secrets
 
 from ..conftest import Simcore
 
@@ -175,7 +175,7 @@ async def test_the_copy_is_the_same_however_the_configuration_names_the_destinat
     assert again.status == "already-migrated", again.headline()
     assert sorted(again.already_present) == sorted(p.dst_uuid for p in made.projects)
     assert (await steps.verify_migration(literal, deep=False)).equal
-    removed = await steps.rollback_migration(by_reference)  # and its rollback, spelled either way
+    removed = await steps.rollback_migration(resolve_secrets(by_reference))  # and its rollback, spelled either way
     assert sorted(p.dst_uuid for p in removed.removed_projects) == sorted(again.already_present)
 
     # a copy made by an earlier version, whose ids came from how the configuration spelled the
