@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from projmig import steps
 from projmig.errors import ConfigError
 from projmig.settings import MigrationSettings, SecretRef, resolve_secrets, template
 
@@ -73,6 +74,18 @@ def test_secret_references_resolve_from_the_environment(tmp_path: Path, monkeypa
         resolve_secrets(settings)
     monkeypatch.setenv("SRC_PW", "pw-from-env")
     assert resolve_secrets(settings).source.db.password.get_secret_value() == "pw-from-env"  # type: ignore[union-attr]
+
+
+async def test_a_reference_reaching_a_step_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run resolves its credentials once, before its first step (``flows/credentials.py``, or
+    ``resolve_secrets`` for a library caller); a step takes values and reads no environment of its own,
+    so a reference left unresolved stops it with one line naming it, before any connection."""
+    monkeypatch.setenv("SOURCE_DB_PASSWORD", "set, yet not read by the step")
+    settings = MigrationSettings.parse(template())
+    with pytest.raises(ConfigError, match="^password still refers to env:SOURCE_DB_PASSWORD: resolve secrets first$"):
+        await steps.preflight(settings)
+    with pytest.raises(ConfigError, match="^password still refers to prefect-secret:destination-db-password: resolve"):
+        await steps.rollback_migration(settings)
 
 
 def test_one_error_line_per_wrong_field(tmp_path: Path) -> None:
