@@ -7,8 +7,9 @@ CLI's commands and of ``deployments/serve.py``.
 - The settings a flow run works with (:func:`flow_run_settings`): a local call's own, or the
   deployment's blocks and options; the run's choices applied, its credentials resolved.
 - Secret references resolved (:func:`resolve_credentials`): environment variables, and Prefect Secret
-  blocks through the Prefect API. The Prefect-free rules (which references exist, what a missing one
-  says) are :mod:`projmig.settings`'s; what Prefect holds is read here.
+  blocks through the Prefect API, once per run, before its first step (the library's steps take the
+  values). The Prefect-free rules (which references exist, what a missing one says) are
+  :mod:`projmig.settings`'s; what Prefect holds is read here.
 
 Prefect is imported inside the functions that use it: the CLI imports this module before it knows
 whether it needs Prefect at all.
