@@ -159,7 +159,7 @@ def cli(job: dict[str, Any], result: dict[str, Any]) -> None:
 
 async def insert(job: dict[str, Any], result: dict[str, Any]) -> None:
     from projmig import steps
-    from projmig.objects import ObjectState
+    from projmig.buckets import ObjectState
     from projmig.settings import MigrationSettings
 
     settings = MigrationSettings.parse(job["settings"], origin="bench")

@@ -17,7 +17,9 @@ from typing import Any
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.utilities.annotations import quote
 
-from projmig.objects import CopyOutcome, ObjectState, batch_transfers
+from projmig.buckets import ObjectState
+from projmig.copier import CopyOutcome
+from projmig.objects import batch_transfers
 from projmig.report import MigrationReport, StageTimer
 from projmig.settings import MigrationSettings
 from projmig.units import human_bytes

@@ -17,7 +17,7 @@ from typing import Any
 from prefect.utilities.annotations import quote
 
 from projmig.errors import ProjmigError, TransferError
-from projmig.objects import ObjectState
+from projmig.buckets import ObjectState
 from projmig.plan import MigrationPlan
 from projmig.report import MigrationReport, StageTimer
 from projmig.settings import MigrationSettings

@@ -23,7 +23,7 @@ from prefect.utilities.annotations import quote
 
 from projmig import steps
 from projmig.errors import ProjmigError, TransferError
-from projmig.objects import ObjectState
+from projmig.buckets import ObjectState
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.report import MigrationReport, StageTimer
 from projmig.settings import MigrationOptions, MigrationSettings, UuidPolicy

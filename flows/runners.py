@@ -14,7 +14,7 @@ from prefect.futures import as_completed
 
 from projmig import steps
 from projmig.errors import ConfigError
-from projmig.objects import CopyOutcome
+from projmig.copier import CopyOutcome
 from projmig.settings import MigrationOptions, MigrationSettings
 
 

@@ -18,7 +18,8 @@ from prefect.context import TaskRunContext
 from projmig import steps
 from projmig.graph import ProjectGraph
 from projmig.insert import InsertResult, ProjectInsert
-from projmig.objects import CopyOutcome, ObjectState
+from projmig.buckets import ObjectState
+from projmig.copier import CopyOutcome
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.preflight import PreflightReport
 from projmig.rollback import RollbackResult

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import InsertError
 from .graph import Row, source_states
-from .objects import ObjectState
+from .buckets import ObjectState
 from .plan import MigrationPlan, PlannedProject
 from .rowcheck import compare, read_text_rows
 from .schema import PROJECT_TABLES, insert_order, reflect

@@ -21,7 +21,8 @@ from .drift import check_drift
 from .errors import PreflightError
 from .locks import ProjectLocks
 from .marks import COPY_MARK
-from .objects import abort_uploads, etag_of, list_prefix, stored_checksum
+from .buckets import abort_upload, abort_uploads, etag_of, list_prefix
+from .copier import stored_checksum
 from .plan import DestinationFacts
 from .s3 import CHECKSUM_MISMATCH, Retrier, error_code, explain_bucket_error, s3_client
 from .schema import ColumnDiff
@@ -240,12 +241,7 @@ async def check_bucket(
                     md5_etag = etag_of(part["ETag"]) == hashlib.md5(PROBE_BODY).hexdigest()
                     checksums = validated and part.get("ChecksumSHA256") == right["ChecksumSHA256"]
                 finally:
-                    await retry(
-                        f"{where}: abort",
-                        lambda: client.abort_multipart_upload(
-                            Bucket=s3.bucket, Key=write_probe_key, UploadId=upload["UploadId"]
-                        ),
-                    )
+                    await abort_upload(client, s3.bucket, write_probe_key, upload["UploadId"], retry)
     except Exception as exc:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         action = "cannot write" if write_probe_key else "cannot read"

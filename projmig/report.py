@@ -18,7 +18,7 @@ from .units import human_bytes
 
 if TYPE_CHECKING:
     from .insert import InsertResult
-    from .objects import CopyOutcome
+    from .copier import CopyOutcome
 
 Status = Literal["migrated", "already-migrated", "dry-run", "failed", "partial"]  # partial: some projects failed
 

@@ -65,19 +65,18 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .errors import PreflightError, TransferError
+from .errors import PreflightError
 from .graph import SIMCORE_LOCATION
 from .insert import project_key
 from .marks import COPY_MARK, UploadRecord, copy_mark, read_mark, read_record
-from .objects import ObjectState, list_prefix, list_uploads
+from .buckets import ObjectState, list_prefix, list_uploads
 from .plan import DestinationFacts, MigrationPlan
 from .units import human_bytes
-from .s3 import Retrier, describe_error, error_code, is_transient, s3_client, upload_gone
+from .s3 import Retrier, error_code, s3_client
 from .schema import PROJECT_TABLES, insert_order, reflect
 from .selection import Lister, plan_selection, read_selection, select_projects
 from .settings import MigrationSettings, UuidPolicy
 
-DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 maximum)
 IDENTITY_PROBE = ".projmig-identity-"  # + random hex: written to the destination, looked for in the source
 MARK_READS_AT_ONCE = 16  # HEADs in flight when reading the marks of objects no removed row names
 
@@ -513,48 +512,3 @@ async def find_objects(
         uploads=uploads,
         objects_left=left,
     )
-
-
-async def delete_objects(client: Any, bucket: str, keys: list[str], retry: Retrier) -> int:
-    """Delete ``keys`` with batched DeleteObjects; keys a server reports transient errors for are retried."""
-    deleted = 0
-    for start in range(0, len(keys), DELETE_BATCH):
-        pending = set(keys[start:start + DELETE_BATCH])
-        where = f"delete {len(pending)} objects from s3://{bucket}"
-
-        async def attempt() -> None:
-            batch = sorted(pending)
-            resp = await client.delete_objects(
-                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
-            )
-            errors = {e["Key"]: e for e in resp.get("Errors", [])}
-            pending.intersection_update(errors)
-            if not errors:
-                return
-            first = next(iter(errors.values()))
-            failure = ClientError({"Error": {"Code": first.get("Code", ""), "Message": first.get("Message", "")}},
-                                  "DeleteObjects")
-            if is_transient(failure):
-                raise failure  # the Retrier tries the keys that failed again
-            raise TransferError(f"{where}: {first['Key']}: {describe_error(failure)} ({len(errors)} keys failed)")
-
-        try:
-            await retry(where, attempt)
-        except ClientError as exc:  # not worth retrying (e.g. access denied)
-            raise TransferError(f"{where}: {describe_error(exc)}") from exc
-        deleted += len(keys[start:start + DELETE_BATCH])
-    return deleted
-
-
-async def abort_listed_uploads(client: Any, bucket: str, uploads: list[tuple[str, str]], retry: Retrier) -> int:
-    aborted = 0
-    for key, upload_id in uploads:
-        try:
-            await retry(f"abort upload of {key}",
-                        lambda k=key, u=upload_id: client.abort_multipart_upload(Bucket=bucket, Key=k, UploadId=u))
-        except ClientError as exc:
-            if not upload_gone(exc):  # finished or aborted meanwhile
-                raise TransferError(f"abort upload of {key}: {describe_error(exc)}") from exc
-            continue
-        aborted += 1
-    return aborted

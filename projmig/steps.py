@@ -25,24 +25,14 @@ from .errors import PreflightError, TransferError
 from .locks import ProjectLocks, project_locks
 from .graph import ProjectGraph, snapshot
 from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
-from .objects import (
-    ByteBudget,
-    CopyOutcome,
-    ObjectCopier,
-    ObjectState,
-    abort_marked_uploads,
-    abort_uploads,
-    compare_with_destination,
-    list_prefix,
-    refuse_oversized,
-)
+from .buckets import ObjectState, abort_marked_uploads, abort_upload, abort_uploads, delete_objects, list_prefix
+from .copier import ByteBudget, CopyOutcome, ObjectCopier, refuse_oversized
+from .objects import compare_with_destination
 from .marks import mark_of
 from .plan import MigrationPlan, ObjectCopy
 from .preflight import PreflightReport, run_preflight
 from .rollback import (
     RollbackResult,
-    abort_listed_uploads,
-    delete_objects,
     find_objects,
     recompute_plan,
     refuse_shared_bucket,
@@ -445,7 +435,7 @@ async def rollback_objects(settings: MigrationSettings, result: RollbackResult) 
     try:
         async with s3_client(settings.destination.s3) as client:
             removed = await delete_objects(client, bucket, list(result.objects), retry)
-            aborted = await abort_listed_uploads(client, bucket, result.uploads, retry)
+            aborted = sum([await abort_upload(client, bucket, key, upload_id, retry) for key, upload_id in result.uploads])
     except TransferError as exc:
         rows = "the rows are removed; " if result.removed_projects and not result.dry_run else ""
         raise TransferError(f"{exc} ({rows}rerun the rollback to remove the objects left)", transient=exc.transient) from exc

@@ -9,7 +9,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .errors import VerificationError
-from .objects import CopyOutcome, ObjectState, compare_with_destination
+from .buckets import ObjectState
+from .copier import CopyOutcome
+from .objects import compare_with_destination
 from .plan import ObjectCopy
 from .rowcheck import Difference
 from .s3 import Retrier

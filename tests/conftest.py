@@ -272,6 +272,31 @@ async def fixture_simcore(sandbox: Sandbox, templates: dict[str, Templates]) -> 
     await sandbox.destination.drop_database(env.destination_db.database or "")
 
 
+@pytest.fixture
+async def bucket_clients(fixture_simcore: Simcore) -> AsyncIterator[tuple[Any, Any, str, str]]:
+    """(source client, destination client, source bucket, destination bucket), both on SeaweedFS."""
+    async with s3_client(fixture_simcore.source_s3) as src, s3_client(fixture_simcore.destination_s3) as dst:
+        yield src, dst, fixture_simcore.source_s3.bucket, fixture_simcore.destination_s3.bucket
+
+
+@pytest.fixture(params=[SEAWEEDFS, CEPH])
+async def destination_bucket(
+    request: pytest.FixtureRequest, bucket_clients: tuple[Any, Any, str, str]
+) -> AsyncIterator[tuple[Any, str]]:
+    """(client, bucket) of a destination on SeaweedFS, or on Ceph's RADOS Gateway: projmig's marks and
+    upload records are user metadata, which each server must keep."""
+    if request.param == SEAWEEDFS:
+        _, dst, _, db = bucket_clients
+        yield dst, db
+        return
+    bucket = await request.getfixturevalue("ceph").create_bucket(unique("cephdst"))
+    try:
+        async with s3_client(bucket) as ceph:
+            yield ceph, bucket.bucket
+    finally:
+        await empty_and_remove(bucket)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def local_prefect_api() -> Iterator[None]:
     """A `projmig` command run without PREFECT_API_URL starts a local Prefect server in the session's

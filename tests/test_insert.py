@@ -8,7 +8,7 @@ import pytest
 from projmig import steps
 from projmig.errors import InsertError
 from projmig.insert import COPY_FROM_ROWS
-from projmig.objects import ObjectState
+from projmig.buckets import ObjectState
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from projmig.insert import InsertResult
-from projmig.objects import CopyOutcome
+from projmig.copier import CopyOutcome
 from projmig.report import MigrationReport, StageTimer
 
 

@@ -19,15 +19,14 @@ from projmig import steps
 from projmig.errors import TransferError
 from projmig.insert import project_key
 from projmig.plan import MigrationPlan
-from projmig.rollback import DELETE_BATCH, RollbackRefused, delete_objects
-from projmig.s3 import Retrier, s3_client
-from projmig.sandbox import Sandbox
+from projmig.rollback import RollbackRefused
+from projmig.s3 import s3_client
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.schema import PROJECT_TABLES
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 
-from .conftest import Simcore, copy_marks, expected_marks, object_digests, table_rows as snapshot, unique
+from .conftest import Simcore, copy_marks, expected_marks, object_digests, table_rows as snapshot
 from .faults.proxy import FaultProxy
 
 PROJMIG = str(Path(sys.executable).parent / "projmig")
@@ -345,31 +344,6 @@ async def test_object_deletion_is_retried_and_a_rerun_finishes_it(fixture_simcor
     assert result.headline().startswith("rolled back what was left: no project rows")
     assert not await keys(simcore.destination_s3)
     assert (await steps.rollback_migration(settings)).nothing
-
-
-async def test_more_keys_than_one_delete_objects_request_takes(sandbox: Sandbox) -> None:
-    """DeleteObjects takes at most 1,000 keys: 2,345 keys go in three requests, and keys that are
-    not there (an earlier rollback removed them) count as deleted, as S3 reports them."""
-    s3 = await sandbox.destination.create_bucket(unique("many-deletes"))
-    asked = [f"p/{i:05d} näme+%#.dat" for i in range(2 * DELETE_BATCH + 345)]
-    async with s3_client(s3) as client:
-        slots = asyncio.Semaphore(32)
-
-        async def put(key: str) -> None:
-            async with slots:
-                await client.put_object(Bucket=s3.bucket, Key=key, Body=b"")
-
-        await asyncio.gather(*(put(k) for k in asked[:-5]))  # the last 5 were never there
-        kept = "q/not-asked-for.dat"
-        await client.put_object(Bucket=s3.bucket, Key=kept, Body=b"x")
-
-        requests: list[int] = []
-        client.meta.events.register(
-            "before-call.s3.DeleteObjects", lambda params, **_: requests.append(params["body"].count(b"<Key>"))
-        )
-        assert await delete_objects(client, s3.bucket, asked, Retrier(attempts=3, timeout=60)) == len(asked)
-        assert requests == [DELETE_BATCH, DELETE_BATCH, 345]
-    assert await keys(s3) == {kept}
 
 
 async def test_with_the_rows_gone_only_objects_marked_by_the_migration_are_deleted(provider_simcore: Simcore) -> None:

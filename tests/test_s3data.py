@@ -14,7 +14,8 @@ from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from projmig.marks import COPY_MARK
-from projmig.objects import ObjectCopier, ObjectState, list_prefix
+from projmig.buckets import ObjectState, list_prefix
+from projmig.copier import ObjectCopier
 from projmig.plan import ObjectCopy
 from projmig.s3 import Retrier, s3_client
 from projmig.s3data import BotoData, LeanData, data_path, lean_possible

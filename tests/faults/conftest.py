@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from projmig.objects import list_uploads
+from projmig.buckets import list_uploads
 from projmig.s3 import Retrier, s3_client
 from projmig.sandbox import Sandbox
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project

@@ -12,7 +12,8 @@ import pytest
 
 from flows.migrate import migrate_project
 from projmig import steps
-from projmig.objects import CopyFailures, ObjectCopier, list_prefix
+from projmig.buckets import list_prefix
+from projmig.copier import CopyFailures, ObjectCopier
 from projmig.plan import ObjectCopy
 from projmig.s3 import Retrier, s3_client
 

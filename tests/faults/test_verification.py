@@ -21,7 +21,7 @@ import pytest
 
 from flows.migrate import migrate_project
 from projmig.errors import PreflightError
-from projmig.objects import CopyFailures
+from projmig.copier import CopyFailures
 from projmig.s3 import s3_client
 
 from ..conftest import CEPH, SEAWEEDFS, copy_marks, expected_marks

@@ -1,0 +1,99 @@
+"""Listing, aborting uploads and deleting objects in real buckets (SeaweedFS, and Ceph's RADOS
+Gateway where marks and upload records must survive as user metadata): only what is asked for, and
+only what carries this migration's mark where that is the condition."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from projmig.buckets import (
+    DELETE_BATCH,
+    abort_marked_uploads,
+    abort_upload,
+    abort_uploads,
+    delete_if_marked,
+    delete_objects,
+    list_prefix,
+    list_uploads,
+)
+from projmig.errors import TransferError
+from projmig.marks import COPY_MARK, ledger_key, mark_of, write_record
+from projmig.s3 import Retrier, s3_client
+from projmig.sandbox import Sandbox
+
+from .conftest import SEAWEEDFS, unique
+
+retry = Retrier(attempts=3, timeout=60, initial_wait=0.05)
+
+
+async def test_only_this_migrations_uploads_are_aborted_and_only_its_objects_deleted(destination_bucket) -> None:
+    dst, db = destination_bucket
+    ours, other = "p/n/ours.bin", "p/n/other.bin"
+    mark, elsewhere = mark_of(ours, ours), mark_of("q/n/x", ours)
+    await write_record(dst, db, ours, mark, retry, uploads=set(), pending=True)
+    await dst.create_multipart_upload(Bucket=db, Key=ours)  # stopped before writing its id down
+    assert (await dst.head_object(Bucket=db, Key=ledger_key(ours)))["Metadata"] == {COPY_MARK: mark}  # kept as written
+    theirs = [(await dst.create_multipart_upload(Bucket=db, Key=key))["UploadId"] for key in (other, other)]
+    # another migration's mark on the same key does not make its uploads ours
+    assert await abort_marked_uploads(dst, db, {ours: elsewhere, other: mark}, retry) == []
+    assert await abort_marked_uploads(dst, db, {ours: mark, other: mark}, retry) == [ours]
+    assert sorted(u["UploadId"] for u in await list_uploads(dst, db, "p/", retry)) == sorted(theirs)
+    assert await list_prefix(dst, db, "p/", retry) == {}  # the record went with the last upload of ours
+
+    await dst.put_object(Bucket=db, Key=ours, Body=b"ours", Metadata={COPY_MARK: mark})
+    await dst.put_object(Bucket=db, Key=other, Body=b"written by a destination user")
+    assert not await delete_if_marked(dst, db, other, mark, retry)
+    assert not await delete_if_marked(dst, db, ours, elsewhere, retry)
+    assert await delete_if_marked(dst, db, ours, mark, retry)
+    assert set(await list_prefix(dst, db, "p/", retry)) == {other}
+
+
+async def test_uploads_are_aborted_by_key_and_age_and_one_gone_meanwhile_is_no_error(
+    request: pytest.FixtureRequest, destination_bucket
+) -> None:
+    dst, db = destination_bucket
+    probe, other = "p/.probe", "p/n/other.bin"
+    gone = (await dst.create_multipart_upload(Bucket=db, Key=probe))["UploadId"]
+    await dst.abort_multipart_upload(Bucket=db, Key=probe, UploadId=gone)  # someone else was first
+    # Ceph answers NoSuchUpload (as AWS does): not aborted by this call; SeaweedFS takes the abort again
+    seaweedfs = request.node.callspec.params["destination_bucket"] == SEAWEEDFS
+    assert await abort_upload(dst, db, probe, gone, retry) is seaweedfs
+    await dst.create_multipart_upload(Bucket=db, Key=probe)
+    theirs = (await dst.create_multipart_upload(Bucket=db, Key=other))["UploadId"]
+    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    assert await abort_uploads(dst, db, "p/", retry, keys={probe}, older_than=an_hour_ago) == []  # too young
+    assert await abort_uploads(dst, db, "p/", retry, keys={probe}) == [probe]
+    assert [u["UploadId"] for u in await list_uploads(dst, db, "p/", retry)] == [theirs]
+    with pytest.raises(TransferError, match=r"abort upload of p/n/other\.bin: NoSuchBucket"):
+        await abort_upload(dst, unique("no-such-bucket"), other, theirs, retry)
+
+
+async def test_more_keys_than_one_delete_objects_request_takes(sandbox: Sandbox) -> None:
+    """DeleteObjects takes at most 1,000 keys: 2,345 keys go in three requests, and keys that are
+    not there (an earlier rollback removed them) count as deleted, as S3 reports them."""
+    s3 = await sandbox.destination.create_bucket(unique("many-deletes"))
+    asked = [f"p/{i:05d} näme+%#.dat" for i in range(2 * DELETE_BATCH + 345)]
+    async with s3_client(s3) as client:
+        slots = asyncio.Semaphore(32)
+
+        async def put(key: str) -> None:
+            async with slots:
+                await client.put_object(Bucket=s3.bucket, Key=key, Body=b"")
+
+        await asyncio.gather(*(put(k) for k in asked[:-5]))  # the last 5 were never there
+        kept = "q/not-asked-for.dat"
+        await client.put_object(Bucket=s3.bucket, Key=kept, Body=b"x")
+
+        requests: list[int] = []
+        client.meta.events.register(
+            "before-call.s3.DeleteObjects", lambda params, **_: requests.append(params["body"].count(b"<Key>"))
+        )
+        assert await delete_objects(client, s3.bucket, asked, Retrier(attempts=3, timeout=60)) == len(asked)
+        assert requests == [DELETE_BATCH, DELETE_BATCH, 345]
+        left: set[str] = set()
+        async for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket):
+            left.update(o["Key"] for o in page.get("Contents", []))
+    assert left == {kept}
