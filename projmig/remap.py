@@ -9,7 +9,7 @@ a second, deliberate copy into the same destination needs another ``copy_label``
 is named by what it is, not by how a configuration spells it (:func:`destination_identity`: the
 PostgreSQL cluster's ``system_identifier``, the database name, the bucket name); copies made when it
 was named by the configuration's host:port/database (:func:`legacy_destination_identity`) are found
-by the preflight and kept (``projmig.preflight.copy_namespaces``).
+by the preflight and kept (``projmig.selection.copy_namespaces``).
 
 What is rewritten: any uuid in any column of any row the plan inserts, and in the S3 keys (in a JSON
 column, in each string of it, keys too; the JSON text is otherwise kept to the byte). The ids

@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from projmig.db import open_engine
 from projmig.errors import PreflightError
-from projmig.preflight import check_bucket
+from projmig.probes import check_bucket
 from projmig.s3 import Retrier, s3_client
 from projmig.s3data import data_path
 from projmig.sandbox.servers import PostgresServer, SeaweedServer

@@ -8,7 +8,7 @@ import pytest
 from flows.migrate import migrate_project
 from projmig import insert, steps
 from projmig.errors import InsertError
-from projmig.preflight import PROBE_KEY
+from projmig.probes import PROBE_KEY
 
 from .conftest import Faulty, all_or_nothing, duplicate_rows, open_uploads, row_counts
 

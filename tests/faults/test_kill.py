@@ -11,7 +11,7 @@ import pytest
 
 from flows.migrate import migrate_project
 from projmig import steps
-from projmig.preflight import PROBE_KEY
+from projmig.probes import PROBE_KEY
 from projmig.s3 import s3_client
 
 from ..conftest import CEPH_PAIRS, SEAWEEDFS
