@@ -6,7 +6,8 @@
   must equal the source ETag; the object carries ``x-amz-meta-projmig-source-etag`` for later skips.
 - An interrupted multipart upload is continued: the upload id is found again with
   ``ListMultipartUploads`` and its finished parts with ``ListParts`` (only an upload this migration
-  started: :mod:`projmig.marks`).
+  started: :mod:`projmig.marks`). Part layouts, finding an upload again and sending its parts:
+  :mod:`projmig.multipart`; this module creates, completes and verifies the uploads.
 - Everything written carries the migration's mark (:mod:`projmig.marks`); an object that fails its
   ETag check is deleted again only while it still carries that mark.
 - A failure that retrying cannot fix aborts the upload; a transient one (network, 5xx) keeps it
@@ -15,37 +16,43 @@
   (``CopyObject``, verified by ETag). Multipart objects are still streamed with the source's layout:
   SeaweedFS's ``UploadPartCopy`` answers with per-chunk ETags (``<md5>-2`` for a 6 MiB part), so
   its result could not be verified against the source's ETag.
-- The bytes held in memory at once are bounded (:class:`ByteBudget`, shared by the copiers of a run).
+- The bytes held in memory at once are bounded (:class:`projmig.budget.ByteBudget`, shared by the
+  copiers of a run).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import io
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
-from .buckets import ObjectState, abort_upload, delete_if_marked, etag_of, list_uploads
+from .budget import ByteBudget
+from .buckets import ObjectState, delete_if_marked, etag_of
 from .errors import PreflightError, ProjmigError, TransferError, VerificationError
 from .graph import SourceObject
-from .marks import COPY_MARK, UploadRecord, drop_record, mark_of, read_record, without_marks, write_record
+from .marks import COPY_MARK, drop_record, mark_of, without_marks, write_record
+from .multipart import (
+    PartTransfer,
+    abort_quietly,
+    check_unchanged,
+    composite_etag,
+    find_upload,
+    is_multipart_etag,
+    part_layout,
+)
 from .plan import ObjectCopy
 from .units import human_bytes
-from .settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from .settings import MiB
 from .s3 import CHECKSUM_MISMATCH, Retrier, describe_error, error_code, is_transient, upload_gone
 from .s3data import CHECKSUMS, BotoData, DataPath, digest
 
 log = logging.getLogger("projmig.copier")
 
-MiB = 1024 * 1024
 MARKER = "projmig-source-etag"
 MAX_SINGLE_COPY = 5 * 1024 * MiB  # CopyObject's limit
 
@@ -78,10 +85,6 @@ class CopyFailures(TransferError):
         )
 
 
-def is_multipart_etag(etag: str) -> bool:
-    return "-" in etag
-
-
 def stored_checksum(answer: dict[str, Any]) -> tuple[str, str] | None:
     """(algorithm, value) of the full-object checksum an object's GET or HEAD answer carries (asked
     with ``ChecksumMode=ENABLED``); a multipart object's COMPOSITE one (``<value>-N``, a checksum of
@@ -93,22 +96,6 @@ def stored_checksum(answer: dict[str, Any]) -> tuple[str, str] | None:
         if value and "-" not in value:
             return name, value
     return None
-
-
-def composite_etag(part_md5s: list[bytes]) -> str:
-    return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
-
-
-def own_part_sizes(size: int, chunksize: int) -> list[int]:
-    """Part sizes for an object of ``size`` bytes: ``chunksize`` (within 5 MiB..5 GiB), grown to a
-    whole number of MiB when the object would otherwise need more than 10,000 parts."""
-    chunk = max(chunksize, MIN_PART_SIZE)
-    needed = -(-size // MAX_PARTS)
-    if needed > chunk:
-        chunk = -(-needed // MiB) * MiB
-    if chunk > MAX_PART_SIZE:
-        raise PreflightError(f"an object of {size} bytes does not fit in {MAX_PARTS} parts of at most 5 GiB")
-    return _sizes(chunk, size)
 
 
 def refuse_oversized(objects: list[SourceObject], max_size: int, bucket: str, shown: int = 10) -> None:
@@ -125,25 +112,6 @@ def refuse_oversized(objects: list[SourceObject], max_size: int, bucket: str, sh
     if len(large) > shown:
         problems.append(f"and {len(large) - shown} more source objects larger than {human_bytes(max_size)}")
     raise PreflightError(problems)
-
-
-class ByteBudget:
-    """Bounds the bytes held in memory at once; one item larger than the budget may run alone."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.used = 0
-        self._changed = asyncio.Condition()
-
-    async def acquire(self, n: int) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
-            self.used += n
-
-    async def release(self, n: int) -> None:
-        async with self._changed:
-            self.used -= n
-            self._changed.notify_all()
 
 
 class ObjectCopier:
@@ -233,7 +201,7 @@ class ObjectCopier:
                 f"{item.src_key}: GET",
                 lambda: self.src_data.get(self.src_bucket, item.src_key, item.size, checksums=self.by_checksum),
             )
-            _check_unchanged(item, etag_of(resp["ETag"]), got)
+            check_unchanged(item, etag_of(resp["ETag"]), got)
             headers = _carried_headers(resp, mark_of(item.src_key, item.dst_key))
             checksum = stored_checksum(resp) if self.by_checksum else None
             if checksum:
@@ -290,7 +258,7 @@ class ObjectCopier:
         head = await self.retry(
             f"{item.src_key}: HEAD", lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key)
         )
-        _check_unchanged(item, etag_of(head["ETag"]), head["ContentLength"])
+        check_unchanged(item, etag_of(head["ETag"]), head["ContentLength"])
         headers = _carried_headers(head, mark_of(item.src_key, item.dst_key))
         resp = await self.retry(
             f"{item.dst_key}: server-side copy",
@@ -307,46 +275,21 @@ class ObjectCopier:
             src_key=item.src_key, dst_key=item.dst_key, size=item.size, etag=etag, action="server-side", verified_by="etag"
         )
 
-    # -- multipart ------------------------------------------------------------------------------
-
-    async def part_layout(self, item: ObjectCopy) -> tuple[list[int], bool]:
-        """Part sizes, and whether they are the source's own (then the ETags will match).
-
-        The source tells its layout on ``HeadObject PartNumber=1`` (the first part's size and
-        ``PartsCount``). Ceph's RADOS Gateway ignores ``PartNumber`` (it answers for the whole
-        object): then the part size is guessed from the ETag's part count (the smallest whole MiB,
-        at least 5, that gives that many parts, as common clients choose), else
-        ``multipart_chunksize``. A guess
-        is copied as a layout of our own (each part checked against the MD5 of what was read, the
-        object marked with the source ETag); where it was right, the ETags match anyway.
-        """
-        if is_multipart_etag(item.etag):
-            count = int(item.etag.rsplit("-", 1)[1])
-            head = await self.retry(
-                f"{item.src_key}: HEAD part 1",
-                lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key, PartNumber=1),
-            )
-            first = head.get("ContentLength", 0)
-            if head.get("PartsCount") == count and _fits(first, count, item.size) and _within_limits(first, count):
-                return _sizes(first, item.size), True
-            guess = max(MIN_PART_SIZE, -(-item.size // count // MiB) * MiB)
-            if _fits(guess, count, item.size) and _within_limits(guess, count):
-                log.info("%s: source part layout not told, guessing %d-byte parts", item.src_key, guess)
-                return _sizes(guess, item.size), False
-            log.info("%s: source part layout unknown or outside S3's limits, copying in parts of our own", item.src_key)
-        return own_part_sizes(item.size, self.chunksize), False
+    # -- multipart (the parts themselves: projmig.multipart) --------------------------------------
 
     async def _copy_in_parts(self, item: ObjectCopy, *, fresh: bool = False) -> CopyOutcome:
-        sizes, same_layout = await self.part_layout(item)
+        sizes, same_layout = await part_layout(self.src, self.src_bucket, item, self.retry, self.chunksize)
         same_layout = same_layout and not self.by_sha256  # then the source's ETag proves nothing: read every part
         head = await self.retry(
             f"{item.src_key}: HEAD", lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key)
         )
-        _check_unchanged(item, etag_of(head["ETag"]), head["ContentLength"])
+        check_unchanged(item, etag_of(head["ETag"]), head["ContentLength"])
         mark = mark_of(item.src_key, item.dst_key)
         upload_id, done = None, {}
         if not fresh:
-            upload_id, done, sizes = await self._find_upload(item.dst_key, sizes, mark, adopt_layout=not same_layout)
+            upload_id, done, sizes = await find_upload(
+                self.dst, self.dst_bucket, item.dst_key, sizes, mark, self.retry, adopt_layout=not same_layout
+            )
         if upload_id is None:
             upload_id = await self._create_upload(item, head, mark, same_layout)
         try:
@@ -364,7 +307,7 @@ class ObjectCopier:
                 log.warning("%s: upload %s vanished, starting over", item.dst_key, upload_id)
                 return await self._copy_in_parts(item, fresh=True)
             if not (exc.transient if isinstance(exc, TransferError) else is_transient(exc)):
-                await self._abort(item.dst_key, upload_id)
+                await abort_quietly(self.dst, self.dst_bucket, item.dst_key, upload_id, self.retry)
                 await self._forget_uploads(item.dst_key)
             raise
         await self._forget_uploads(item.dst_key)  # completed: no open upload of ours left for this key
@@ -400,59 +343,6 @@ class ObjectCopier:
         await write_record(self.dst, self.dst_bucket, item.dst_key, mark, self.retry, uploads={upload_id}, pending=False)
         return upload_id
 
-    async def _find_upload(
-        self, key: str, sizes: list[int], mark: str, *, adopt_layout: bool
-    ) -> tuple[str | None, dict[int, str], list[int]]:
-        """An earlier run's upload of ``key`` (the one with most usable parts; the others are
-        aborted), its finished parts that have the expected size, and the part sizes to go on with.
-        ``adopt_layout``: ``sizes`` is a layout of our own, and an upload whose parts show another
-        one (an earlier run with another ``multipart_chunksize``) is continued in its own. Uploads
-        this migration did not start are left alone."""
-        listed = [u for u in await list_uploads(self.dst, self.dst_bucket, key, self.retry) if u["Key"] == key]
-        if not listed:
-            return None, {}, sizes
-        record = await read_record(self.dst, self.dst_bucket, key, self.retry) or UploadRecord(mark=None)
-        uploads = [u for u in listed if record.owns(u, mark)]
-        if len(uploads) < len(listed):
-            log.warning("%s: %d open uploads not started by this migration: left alone", key, len(listed) - len(uploads))
-        candidates = []
-        for upload in uploads:
-            try:
-                parts = await self._list_parts(key, upload["UploadId"])
-            except ClientError as exc:
-                if upload_gone(exc):  # aborted or completed since it was listed
-                    continue
-                raise
-            layout = (_layout_of(parts, sum(sizes)) if adopt_layout else None) or sizes
-            usable = {n: etag for n, (size, etag) in parts.items() if 1 <= n <= len(layout) and size == layout[n - 1]}
-            initiated = upload.get("Initiated") or datetime.min.replace(tzinfo=timezone.utc)
-            candidates.append((len(usable), initiated, upload["UploadId"], usable, layout))
-        if not candidates:
-            return None, {}, sizes
-        candidates.sort(key=lambda c: (c[0], c[1]))
-        *stale, (count, _, upload_id, done, layout) = candidates
-        for _, _, other, _, _ in stale:
-            await self._abort(key, other)
-        log.info("%s: resuming upload with %d of %d parts done", key, count, len(layout))
-        return upload_id, done, layout
-
-    async def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[int, str]]:
-        parts: dict[int, tuple[int, str]] = {}
-        marker = 0
-        while True:
-            page = await self.retry(
-                f"{key}: list parts",
-                lambda: self.dst.list_parts(
-                    Bucket=self.dst_bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
-                ),
-            )
-            for part in page.get("Parts", []):
-                parts[part["PartNumber"]] = (part["Size"], etag_of(part["ETag"]))
-            if not page.get("IsTruncated"):
-                return parts
-            marker = int(page["NextPartNumberMarker"])
-
-
     async def _check_read_back(self, item: ObjectCopy, read_sha256: str) -> None:
         """The destination object, read back whole, has the SHA-256 of the source bytes read."""
         got = await self.retry(
@@ -471,12 +361,6 @@ class ObjectCopier:
         )
         return etag_of(head["ETag"]) if head["ContentLength"] == item.size else ""
 
-    async def _abort(self, key: str, upload_id: str) -> None:
-        try:
-            await abort_upload(self.dst, self.dst_bucket, key, upload_id, self.retry)
-        except Exception as exc:  # the cleanup command can finish this later
-            log.warning("%s: could not abort upload %s: %s", key, upload_id, describe_error(exc))
-
     async def _forget_uploads(self, key: str) -> None:
         try:
             await drop_record(self.dst, self.dst_bucket, key, self.retry)
@@ -488,177 +372,6 @@ class ObjectCopier:
         if await delete_if_marked(self.dst, self.dst_bucket, item.dst_key, mark_of(item.src_key, item.dst_key), self.retry):
             return "removed, rerun to copy again"
         return "not removed: it does not carry this migration's mark (written by someone else since)"
-
-
-class PartTransfer:
-    """The parts of one multipart upload still to send: each read from the source (a ranged GET)
-    and uploaded into the upload, ``part_window`` parts at once; a part an earlier run finished is
-    kept when it is the one planned.
-
-    A part's bytes are held in memory (counted in the byte budget) from its GET until its PUT is
-    answered. With a layout of our own, every part is read (finished ones too) so that the
-    whole-object MD5 (SHA-256 with ``verification=sha256``) can be compared with a single-part
-    source's ETag: then a part's bytes are held until all earlier parts are hashed. Parts take their
-    budget in part order, so the part that the hashing waits for always holds its own.
-    """
-
-    def __init__(
-        self, copier: ObjectCopier, item: ObjectCopy, upload_id: str, sizes: list[int], done: dict[int, str],
-        same_layout: bool,
-    ):
-        self.copier, self.item, self.upload_id = copier, item, upload_id
-        self.sizes, self.done = sizes, done
-        self.offsets = [0, *itertools.accumulate(sizes[:-1])]
-        self.need_bytes = not same_layout
-        self.whole = hashlib.new("sha256" if copier.by_sha256 else "md5") if self.need_bytes else None
-        self.sent = 0  # bytes uploaded now (parts an earlier run finished not counted)
-        self.results: dict[int, tuple[str, bytes]] = {}  # part -> (its ETag, MD5 of the bytes read)
-        self.holding: dict[int, int] = {}  # part -> bytes of the budget it holds
-        self.held: dict[int, io.BytesIO] = {}  # finished parts waiting for the in-order hash
-        self.next_hash = 1
-        self.hashing = asyncio.Lock()  # one part at a time into the whole-object hash, in part order
-        self.slots = asyncio.Semaphore(copier.part_window)
-        self.failed: list[BaseException] = []
-
-    async def run(self) -> tuple[list[tuple[int, str, bytes]], int, str | None]:
-        """(number, ETag, MD5) per part, bytes sent, and the whole-object digest (hex; None in the
-        source's own layout, where the source's ETag is the proof)."""
-        running: list[asyncio.Task[None]] = []
-        try:
-            for number in range(1, len(self.sizes) + 1):
-                if self.failed:
-                    break
-                if number in self.done and not self.need_bytes:
-                    self.results[number] = (self.done[number], b"")
-                    continue
-                await self.copier.budget.acquire(self.sizes[number - 1])
-                self.holding[number] = self.sizes[number - 1]
-                await self.slots.acquire()
-                if self.failed:  # while this part waited, another one failed
-                    break
-                running.append(asyncio.ensure_future(self._send(number)))
-            await asyncio.gather(*running)
-            if self.failed:
-                raise self.failed[0]
-        finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            self.held.clear()
-            for number in list(self.holding):
-                await self._free(number)
-        parts = [(n, *self.results[n]) for n in range(1, len(self.sizes) + 1)]
-        return parts, self.sent, self.whole.hexdigest() if self.whole is not None else None
-
-    async def _send(self, number: int) -> None:
-        try:
-            data, md5 = await self._read(number)
-            if number in self.done and md5.hex() == self.done[number]:
-                etag = self.done[number]
-            else:
-                etag = await self._upload(number, data, md5)
-            self.results[number] = (etag, md5)
-            if self.need_bytes:
-                self.held[number] = data
-                await self._hash_in_order()
-        except BaseException as exc:
-            self.failed.append(exc)
-            raise
-        finally:
-            self.slots.release()
-            if number not in self.held:
-                await self._free(number)
-
-    async def _read(self, number: int) -> tuple[io.BytesIO, bytes]:
-        """Part ``number``'s bytes from the source, and their MD5 (with a layout of our own)."""
-        copier, item = self.copier, self.item
-        size, start = self.sizes[number - 1], self.offsets[number - 1]
-        byte_range = f"bytes={start}-{start + size - 1}"
-        # If-Match: the part is of the object planned. With verification by SHA-256 the ETag
-        # is opaque (it may be a gateway's own): the answer's ETag is compared instead
-        answer, data, got = await copier.retry(
-            f"{item.src_key}: GET part {number}",
-            lambda: copier.src_data.get(
-                copier.src_bucket, item.src_key, size, byte_range=byte_range,
-                if_match=None if copier.by_sha256 else f'"{item.etag}"',
-            ),
-        )
-        if copier.by_sha256:
-            _check_unchanged(item, etag_of(answer.get("ETag", "")), item.size)
-        if got != size:
-            raise TransferError(f"{item.src_key}: part {number} returned {got} bytes, expected {size}")
-        return data, await digest("md5", data) if self.need_bytes else b""
-
-    async def _upload(self, number: int, data: io.BytesIO, md5: bytes) -> str:
-        """Upload part ``number``; its ETag."""
-        copier, item, size = self.copier, self.item, self.sizes[number - 1]
-        content_md5 = base64.b64encode(md5).decode() if self.need_bytes else None
-        resp = await copier.retry(
-            f"{item.dst_key}: PUT part {number}",
-            lambda: copier.dst_data.upload_part(
-                copier.dst_bucket, item.dst_key, self.upload_id, number, data, content_md5=content_md5
-            ),
-        )
-        self.sent += size
-        copier.on_bytes(size)
-        etag = etag_of(resp["ETag"])
-        # (a part's ETag is no MD5 where ETags are not, e.g. SSE-KMS: SHA-256 checks then)
-        if self.need_bytes and not copier.by_sha256 and etag != md5.hex():
-            raise TransferError(f"{item.dst_key}: part {number} arrived with ETag {etag}, sent {md5.hex()}")
-        return etag
-
-    async def _hash_in_order(self) -> None:
-        async with self.hashing:
-            while self.next_hash in self.held:
-                number = self.next_hash
-                data = self.held.pop(number)
-                self.next_hash += 1
-                await asyncio.to_thread(self._update, data)  # hashlib releases the GIL: the loop goes on
-                await self._free(number)
-
-    def _update(self, data: io.BytesIO) -> None:
-        assert self.whole is not None
-        with data.getbuffer() as view:
-            self.whole.update(view)
-
-    async def _free(self, number: int) -> None:
-        size = self.holding.pop(number, None)
-        if size is not None:
-            await self.copier.budget.release(size)
-
-
-def _fits(part: int, count: int, size: int) -> bool:
-    """``count`` parts of ``part`` bytes (the last one smaller or equal) make ``size`` bytes."""
-    return part > 0 and part * (count - 1) < size <= part * count
-
-
-def _within_limits(part: int, count: int) -> bool:
-    """Parts of ``part`` bytes, ``count`` of them, are what S3 takes (a lone part may be smaller)."""
-    return (count == 1 or part >= MIN_PART_SIZE) and part <= MAX_PART_SIZE and count <= MAX_PARTS
-
-
-def _sizes(part: int, size: int) -> list[int]:
-    count = max(1, -(-size // part))
-    return [part] * (count - 1) + [size - part * (count - 1)]
-
-
-def _layout_of(parts: dict[int, tuple[int, str]], size: int) -> list[int] | None:
-    """The layout an upload's listed parts show (its full parts are its largest), if every one fits it."""
-    if not parts:
-        return None
-    part = max(s for s, _ in parts.values())
-    if -(-size // part) > MAX_PARTS:
-        return None
-    layout = _sizes(part, size)
-    return layout if all(n <= len(layout) and layout[n - 1] == s for n, (s, _) in parts.items()) else None
-
-
-def _check_unchanged(item: ObjectCopy, etag: str, size: int) -> None:
-    if etag != item.etag or size != item.size:
-        raise TransferError(
-            f"{item.src_key}: source object changed since the plan (ETag {etag}, {size} bytes; planned "
-            f"{item.etag}, {item.size} bytes): rerun the migration"
-        )
 
 
 def _carried_headers(resp: dict[str, Any], mark: str) -> dict[str, Any]:

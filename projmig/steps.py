@@ -26,7 +26,8 @@ from .locks import ProjectLocks, project_locks
 from .graph import ProjectGraph, snapshot
 from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
 from .buckets import ObjectState, abort_marked_uploads, abort_upload, abort_uploads, delete_objects, list_prefix
-from .copier import ByteBudget, CopyOutcome, ObjectCopier, refuse_oversized
+from .budget import ByteBudget
+from .copier import CopyOutcome, ObjectCopier, refuse_oversized
 from .objects import compare_with_destination
 from .marks import mark_of
 from .plan import MigrationPlan, ObjectCopy

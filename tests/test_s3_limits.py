@@ -15,7 +15,8 @@ from prefect.settings import get_current_settings
 
 from projmig.errors import ConfigError, PreflightError
 from projmig.graph import SourceObject
-from projmig.copier import own_part_sizes, refuse_oversized
+from projmig.copier import refuse_oversized
+from projmig.multipart import own_part_sizes
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.settings import MAX_OBJECT_SIZE, MigrationSettings
 
