@@ -9,7 +9,7 @@ CLI's commands and of ``deployments/serve.py``.
 - Secret references resolved (:func:`resolve_credentials`): environment variables, and Prefect Secret
   blocks through the Prefect API, once per run, before its first step (the library's steps take the
   values). The Prefect-free rules (which references exist, what a missing one says) are
-  :mod:`projmig.settings`'s; what Prefect holds is read here.
+  :mod:`projmig.credentials`'s; what Prefect holds is read here.
 
 Prefect is imported inside the functions that use it: the CLI imports this module before it knows
 whether it needs Prefect at all.
@@ -23,15 +23,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from projmig.credentials import SecretNotFound, secret_refs
 from projmig.errors import ConfigError
-from projmig.settings import (
-    MigrationOptions,
-    MigrationSettings,
-    SecretNotFound,
-    format_validation_error,
-    resolve_secrets,
-    secret_refs,
-)
+from projmig.settings import MigrationOptions, MigrationSettings, format_validation_error, resolve_secrets
 
 # parameters that name connections: a run gets the deployment's own, or is refused
 CONNECTION_PARAMETERS = ("source", "destination", "settings")

@@ -23,6 +23,7 @@ from uuid import UUID
 from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
+from .credentials import SecretRef
 from .schema import TABLE_RULES
 from .settings import (
     DatabaseSettings,
@@ -30,7 +31,6 @@ from .settings import (
     MigrationOptions,
     MigrationSettings,
     S3Settings,
-    SecretRef,
     SourceSettings,
 )
 

@@ -36,8 +36,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from .credentials import reveal
 from .errors import ConfigError, TransferError
-from .settings import MigrationOptions, Provider, S3Settings, reveal
+from .settings import MigrationOptions, Provider, S3Settings
 
 log = logging.getLogger("projmig.s3")
 T = TypeVar("T")

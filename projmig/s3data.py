@@ -44,8 +44,9 @@ from botocore.exceptions import ClientError
 from botocore.utils import SAFE_CHARS, percent_encode
 from yarl import URL
 
+from .credentials import reveal
 from .s3 import tls_context
-from .settings import Provider, S3Settings, reveal
+from .settings import Provider, S3Settings
 
 MiB = 1024 * 1024
 READ_CHUNK = 1 * MiB  # bytes taken from a response body at once

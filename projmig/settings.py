@@ -5,15 +5,14 @@ The JSON shape stays compatible with the old tool's ``cfg.json``
 ``destination.user_id``/``destination.user_gid``); environment variables
 ``PROJMIG_<PATH>`` (``__`` between levels, e.g. ``PROJMIG_SOURCE__DB__PASSWORD``) override the file.
 
-Credentials are ``SecretStr`` or a :class:`SecretRef` naming where to read them at run time, so a
-configuration can be shown (Prefect parameters, logs, reports) without revealing anything.
+Credentials are ``SecretStr`` or a :class:`~projmig.credentials.SecretRef` naming where to read them
+at run time (:mod:`projmig.credentials`), so a configuration can be shown (Prefect parameters, logs,
+reports) without revealing anything.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -33,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL
 
+from .credentials import Credential, SecretLoader, SecretRef, resolve_refs, reveal, reveal_or_ref
 from .errors import ConfigError
 
 MiB = 1024 * 1024
@@ -47,27 +47,6 @@ MAX_OBJECT_SIZE = 5 * TiB
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 SSL_MODES: tuple[str, ...] = SslMode.__args__  # type: ignore[attr-defined]
 DSN_SSL_PARAMETERS = {"sslmode": "ssl", "sslrootcert": "ssl_root_cert", "sslcert": "ssl_cert", "sslkey": "ssl_key"}
-
-
-class SecretRef(BaseModel):
-    """Where a secret lives, by name: safe to show, resolved only when the migration starts."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    env: str | None = Field(None, description="name of an environment variable holding the secret")
-    prefect_secret: str | None = Field(None, description="name of a Prefect Secret block")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.prefect_secret is None):
-            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
-        return self
-
-    def __str__(self) -> str:
-        return f"env:{self.env}" if self.env else f"prefect-secret:{self.prefect_secret}"
-
-
-Credential = SecretStr | SecretRef
 
 
 class StrictModel(BaseModel):
@@ -256,8 +235,8 @@ class S3Settings(StrictModel):
         return (
             self.endpoint == other.endpoint
             and self.region == other.region
-            and _reveal_or_ref(self.access_key) == _reveal_or_ref(other.access_key)
-            and _reveal_or_ref(self.secret_key) == _reveal_or_ref(other.secret_key)
+            and reveal_or_ref(self.access_key) == reveal_or_ref(other.access_key)
+            and reveal_or_ref(self.secret_key) == reveal_or_ref(other.secret_key)
         )
 
     def describe(self) -> str:
@@ -501,27 +480,14 @@ def format_validation_error(exc: ValidationError, origin: str) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
-SecretLoader = Callable[[str], str]
-
-
 def resolve_secrets(
     settings: MigrationSettings, prefect_secret: SecretLoader | None = None
 ) -> MigrationSettings:
-    """A copy of ``settings`` with every :class:`SecretRef` replaced by its ``SecretStr`` value."""
+    """A copy of ``settings`` with every :class:`SecretRef` replaced by its ``SecretStr`` value
+    (:func:`projmig.credentials.resolve_refs`) and every DSN checked to be readable; all problems in
+    one :class:`ConfigError`."""
     problems: list[str] = []
-
-    def walk(model: BaseModel, path: str) -> BaseModel:
-        updates: dict[str, Any] = {}
-        for name in type(model).model_fields:
-            value = getattr(model, name)
-            where = f"{path}.{name}" if path else name
-            if isinstance(value, SecretRef):
-                updates[name] = SecretStr(_lookup(value, where, prefect_secret, problems))
-            elif isinstance(value, BaseModel):
-                updates[name] = walk(value, where)
-        return model.model_copy(update=updates) if updates else model
-
-    resolved = walk(settings, "")
+    resolved = resolve_refs(settings, prefect_secret, problems)
     for side in ("source", "destination"):
         db: DatabaseSettings = getattr(resolved, side).db
         if isinstance(db.dsn, SecretStr) and db.dsn.get_secret_value():
@@ -531,57 +497,7 @@ def resolve_secrets(
                 problems.append(f"{side}.db.dsn: {exc}")
     if problems:
         raise ConfigError(problems)
-    return resolved  # type: ignore[return-value]
-
-
-def secret_refs(settings: BaseModel) -> list[SecretRef]:
-    """Every :class:`SecretRef` in ``settings`` (to fetch Prefect Secrets before resolving)."""
-    found: list[SecretRef] = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if isinstance(value, SecretRef):
-            found.append(value)
-        elif isinstance(value, BaseModel):
-            found += secret_refs(value)
-    return found
-
-
-class SecretNotFound(LookupError):
-    """A secret's holder (a Prefect Secret block) does not exist or cannot be read; the message
-    says which and why, never a value."""
-
-
-def _lookup(ref: SecretRef, where: str, prefect_secret: SecretLoader | None, problems: list[str]) -> str:
-    if ref.env is not None:
-        value = os.environ.get(ref.env)
-        if value is None:
-            problems.append(f"{where}: environment variable {ref.env} is not set")
-        elif not value:
-            problems.append(f"{where}: environment variable {ref.env} is empty")
-        return value or ""
-    if prefect_secret is None:
-        problems.append(f"{where}: Prefect Secret {ref.prefect_secret!r} can only be read inside a Prefect flow")
-        return ""
-    try:
-        value = prefect_secret(ref.prefect_secret or "")
-    except SecretNotFound as exc:
-        problems.append(f"{where}: {exc}")
-        return ""
-    if not value:
-        problems.append(f"{where}: Prefect Secret block {ref.prefect_secret!r} is empty")
-    return value
-
-
-def reveal(value: Credential | None, what: str) -> str:
-    """A resolved credential's value (``""`` for none); a reference still unresolved is a
-    :class:`ConfigError` naming ``what``."""
-    if isinstance(value, SecretRef):
-        raise ConfigError(f"{what} still refers to {value}: resolve secrets first")
-    return value.get_secret_value() if value is not None else ""
-
-
-def _reveal_or_ref(value: Credential) -> str:
-    return str(value) if isinstance(value, SecretRef) else value.get_secret_value()
+    return resolved
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

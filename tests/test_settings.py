@@ -9,8 +9,9 @@ import pytest
 from pydantic import SecretStr
 
 from projmig import steps
+from projmig.credentials import SecretRef
 from projmig.errors import ConfigError
-from projmig.settings import MigrationSettings, SecretRef, resolve_secrets, template
+from projmig.settings import MigrationSettings, resolve_secrets, template
 
 OLD_CFG = {
     "source": {

@@ -41,11 +41,11 @@ from prefect.client.schemas.filters import (
 
 from flows.blocks import OsparcDeployment
 from projmig import steps
+from projmig.credentials import SecretRef
 from projmig.s3 import s3_client
 from projmig.sandbox import free_port
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
-from projmig.settings import SecretRef
 
 from ..conftest import Simcore, held_at_insert_and_one_waiting, hold_inserts, object_digests, wait_until
 from ..faults.conftest import duplicate_rows, open_uploads
