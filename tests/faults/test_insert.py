@@ -23,11 +23,13 @@ async def migrated_sample(faulty: Faulty):
     return sample, settings, direct
 
 
-async def test_a_cut_before_commit_leaves_no_row_and_the_rerun_inserts_each_once(faulty: Faulty) -> None:
+async def cut_then_rerun(faulty: Faulty, match: bytes, *, deep: bool) -> None:
+    """Cut the destination database's connection after a message containing ``match``: the insert
+    fails, rolled back, no row and no open upload left; once healed, the rerun inserts each row once
+    and sends no object again (``deep``: the rows and the objects' bytes verified, else sizes and ETags)."""
     sample, settings, direct = await migrated_sample(faulty)
     expected = steps.make_plan(*(await _graph(direct))).rows_per_table()
-    # mid-transaction: projects, nodes and access rights are in; the files are on their way
-    faulty.proxies.dst_db.after(match=b"INSERT INTO file_meta_data", do="cut")
+    faulty.proxies.dst_db.after(match=match, do="cut")
 
     with pytest.raises(InsertError) as failed:
         await migrate_project(settings)
@@ -47,8 +49,13 @@ async def test_a_cut_before_commit_leaves_no_row_and_the_rerun_inserts_each_once
     assert puts and all(f"/{sample.uuid}/{PROBE_KEY}?" in t and "uploadId=" in t for t in puts), puts
     assert await row_counts(direct, sample.all_projects) == {t: expected.get(t, 0) for t in await row_counts(direct, sample.all_projects)}
     assert await duplicate_rows(direct) == {}
-    verified = await steps.verify_migration(direct, deep=True)
+    verified = await steps.verify_migration(direct, deep=deep)
     assert verified.equal, [str(d) for d in verified.differences]
+
+
+async def test_a_cut_before_commit_leaves_no_row_and_the_rerun_inserts_each_once(faulty: Faulty) -> None:
+    # mid-transaction: projects, nodes and access rights are in; the files are on their way
+    await cut_then_rerun(faulty, b"INSERT INTO file_meta_data", deep=True)
 
 
 async def test_a_cut_during_copy_leaves_no_row_and_the_rerun_inserts_each_once(
@@ -57,22 +64,7 @@ async def test_a_cut_during_copy_leaves_no_row_and_the_rerun_inserts_each_once(
     # large tables go in with COPY (projmig.insert.COPY_FROM_ROWS rows and up): here from 2 rows on,
     # so that this small project's file rows take that path
     monkeypatch.setattr(insert, "COPY_FROM_ROWS", 2)
-    sample, settings, direct = await migrated_sample(faulty)
-    expected = steps.make_plan(*(await _graph(direct))).rows_per_table()
-    faulty.proxies.dst_db.after(match=b"COPY", do="cut")
-
-    with pytest.raises(InsertError) as failed:
-        await migrate_project(settings)
-    assert "rolled back" in str(failed.value)
-    assert faulty.proxies.dst_db.faults, "the cut must have happened"
-    assert sum((await row_counts(direct, sample.all_projects)).values()) == 0
-
-    faulty.proxies.heal()
-    report = await migrate_project(settings)
-    assert report.status == "migrated" and report.rows_inserted == expected and report.objects_copied == 0
-    assert await duplicate_rows(direct) == {}
-    verified = await steps.verify_migration(direct, deep=False)
-    assert verified.equal, [str(d) for d in verified.differences]
+    await cut_then_rerun(faulty, b"COPY", deep=False)
 
 
 async def test_a_commit_whose_answer_is_lost_is_found_complete_by_the_rerun(faulty: Faulty) -> None:
