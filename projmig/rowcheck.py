@@ -175,7 +175,7 @@ def compare(
 def _compare_table(
     table: str, expected: Expectations, destination: TextTables, objects: Mapping[str, Any] | None, check: RowCheck
 ) -> None:
-    facts, keys = expected.facts, TABLES[table]
+    facts = expected.facts
     json_columns = set(expected.source.json_columns.get(table, ())) | set(destination.json_columns.get(table, ()))
     want = _source_rows(table, expected.source.rows[table], facts, check)
     got = _destination_rows(table, destination.rows.get(table, []), facts, check)
