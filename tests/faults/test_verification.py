@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -23,6 +23,7 @@ from flows.migrate import migrate_project
 from projmig.errors import PreflightError
 from projmig.copier import CopyFailures
 from projmig.s3 import s3_client
+from projmig.steps import preflight
 
 from ..conftest import CEPH, SEAWEEDFS, copy_marks, expected_marks
 from .conftest import MiB, Faulty, destination_keys, open_uploads, row_counts
@@ -137,6 +138,23 @@ async def test_md5_etags_on_both_sides_are_what_proves_a_copy(faulty: Faulty) ->
     report = await migrate_project(faulty.settings(sample.uuid))
     assert report.verification.startswith("verification: ETags (MD5s on both sides)"), report.verification
     assert "destination (MINIO): ETags are MD5s" in report.verification
+
+
+
+async def test_the_source_probe_reads_one_object_without_listing_the_whole_project(faulty: Faulty) -> None:
+    """The probe needs one small object of the source project, found on the listing's first page:
+    a project of more than 1,000 objects is not listed to its end before every run."""
+    sample = await faulty.sample(files=2, directory_objects=1001, directory_object_size=1024, multipart_size=0)
+    settings = faulty.settings(sample.uuid)
+    faulty.proxies.src_s3.reset_counts()
+
+    report = await preflight(settings)
+
+    assert f"object {sample.uuid}/" in report.verification.notes[-1], report.verification.notes
+    listings = [parse_qs(urlsplit(r.target).query) for r in faulty.proxies.src_s3.requests
+                if r.method == "GET" and "list-type" in urlsplit(r.target).query]
+    of_project = [q for q in listings if q.get("prefix") == [f"{sample.uuid}/"]]
+    assert len(of_project) == 1 and not any("continuation-token" in q for q in listings), listings
 
 
 @pytest.mark.parametrize("data_client", ["lean", "botocore"])
