@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any, Literal
 from uuid import UUID
 
@@ -202,7 +203,11 @@ async def read_rows(conn: AsyncConnection, metadata: MetaData, uuids: list[str])
         except OverflowError:  # asyncpg: a date Python's datetime cannot hold
             raise PreflightError(await _dates_out_of_range(conn, table, key.name, uuids)) from None
         for row in rows.mappings():
-            result[row[key.name]].setdefault(name, []).append(dict(row))
+            # one str object per distinct value (project and user ids, buckets, locations repeat in
+            # every file row): a plan of 30,000 objects peaked at 165 MB instead of 191. Only str:
+            # equal values of other types may differ (Decimal 1.10 == 1.1, datetimes in other zones)
+            shared = {column: intern(value) if type(value) is str else value for column, value in row.items()}
+            result[row[key.name]].setdefault(name, []).append(shared)
     return result
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from sys import intern
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -150,7 +151,8 @@ async def read_text_rows(conn: AsyncConnection, project_uuids: list[str]) -> Tex
             {"u": project_uuids},
         )
         found.rows[table] = [
-            {name: None if row[2 * i] else row[2 * i + 1] for i, name in enumerate(names)} for row in rows
+            # one str object per distinct text (ids, buckets, booleans repeat in every row)
+            {name: None if row[2 * i] else intern(row[2 * i + 1]) for i, name in enumerate(names)} for row in rows
         ]
     return found
 
