@@ -42,14 +42,19 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
     # with a Prefect API at hand, Prefect is imported (~1.5 s of CPU) while the preflight waits on
     # the servers; without, the local API is started only after the preflight passed
     importing = _import_in_background("flows.migrate") if use_prefect_api(start=False) is not False else None
-    # credentials resolved once for the run (the flow gets their values, masked in its parameters);
-    # bad input fails here, in seconds, before Prefect starts
-    settings = await resolved(settings, importing=importing)
-    await steps.preflight(settings, probe_write=False)
+    try:
+        # credentials resolved once for the run (the flow gets their values, masked in its parameters);
+        # bad input fails here, in seconds, before Prefect starts
+        settings = await resolved(settings, importing=importing)
+        await steps.preflight(settings, probe_write=False)
+    finally:
+        if importing is not None:
+            # also when a check failed: a daemon thread still importing when the interpreter exits is
+            # stopped inside native code, and the process aborts ("FATAL: exception not rethrown")
+            # instead of exiting 2 after its error line
+            importing.join()
     if importing is None:
         use_prefect_api()
-    else:
-        importing.join()
     from flows.migrate import migrate_project
 
     with copy_progress():
