@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +26,7 @@ from botocore.exceptions import ClientError
 from .errors import TransferError
 from .marks import drop_record, ledger_key, ledger_prefix, project_of, read_mark, read_record
 from .s3 import Retrier, describe_error, is_transient, upload_gone
-from .s3data import BotoData, DataPath
+from .s3data import BotoData, DataPath, Listed
 
 DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 maximum)
 
@@ -40,22 +41,31 @@ def etag_of(value: str) -> str:
     return value.strip('"')
 
 
-async def list_prefix(
+async def listing_pages(
     client: Any, bucket: str, prefix: str, retry: Retrier, *, data: DataPath | None = None
-) -> dict[str, ObjectState]:
-    """Every object under ``prefix`` (1,000 per call), through ``data``'s listing if given (the
-    lean path's: :mod:`projmig.s3data`), else ``client``'s."""
+) -> AsyncIterator[list[Listed]]:
+    """The objects under ``prefix``, one page (up to 1,000) at a time, through ``data``'s listing if
+    given (the lean path's: :mod:`projmig.s3data`), else ``client``'s: a caller may stop early."""
     pages = data or BotoData(client)
-    found: dict[str, ObjectState] = {}
     token: str | None = None
     while True:
         items, token = await retry(
             f"list s3://{bucket}/{prefix}", lambda: pages.list_page(bucket, prefix, token)
         )
+        yield items
+        if token is None:
+            return
+
+
+async def list_prefix(
+    client: Any, bucket: str, prefix: str, retry: Retrier, *, data: DataPath | None = None
+) -> dict[str, ObjectState]:
+    """Every object under ``prefix`` (:func:`listing_pages` to the end)."""
+    found: dict[str, ObjectState] = {}
+    async for items in listing_pages(client, bucket, prefix, retry, data=data):
         for key, size, etag in items:
             found[key] = ObjectState(size=size, etag=etag)
-        if token is None:
-            return found
+    return found
 
 
 async def list_uploads(client: Any, bucket: str, prefix: str, retry: Retrier) -> list[dict[str, Any]]:

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from contextlib import aclosing
 from typing import Any, Literal, NamedTuple
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
-from .buckets import abort_upload, abort_uploads, etag_of
+from .buckets import abort_upload, abort_uploads, etag_of, listing_pages
 from .copier import stored_checksum
 from .marks import COPY_MARK
 from .s3 import CHECKSUM_MISMATCH, Retrier, error_code, explain_bucket_error, s3_client
-from .s3data import BotoData
 from .settings import MigrationSettings, S3Settings
 
 PROBE_KEY = ".projmig-preflight"
@@ -57,8 +57,8 @@ async def probe_verification(
     settings: MigrationSettings, roots: list[str], retry: Retrier, problems: list[str]
 ) -> VerificationProbe:
     """Whether each side's ETags are the MD5 of the bytes (SSE-KMS and SSE-C objects on AWS have
-    other ETags): the source's smallest single-part object of the first project is read whole; in
-    the destination, the write probe's upload takes one small part (no object appears), after parts
+    other ETags): in the first project, the smallest single-part object of the first listing page
+    that has one is read whole; in the destination, the write probe's upload takes one small part (no object appears), after parts
     with a wrong checksum of each of S3's algorithms (refused: the destination validates them).
     etag where both sides' ETags are MD5s, else checksum where the destination validates and keeps
     checksums, else sha256. A chosen method that cannot work is a problem naming the provider and
@@ -117,15 +117,13 @@ async def probe_verification(
 async def _small_single_part_object(client: Any, bucket: str, prefix: str, retry: Retrier) -> str | None:
     """The smallest single-part object of the first listing page that has one. One object is all the
     probe reads: listing a project of 10,000 objects to the end cost ~2 s of every preflight."""
-    pages = BotoData(client)
-    token: str | None = None
-    while True:
-        items, token = await retry(f"list s3://{bucket}/{prefix}", lambda: pages.list_page(bucket, prefix, token))
-        small = sorted((size, key) for key, size, etag in items if 0 < size <= SMALL_PROBE and "-" not in etag)
-        if small:
-            return small[0][1]
-        if token is None:
-            return None
+    async with aclosing(listing_pages(client, bucket, prefix, retry)) as pages:
+        async for items in pages:
+            small = sorted((size, key) for key, size, etag in items if 0 < size <= SMALL_PROBE and "-" not in etag)
+            if small:
+                return small[0][1]
+    return None
+
 
 class BucketCheck(NamedTuple):
     problems: list[str]
