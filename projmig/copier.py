@@ -47,7 +47,7 @@ from .multipart import (
 )
 from .plan import ObjectCopy
 from .units import human_bytes
-from .settings import MiB
+from .limits import MiB
 from .s3 import CHECKSUM_MISMATCH, Retrier, describe_error, error_code, is_transient, upload_gone
 from .s3data import CHECKSUMS, BotoData, DataPath, digest
 

@@ -24,7 +24,7 @@ from .marks import UploadRecord, read_record
 from .plan import ObjectCopy
 from .s3 import Retrier, describe_error, upload_gone
 from .s3data import DataPath, digest
-from .settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, MiB
+from .limits import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, MiB
 
 log = logging.getLogger("projmig.multipart")
 

@@ -18,7 +18,8 @@ from projmig.graph import SourceObject
 from projmig.copier import refuse_oversized
 from projmig.multipart import own_part_sizes
 from projmig.sandbox.sample import SampleSpec, build_sample_project
-from projmig.settings import MAX_OBJECT_SIZE, MigrationSettings
+from projmig.limits import MAX_OBJECT_SIZE
+from projmig.settings import MigrationSettings
 
 from .conftest import Simcore
 from .test_cli import destination_state
