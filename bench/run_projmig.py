@@ -7,8 +7,8 @@ with the job on stdin (``{"mode": "cli" | "insert" | "plan" | "verify", "setting
   library step its task runs call (``projmig.steps.*``); the flow's wall time minus the union of
   those intervals is the time spent outside projmig's own work: Prefect orchestration (flow and
   task runs, states, result persistence, artifacts).
-- ``insert``: preflight, graph and plan as the flow does them, then the single-transaction insert
-  alone, timed (no Prefect).
+- ``insert``: preflight, graph and plan as the flow does them, then the insert (one transaction per
+  root project) alone, timed (no Prefect).
 - ``plan``: what ``projmig plan`` computes (preflight, graph, plan), timed (no Prefect).
 - ``verify``: what ``projmig verify`` computes (``"deep": false``: ``--quick``), timed (no Prefect).
 
@@ -32,8 +32,8 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from typing import Any  # noqa: E402
 
-STEPS = ("preflight", "read_project_graph", "list_destination", "make_plan", "compare", "copy_objects", "verify_objects",
-         "insert_rows", "abort_our_uploads")
+STEPS = ("preflight", "read_graph", "list_destination", "make_plan", "compare", "copy_objects", "insert_roots",
+         "abort_our_uploads")
 
 
 class StepClock:
@@ -160,30 +160,35 @@ def cli(job: dict[str, Any], result: dict[str, Any]) -> None:
 async def insert(job: dict[str, Any], result: dict[str, Any]) -> None:
     from projmig import steps
     from projmig.buckets import ObjectState
+    from projmig.run import MigrationRun
     from projmig.settings import MigrationSettings
 
     settings = MigrationSettings.parse(job["settings"], origin="bench")
     result["import_seconds"] = time.perf_counter() - STARTED
-    _, plan = await steps.plan_migration(settings)
-    verified = {c.dst_key: ObjectState(size=c.size, etag=c.etag) for c in plan.copies}
-    began, cpu = time.perf_counter(), cpu_seconds()
-    inserted = await steps.insert_rows(settings, plan, verified)
-    result.update(
-        insert_seconds=time.perf_counter() - began,
-        insert_cpu_seconds=cpu_seconds() - cpu,
-        rows_inserted=inserted.rows,
-        rows_per_table=inserted.inserted,
-    )
+    async with MigrationRun.open(settings) as run:
+        _, plan = await steps.plan_migration(run)
+        verified = {c.dst_key: ObjectState(size=c.size, etag=c.etag) for c in plan.copies}
+        began, cpu = time.perf_counter(), cpu_seconds()
+        inserted = await steps.insert_roots(run, plan, verified, list(plan.roots()))
+        result.update(insert_seconds=time.perf_counter() - began, insert_cpu_seconds=cpu_seconds() - cpu)
+    failed = [r.error for r in inserted if r.error is not None]
+    if failed:
+        raise failed[0]
+    per_table: dict[str, int] = {}
+    for root in inserted:
+        for table, n in root.result.inserted.items():  # type: ignore[union-attr]
+            per_table[table] = per_table.get(table, 0) + n
+    result.update(rows_inserted=sum(per_table.values()), rows_per_table=per_table)
 
 
 async def plan(job: dict[str, Any], result: dict[str, Any]) -> None:
-    from projmig import steps
+    from projmig import commands
     from projmig.settings import MigrationSettings
 
     settings = MigrationSettings.parse(job["settings"], origin="bench")
     result["import_seconds"] = time.perf_counter() - STARTED
     began, cpu = time.perf_counter(), cpu_seconds()
-    _, made = await steps.plan_migration(settings)
+    _, made = await commands.plan(settings)
     result.update(
         plan_seconds=time.perf_counter() - began,
         plan_cpu_seconds=cpu_seconds() - cpu,
@@ -193,13 +198,13 @@ async def plan(job: dict[str, Any], result: dict[str, Any]) -> None:
 
 
 async def verify(job: dict[str, Any], result: dict[str, Any]) -> None:
-    from projmig import steps
+    from projmig import commands
     from projmig.settings import MigrationSettings
 
     settings = MigrationSettings.parse(job["settings"], origin="bench")
     result["import_seconds"] = time.perf_counter() - STARTED
     began, cpu = time.perf_counter(), cpu_seconds()
-    report = await steps.verify_migration(settings, deep=job.get("deep", True))
+    report = await commands.verify(settings, deep=job.get("deep", True))
     result.update(
         verify_seconds=time.perf_counter() - began,
         verify_cpu_seconds=cpu_seconds() - cpu,

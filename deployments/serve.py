@@ -13,9 +13,9 @@ The cfg.json's two osparc deployments (database, bucket, credentials) are saved 
 ``<name>-source`` and ``<name>-destination`` (``flows.blocks.OsparcDeployment``; credentials as secret
 fields or as references; saved by ``flows/credentials.py``, which also reads them for each run and
 refuses a run naming other connections), and the deployments name them: a run cannot name other blocks nor any
-connection field. The cfg.json's destination owner, product, include_hidden and options become the
-deployments' default parameters; each run names its projects (``project_uuid``, ``project_uuids`` or
-``source_owner_user_id``). ``prefect deploy --all`` with the repository's ``prefect.yaml`` does the same
+connection field. The cfg.json's choices (destination owner, product, include_hidden, ...), host and
+options become the deployments' default parameters; each run names its projects (``project_uuid``,
+``project_uuids`` or ``source_owner_user_id``). ``prefect deploy --all`` with the repository's ``prefect.yaml`` does the same
 for blocks created beforehand.
 
 The deployments' entrypoints are module paths (``flows.migrate.migrate_project``,
@@ -32,6 +32,7 @@ from typing import Annotated, Any
 import typer
 
 from flows.credentials import save_connections
+from flows.parameters import choice_names
 from projmig.errors import ConfigError
 from projmig.settings import MigrationSettings
 from projmig.text import printable
@@ -42,16 +43,23 @@ ROLLBACK_FLOW_NAME = "rollback-migration"
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+# the choices each run makes for itself: never a deployment's default
+PER_RUN = ("project_uuid", "project_uuids", "source_owner_user_id", "dry_run")
+
+
 def deployment_parameters(settings: MigrationSettings, blocks: tuple[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(migrate-project's, rollback-migration's) default parameters: the blocks, and the cfg.json's
-    choices that are not connections (the projects are each run's)."""
+    """(migrate-project's, rollback-migration's) default parameters: the blocks, the host's resources,
+    the options, and the cfg.json's choices other than the projects (each run's), each flow's own
+    (:func:`flows.parameters.choice_names`)."""
     options = settings.options.model_dump(mode="json", exclude_defaults=True)
-    common = {"source": blocks[0], "destination": blocks[1], "include_hidden": settings.source.include_hidden,
-              **({"options": options} if options else {})}
-    migrate = {**common, "destination_user_id": settings.destination.user_id}
-    if settings.destination.product_name:
-        migrate["product_name"] = settings.destination.product_name
-    return migrate, common
+    host = settings.host.model_dump(mode="json", exclude_defaults=True)
+    chosen = settings.choices.model_dump(mode="json", exclude_defaults=True)
+    fixed = {"source": blocks[0], "destination": blocks[1], **({"host": host} if host else {}),
+             **({"options": options} if options else {})}
+    return tuple(  # type: ignore[return-value]
+        {**fixed, **{name: chosen[name] for name in choice_names(rollback=rollback) if name in chosen and name not in PER_RUN}}
+        for rollback in (False, True)
+    )
 
 
 def make_deployments(name: str, config: Path, *, tags: list[str] | None = None) -> list[Any]:

@@ -10,23 +10,23 @@ consoles (``flows/console.py``) interpret no markup, and every line goes through
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import inspect
 import json
 import sys
+import typing
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_type_hints
-from uuid import UUID
+from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 
+from projmig.choices import CHOICES, RunChoices
 from projmig.errors import ConfigError, PreflightError, ProjmigError, TransferError
-from projmig.settings import MigrationSettings, UuidPolicy, template
+from projmig.settings import MigrationSettings, format_validation_error, template
 from projmig.units import human_bytes
 
 from .console import err, out, print_report, say
@@ -40,70 +40,49 @@ app = typer.Typer(
     add_completion=False,
 )
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="cfg.json (see `projmig config-template`)")]
 
 
-@dataclass(frozen=True)
-class Selection:
-    """Which projects a command is about, and under which ids: the same options on plan, migrate,
-    verify, rollback and cleanup, so that each names what the others did. Unset: the cfg.json's."""
+def choosing(command: str) -> Callable[[F], F]:
+    """Give a command the CLI options of the run's choices it takes (:class:`projmig.choices.RunChoices`:
+    one definition for the CLI, the flows and the deployments), so that plan, migrate, verify,
+    rollback and cleanup name projects and ids alike. Typer sees each choice as an option; the command
+    gets those given together as ``choices``. Unset: the cfg.json's."""
+    names = [name for name, choice in CHOICES.items() if command in choice.commands]
+    added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=_default(n), annotation=_option(n)) for n in names]
 
-    project: Annotated[list[UUID] | None, typer.Option(
-        "--project", "-p", help="a project uuid (repeat for several); instead of the cfg.json's")] = None
-    owner: Annotated[int | None, typer.Option(
-        "--owner", help="every non-trashed project of this source user (source.owner_user_id)")] = None
-    include_hidden: Annotated[bool | None, typer.Option(
-        "--include-hidden/--no-hidden", help="with their hidden job projects (source.include_hidden)")] = None
-    uuid_policy: Annotated[UuidPolicy | None, typer.Option(
-        "--uuid-policy", help="keep the ids, or copy under new ids (options.uuid_policy)")] = None
-    copy_label: Annotated[str | None, typer.Option(
-        "--copy-label", help="with --uuid-policy new: which copy (options.copy_label)")] = None
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != "choices"]
 
-    def overrides(self) -> dict[str, Any]:
-        return {"project_uuids": self.project, "source_owner_user_id": self.owner, "include_hidden": self.include_hidden,
-                "uuid_policy": self.uuid_policy, "copy_label": self.copy_label}
+        @functools.wraps(fn)
+        def with_choices(*args: Any, **kwargs: Any) -> Any:
+            given = {n: value for n in names if (value := kwargs.pop(n)) not in (None, False, [])}
+            return fn(*args, **kwargs, choices=given)
 
-
-@dataclass(frozen=True)
-class Recipient:
-    """Who receives the projects in the destination (plan, migrate, verify). Unset: the cfg.json's."""
-
-    to_user: Annotated[int | None, typer.Option("--to-user", help="destination owner (destination.user_id)")] = None
-    product: Annotated[str | None, typer.Option(
-        "--product", help="destination product (destination.product_name)")] = None
-
-    def overrides(self) -> dict[str, Any]:
-        return {"destination_user_id": self.to_user, "product_name": self.product}
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def options_of(group: type, parameter: str) -> Callable[[F], F]:
-    """Give a command the options of ``group`` (a dataclass of typer options, defined once): typer
-    sees each field as an option, and the command gets them together as ``parameter``."""
-    hints = get_type_hints(group, include_extras=True)
-    names = [f.name for f in dataclasses.fields(group)]
-    added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=hints[n]) for n in names]
-
-    def decorate(command: F) -> F:
-        signature = inspect.signature(command, eval_str=True)
-        kept = [p for p in signature.parameters.values() if p.name != parameter]
-
-        @functools.wraps(command)
-        def with_group(*args: Any, **kwargs: Any) -> Any:
-            values = {n: kwargs.pop(n) for n in names}
-            return command(*args, **kwargs, **{parameter: group(**values)})
-
-        with_group.__signature__ = signature.replace(parameters=kept + added)  # type: ignore[attr-defined]
-        return with_group  # type: ignore[return-value]
+        with_choices.__signature__ = signature.replace(parameters=kept + added)  # type: ignore[attr-defined]
+        return with_choices  # type: ignore[return-value]
 
     return decorate
 
 
-selecting = options_of(Selection, "selection")
-receiving = options_of(Recipient, "recipient")
+def _is_flag(name: str) -> bool:
+    """A plain flag (``--dry-run``: given or not), not an ``--x/--no-x`` pair."""
+    return RunChoices.model_fields[name].annotation is bool and "/" not in CHOICES[name].flags[0]
+
+
+def _option(name: str) -> Any:
+    field = RunChoices.model_fields[name]
+    kind: Any = field.annotation
+    if not _is_flag(name) and typing.get_origin(kind) is not list:
+        kind = typing.Optional[kind]  # noqa: UP007 (a runtime type: unset is None)
+    return Annotated[kind, typer.Option(*CHOICES[name].flags, help=f"{field.description} (choices.{name})")]
+
+
+def _default(name: str) -> Any:
+    return False if _is_flag(name) else None
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -122,14 +101,30 @@ def errors_as_lines() -> Iterator[None]:
             say(err, problem, label="error:", style="bold red")
         raise typer.Exit(2)
     except ProjmigError as exc:
+        report = getattr(exc, "report", None)
+        if report is not None and report.status == "partial":  # what did move, and what did not
+            print_report(report)
         say(err, exc, label="error:", style="bold red")
         if isinstance(exc, TransferError) and exc.transient:
             say(err, "Rerun the same command to continue where it stopped.")
         raise typer.Exit(1)
 
 
-def load(config: Path, **overrides: Any) -> MigrationSettings:
-    return MigrationSettings.load(config).with_overrides(**overrides)
+def load(config: Path, choices: dict[str, Any], *, owner: bool = True) -> MigrationSettings:
+    """The cfg.json with the command line's choices on top; ``owner``: the command needs the destination owner."""
+    settings = MigrationSettings.load(config)
+    try:
+        settings = settings.with_choices(choices).require_something_to_move(str(config))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "options")) from None
+    if owner and settings.choices.destination_user_id is None:
+        raise ConfigError(f"{config}: choices.destination_user_id: give the destination user who will own the projects (--to-user)")
+    return settings
+
+
+async def settings_of(config: Path, choices: dict[str, Any], *, owner: bool = True) -> MigrationSettings:
+    """The cfg.json with the command line's choices, credentials resolved (Prefect Secret blocks too)."""
+    return await resolved(load(config, choices, owner=owner))
 
 
 @app.command("config-template")
@@ -139,15 +134,13 @@ def config_template() -> None:
 
 
 @app.command()
-@receiving
-@selecting
-def plan(config: ConfigOption, selection: Selection, recipient: Recipient) -> None:
+@choosing("plan")
+def plan(config: ConfigOption, choices: dict[str, Any]) -> None:
     """Check both deployments and print what a migration would do. Writes nothing."""
-    from projmig import steps
+    from projmig import commands
 
     async def main() -> None:
-        settings = await resolved(load(config, **selection.overrides(), **recipient.overrides()))
-        report, migration = await steps.plan_migration(settings)
+        report, migration = await commands.plan(await settings_of(config, choices))
         for line in migration.summary_lines():
             say(out, line)
         if report.already_migrated:
@@ -157,37 +150,31 @@ def plan(config: ConfigOption, selection: Selection, recipient: Recipient) -> No
 
 
 @app.command()
-@receiving
-@selecting
+@choosing("migrate")
 def migrate(
     config: ConfigOption,
-    selection: Selection,
-    recipient: Recipient,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, write nothing")] = False,
+    choices: dict[str, Any],
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's log lines")] = False,
 ) -> None:
     """Migrate projects as a local Prefect flow run, with a progress bar and a report."""
     with errors_as_lines():
-        settings = load(config, **selection.overrides(), **recipient.overrides(), dry_run=dry_run or None)
+        settings = load(config, choices)
     report = run(migrate_with_progress(settings, verbose=verbose))
     print_report(report)
 
 
 @app.command()
-@receiving
-@selecting
+@choosing("verify")
 def verify(
     config: ConfigOption,
-    selection: Selection,
-    recipient: Recipient,
+    choices: dict[str, Any],
     quick: Annotated[bool, typer.Option("--quick", help="compare sizes and ETags only, not SHA-256 of the bytes")] = False,
 ) -> None:
     """Compare the destination with the source: rows (modulo the remaps) and objects. Exit 1 on a difference."""
-    from projmig import steps
+    from projmig import commands
 
     async def main() -> Any:
-        settings = await resolved(load(config, **selection.overrides(), **recipient.overrides()))
-        return await steps.verify_migration(settings, deep=not quick)
+        return await commands.verify(await settings_of(config, choices), deep=not quick)
 
     result = run(main())
     for note in result.notes:
@@ -207,25 +194,20 @@ def verify(
 
 
 @app.command()
-@selecting
+@choosing("cleanup")
 def cleanup(
     config: ConfigOption,
-    selection: Selection,
+    choices: dict[str, Any],
     older_than: Annotated[str, typer.Option(help="only uploads started longer ago than this (e.g. 30m, 6h, 2d)")] = "1h",
 ) -> None:
     """Abort unfinished multipart uploads of projmig in the destination (only under the migrated
     projects' prefixes, only older than --older-than), once no migration of them is running."""
-    from projmig import steps
+    from projmig import commands
 
     age = parse_age(older_than)
 
     async def main() -> list[str]:
-        settings = await resolved(load(config, **selection.overrides()))
-        # the projects' locks (projmig/locks.py): never under a running migration or rollback of them
-        async with steps.holding_locks(settings):
-            report, migration = await steps.plan_migration(settings)
-            # the copies' uploads this migration started, and the preflight's write probe
-            return await steps.abort_our_uploads(settings, migration.copies, older_than=age, probe_key=report.probe_key)
+        return await commands.cleanup(await settings_of(config, choices, owner=False), older_than=age)
 
     aborted = run(main())
     for key in aborted:
@@ -234,20 +216,15 @@ def cleanup(
 
 
 @app.command()
-@selecting
-def rollback(
-    config: ConfigOption,
-    selection: Selection,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be removed, remove nothing")] = False,
-) -> None:
+@choosing("rollback")
+def rollback(config: ConfigOption, choices: dict[str, Any]) -> None:
     """Remove from the destination what the migration with this cfg.json inserted: its rows (one
     transaction), then its objects. Refuses, removing nothing, if a destination project changed after
     the migration. A rerun after a rollback is a no-op."""
-    from projmig import steps
+    from projmig import commands
 
     async def main() -> Any:
-        settings = await resolved(load(config, **selection.overrides()))
-        return await steps.rollback_migration(settings, dry_run=dry_run)
+        return await commands.rollback(await settings_of(config, choices, owner=False))
 
     result = run(main())
     for line in result.summary_lines():

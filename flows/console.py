@@ -8,10 +8,9 @@ highlighting, and every line goes through :func:`projmig.text.printable`.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -24,9 +23,21 @@ from projmig.units import human_bytes
 
 from .progress import add_listener, remove_listener
 
-# (not a terminal: wide enough that no table cell wraps, so that a name reads as one piece in a log)
-out = Console(width=None if sys.stdout.isatty() else 1000, markup=False, emoji=False, highlight=False)
-err = Console(stderr=True, markup=False, emoji=False, highlight=False)
+NOT_A_TERMINAL_WIDTH = 100  # rules and tables in a log (CI, `| tee`)
+
+
+def make_console(*, stderr: bool = False, file: IO[str] | None = None, record: bool = False) -> Console:
+    """A console that interprets nothing in what it prints (markup, emoji codes, highlighting: what
+    projmig styles, it styles with :class:`rich.text.Text`), as wide as its terminal, or
+    ``NOT_A_TERMINAL_WIDTH`` columns when it writes to a file or a pipe."""
+    console = Console(stderr=stderr, file=file, markup=False, emoji=False, highlight=False, record=record)
+    if not console.is_terminal:
+        console.width = NOT_A_TERMINAL_WIDTH
+    return console
+
+
+out = make_console()
+err = make_console(stderr=True)
 
 
 def say(console: Console, text: object, *, label: str = "", style: str = "") -> None:
@@ -34,14 +45,31 @@ def say(console: Console, text: object, *, label: str = "", style: str = "") -> 
     console.print(Text.assemble((label, style), " " if label else "", printable(text)), soft_wrap=True)
 
 
-def print_report(report: MigrationReport) -> None:
+def print_report(report: MigrationReport, console: Console | None = None) -> None:
+    """The report: its projects as a table on a terminal, else one line each (a name in a log stays in
+    one piece, whatever its length), then what moved, the time per stage, notes and warnings."""
+    console = console or out
+    if console.is_terminal:
+        console.print(_project_table(report))
+    else:
+        for row in report.project_rows():
+            size = human_bytes(row["bytes"])  # type: ignore[arg-type]
+            say(console, f"  {row['project']}  {row['name']} ({row['kind']}): {row['nodes']} nodes, {row['files']} files, "
+                         f"{row['objects']} objects, {size}")
+    _print_details(report, console)
+
+
+def _project_table(report: MigrationReport) -> Table:
     table = Table(title=Text(printable(report.headline())), title_justify="left", show_edge=False)
     for column in ("project", "name", "kind", "nodes", "files", "objects", "bytes"):
         numeric = column in ("nodes", "files", "objects", "bytes")
         table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "project")
     for row in report.project_rows():
         table.add_row(*[Text(human_bytes(v) if k == "bytes" else printable(v)) for k, v in row.items()])  # type: ignore[arg-type]
-    out.print(table)
+    return table
+
+
+def _print_details(report: MigrationReport, out: Console) -> None:
     if report.rows_planned:
         say(out, "rows inserted: " + ", ".join(f"{t} {report.rows_inserted.get(t, 0)}/{n}" for t, n in report.rows_planned.items()))
     if report.seconds:

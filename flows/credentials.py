@@ -5,7 +5,7 @@ CLI's commands and of ``deployments/serve.py``.
   (:func:`save_connections`); a run of it may name no others nor any connection field
   (:func:`refuse_connections`, before anything is loaded or connected).
 - The settings a flow run works with (:func:`flow_run_settings`): a local call's own, or the
-  deployment's blocks and options; the run's choices applied, its credentials resolved.
+  deployment's blocks, host and options; the run's choices applied, its credentials resolved.
 - Secret references resolved (:func:`resolve_credentials`): environment variables, and Prefect Secret
   blocks through the Prefect API, once per run, before its first step (the library's steps take the
   values). The Prefect-free rules (which references exist, what a missing one says) are
@@ -25,12 +25,10 @@ from pydantic import ValidationError
 
 from projmig.credentials import SecretNotFound, secret_refs
 from projmig.errors import ConfigError
-from projmig.settings import MigrationOptions, MigrationSettings, format_validation_error, resolve_secrets
+from projmig.settings import HostSettings, MigrationOptions, MigrationSettings, format_validation_error, resolve_secrets
 
-# parameters that name connections: a run gets the deployment's own, or is refused
-CONNECTION_PARAMETERS = ("source", "destination", "settings")
-# options that reach out to other machines: fixed by the deployment as well
-CONNECTION_OPTIONS = ("dask_address",)
+# parameters that name connections or the host's resources: a run gets the deployment's own, or is refused
+CONNECTION_PARAMETERS = ("source", "destination", "settings", "host")
 
 
 def save_connections(name: str, settings: MigrationSettings) -> tuple[str, str]:
@@ -50,18 +48,11 @@ def refuse_connections(run: dict[str, Any], fixed: dict[str, Any], deployment: s
     the deployment's own: ``run`` are the run's parameters (the deployment's defaults merged in by
     Prefect), ``fixed`` the deployment's. Called before anything is loaded or connected."""
     problems = [
-        f"parameter {name!r}: the connections of {deployment} are fixed by its blocks; a run names only what to "
-        "move and how (projects, owner, product, include_hidden, uuid_policy, copy_label, dry_run, options)"
+        f"parameter {name!r}: fixed by {deployment} (its connections are its blocks, its host's resources its "
+        "own); a run names only what to move and how (its choices and options)"
         for name in CONNECTION_PARAMETERS
         if run.get(name) != fixed.get(name)
     ]
-    run_options, fixed_options = run.get("options") or {}, fixed.get("options") or {}
-    if isinstance(run_options, dict) and isinstance(fixed_options, dict):
-        problems += [
-            f"parameter 'options.{name}': fixed by {deployment} (it names another machine)"
-            for name in CONNECTION_OPTIONS
-            if name in run_options and run_options.get(name) != fixed_options.get(name)
-        ]
     if problems:
         raise ConfigError(problems)
 
@@ -74,26 +65,29 @@ def merged_options(run: dict[str, Any] | None, fixed: dict[str, Any] | None) -> 
 
 
 async def flow_run_settings(
-    settings: MigrationSettings | None, *, source: str | None, destination: str | None,
-    options: MigrationOptions | None, owner_required: bool = True, **choices: Any,
+    settings: MigrationSettings | None, choices: dict[str, Any], *, source: str | None, destination: str | None,
+    options: MigrationOptions | None, host: HostSettings | None, owner_required: bool = True,
 ) -> MigrationSettings:
-    """The prelude of a flow run: its settings (:func:`connections`), the run's ``choices`` applied
-    (:meth:`MigrationSettings.with_overrides`), projects required, credentials resolved."""
-    chosen = await connections(
-        settings, source, destination, choices.get("destination_user_id"), options, owner_required=owner_required
-    )
-    chosen = chosen.with_overrides(**choices)
+    """The prelude of a flow run: its settings (:func:`connections`), the run's ``choices`` applied,
+    projects (and for a migration, the destination owner) required, credentials resolved."""
+    chosen = await connections(settings, source, destination, options, host)
+    try:
+        chosen = chosen.with_choices(choices)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "parameters")) from None
     chosen.require_something_to_move("parameters")
+    if owner_required and chosen.choices.destination_user_id is None:
+        raise ConfigError("destination_user_id: give the destination user who will own the projects")
     return await resolve_credentials(chosen)
 
 
 async def connections(
     settings: MigrationSettings | None, source: str | None, destination: str | None,
-    destination_user_id: int | None, options: MigrationOptions | None, *, owner_required: bool = True,
+    options: MigrationOptions | None, host: HostSettings | None,
 ) -> MigrationSettings:
     """The settings of a flow run: ``settings`` as given in a local call; in a deployment run, the
-    deployment's own blocks and options, after refusing a run that names any connection of its own
-    (before anything is loaded or connected)."""
+    deployment's own blocks, host and options, after refusing a run that names any connection of its
+    own (before anything is loaded or connected)."""
     from prefect.context import FlowRunContext
 
     from .blocks import load_deployment_block
@@ -113,13 +107,12 @@ async def connections(
         return settings
     if source is None or destination is None:
         raise ConfigError("give settings (a local call) or source and destination (OsparcDeployment block names)")
-    if destination_user_id is None and owner_required:
-        raise ConfigError("destination_user_id: give the destination user who will own the projects")
     src, dst = await load_deployment_block(source, "source"), await load_deployment_block(destination, "destination")
     try:
         return MigrationSettings.model_validate({
             "source": {"db": src.db, "s3": src.s3},
-            "destination": {"db": dst.db, "s3": dst.s3, "user_id": destination_user_id or 0},
+            "destination": {"db": dst.db, "s3": dst.s3},
+            "host": host.model_dump(exclude_unset=True) if host is not None else {},
             "options": chosen,
         })
     except ValidationError as exc:

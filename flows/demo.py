@@ -14,29 +14,35 @@ from projmig.sandbox import Sandbox
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.settings import MigrationSettings
 
-from .console import print_report
+from .console import print_report, say
 from .local_run import migrate_with_progress, resolved
 
 
+DEMO_STUDY = "Sample study [v2]"
+
+
 async def run_demo(console: Console, *, workdir: Path | None = None, keep: bool = False) -> None:
-    from projmig import steps
+    """``console``: where the demo says what it does (the CLI's ``out``); every name it shows is literal."""
+    from projmig import commands
 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="projmig-demo-"))
     sandbox = Sandbox(root)
-    console.print(f"Starting two deployments in {root} (PostgreSQL + SeaweedFS each) ...", highlight=False)
+    say(console, f"Starting two deployments in {root} (PostgreSQL + SeaweedFS each) ...")
     sandbox.start()
     try:
         for dep in sandbox.deployments:
-            console.print(f"  {dep.name}: postgresql://127.0.0.1:{dep.pg.port}  s3 {dep.s3.endpoint}", highlight=False)
+            say(console, f"  {dep.name}: postgresql://127.0.0.1:{dep.pg.port}  s3 {dep.s3.endpoint}")
         src_db, src_ids = await sandbox.source.create_simcore_database("simcoredb", users=["alice", "bob"], groups=["lab"])
         dst_db, dst_ids = await sandbox.destination.create_simcore_database("simcoredb", users=["admin", "alice.aws"], skip_user_ids=41)
         src_s3 = await sandbox.source.create_bucket("simcore-onprem")
         dst_s3 = await sandbox.destination.create_bucket("simcore-aws")
         alice = src_ids.users["alice"]
-        console.print("Seeding a study: 5 nodes, 30 files (a 40 MiB multipart object, a directory of 10 objects, "
-                      "a soft link) and 2 hidden job projects ...", highlight=False)
+        say(console, "Seeding a study: 5 nodes, 30 files (a 40 MiB multipart object, a directory of 10 objects, "
+                      "a soft link) and 2 hidden job projects ...")
         sample = await build_sample_project(
-            src_db, src_s3, owner_id=alice.id, spec=SampleSpec(share_with_gids=[src_ids.groups["lab"], src_ids.everyone_gid])
+            src_db, src_s3, owner_id=alice.id, spec=SampleSpec(
+                # a name as users write them: the brackets are text, not markup (every name is shown literally)
+                name=DEMO_STUDY, share_with_gids=[src_ids.groups["lab"], src_ids.everyone_gid])
         )
 
         # credentials by reference, as an operator's cfg.json would have them
@@ -50,33 +56,34 @@ async def run_demo(console: Console, *, workdir: Path | None = None, keep: bool 
             "source": {
                 "db": {**_db(src_db), "password": {"env": "DEMO_SOURCE_DB_PASSWORD"}},
                 "s3": {**_s3(src_s3), "secret_key": {"env": "DEMO_SOURCE_S3_SECRET"}},
-                "project_uuid": sample.uuid,
-                "include_hidden": True,
             },
             "destination": {
                 "db": {**_db(dst_db), "password": {"env": "DEMO_DEST_DB_PASSWORD"}},
                 "s3": {**_s3(dst_s3), "secret_key": {"env": "DEMO_DEST_S3_SECRET"}},
-                "user_id": dst_ids.users["alice.aws"].id,
             },
+            "choices": {"project_uuid": sample.uuid, "include_hidden": True, "destination_user_id": dst_ids.users["alice.aws"].id},
         }
         cfg = root / "cfg.json"
         cfg.write_text(json.dumps(config, indent=2))
-        console.print(f"Wrote {cfg} (passwords and keys as environment references).", highlight=False)
+        say(console, f"Wrote {cfg} (passwords and keys as environment references).")
         settings = MigrationSettings.load(cfg)
 
         console.rule("projmig migrate")
-        print_report(await migrate_with_progress(settings))
+        print_report(await migrate_with_progress(settings), console)
         console.rule("projmig verify")
-        result = await steps.verify_migration(await resolved(settings), deep=True)
-        state = "[green]equal[/]" if result.equal else f"[red]{len(result.differences)} differences[/]"
-        console.print(f"{state}: {result.rows_checked} rows, {result.objects_checked} objects (SHA-256)", highlight=False)
+        result = await commands.verify(await resolved(settings), deep=True)
+        summary = f"{result.rows_checked} rows, {result.objects_checked} objects (SHA-256)"
+        if result.equal:
+            say(console, summary, label="equal:", style="green")
+        else:
+            say(console, summary, label=f"{len(result.differences)} differences:", style="red")
         for difference in result.differences:
-            console.print(f"  {difference}", highlight=False)
+            say(console, difference, label="  differs:", style="red")
         console.rule("projmig migrate (again)")
         again = await migrate_with_progress(settings)
-        console.print(again.headline(), highlight=False)
+        say(console, again.headline())
     finally:
-        console.print("Stopping the servers ...", highlight=False)
+        say(console, "Stopping the servers ...")
         sandbox.stop()
         if not keep and workdir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -37,6 +37,7 @@ def _prefect_for_secrets(importing: threading.Thread | None) -> None:
 
 async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = False) -> MigrationReport:
     from projmig import steps
+    from projmig.run import MigrationRun
 
     quiet_prefect(verbose)
     # with a Prefect API at hand, Prefect is imported (~1.5 s of CPU) while the preflight waits on
@@ -46,7 +47,8 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
         # credentials resolved once for the run (the flow gets their values, masked in its parameters);
         # bad input fails here, in seconds, before Prefect starts
         settings = await resolved(settings, importing=importing)
-        await steps.preflight(settings, probe_write=False)
+        async with MigrationRun.open(settings, lock=False) as checking:
+            await steps.preflight(checking, probe_write=False)
     finally:
         if importing is not None:
             # also when a check failed: a daemon thread still importing when the interpreter exits is

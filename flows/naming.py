@@ -3,25 +3,23 @@ a copy task run by what it copies. Called by Prefect as each run starts, from it
 
 from __future__ import annotations
 
+from projmig.choices import CHOICES, RunChoices
+
 
 def migration_run_name() -> str:
-    """``migrate-1a2b3c4d``, ``migrate-1a2b3c4d-and-2-more`` or ``migrate-projects-of-user-7``."""
+    """``migrate-1a2b3c4d``, ``migrate-1a2b3c4d-and-2-more`` or ``migrate-projects-of-user-7``: the
+    run's choices (:meth:`RunChoices.run_name`), those of its settings with its parameters on top."""
     from prefect.runtime import flow_run
 
     params = flow_run.parameters
-    uuids = params.get("project_uuids") or ([params["project_uuid"]] if params.get("project_uuid") else [])
     settings = params.get("settings")
-    if not uuids and settings is not None:
-        if isinstance(settings, dict):
-            uuids = settings.get("source", {}).get("project_uuid") or []
-        else:
-            uuids = settings.project_uuids
-        uuids = uuids if isinstance(uuids, list) else [uuids]
-    owner = params.get("source_owner_user_id") or getattr(getattr(settings, "source", None), "owner_user_id", None)
-    if not uuids and owner is not None:
-        return f"migrate-projects-of-user-{owner}"
-    first = str(uuids[0])[:8] if uuids else "projects"
-    return f"migrate-{first}" + (f"-and-{len(uuids) - 1}-more" if len(uuids) > 1 else "")
+    if isinstance(settings, dict):  # parameters as the API keeps them
+        settings = None
+    chosen = settings.choices if settings is not None else RunChoices()
+    try:
+        return chosen.with_given({name: params.get(name) for name in CHOICES}).run_name()
+    except ValueError:  # the flow refuses such parameters with one line; the name needs none
+        return chosen.run_name()
 
 
 def copy_run_name() -> str:

@@ -1,8 +1,10 @@
-"""Prefect tasks: each a thin wrapper of one library step (``projmig.steps``), taking settings.
+"""Prefect tasks: each a thin wrapper of one library step (:mod:`projmig.steps`) on the run.
 
-Only the copy task caches across flow runs: its key is what it copies (source keys, sizes, ETags,
-destination keys, both buckets), never clients, credentials or the run id; its result (what was
-copied, no secrets) is persisted so that a later run can reuse it.
+The run (:class:`projmig.run.MigrationRun`: clients, limits, locks) is a parameter like any other, but
+never part of a cache key: only the copy task caches across flow runs, keyed by what it copies (source
+keys, sizes, ETags, destination keys, both buckets), never by clients, credentials or the run id; its
+result (what was copied, no secrets) is persisted so that a later run can reuse it. A copy task run on
+a Dask worker gets no run: it opens the transfers of its own from the two S3 sections it is given.
 """
 
 from __future__ import annotations
@@ -16,29 +18,28 @@ from prefect.cache_policies import NONE
 from prefect.context import TaskRunContext
 
 from projmig import steps
-from projmig.graph import ProjectGraph
-from projmig.insert import InsertResult, ProjectInsert
 from projmig.buckets import ObjectState
 from projmig.copier import CopyOutcome
+from projmig.graph import ProjectGraph
+from projmig.insert import RootInsert
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.preflight import PreflightReport
 from projmig.rollback import RollbackResult
-from projmig.settings import MigrationSettings
+from projmig.run import MigrationRun, TransferSettings, Transfers
+from projmig.steps import Batch, Listed
 
 from .naming import copy_run_name
 from .progress import report_bytes
 
-Batch = list[tuple[ObjectCopy, ObjectState | None]]
-
 
 @task(name="preflight", cache_policy=NONE)
-async def preflight(settings: MigrationSettings, probe_write: bool = True) -> PreflightReport:
-    return await steps.preflight(settings, probe_write=probe_write)
+async def preflight(run: MigrationRun, probe_write: bool = True) -> PreflightReport:
+    return await steps.preflight(run, probe_write=probe_write)
 
 
 @task(name="read-graph", cache_policy=NONE)
-async def read_graph(settings: MigrationSettings, report: PreflightReport) -> ProjectGraph:
-    return await steps.read_project_graph(settings, report)
+async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph:
+    return await steps.read_graph(run, report)
 
 
 @task(name="plan", cache_policy=NONE)
@@ -47,21 +48,21 @@ def plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
 
 
 @task(name="list-destination", cache_policy=NONE)
-async def list_destination(settings: MigrationSettings, prefixes: list[str]) -> dict[str, dict[str, ObjectState]]:
-    return await steps.list_destination(settings, prefixes)
+async def list_destination(run: MigrationRun, prefixes: list[str]) -> Listed:
+    return await steps.list_destination(run, prefixes)
 
 
 @task(name="compare-destination", cache_policy=NONE)
 async def compare(
-    settings: MigrationSettings, copies: list[ObjectCopy], listed: dict[str, dict[str, ObjectState]] | None = None
+    run: MigrationRun, copies: list[ObjectCopy], listed: Listed | None = None
 ) -> tuple[list[CopyOutcome], Batch]:
-    return await steps.compare(settings, copies, listed)
+    return await steps.compare(run, copies, listed)
 
 
 def copy_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    settings: MigrationSettings = parameters["settings"]
+    transfer: TransferSettings = parameters["transfer"]
     digest = hashlib.sha256()
-    for side in (settings.source.s3, settings.destination.s3):
+    for side in (transfer.source, transfer.destination):
         digest.update(f"{side.endpoint or 'aws:' + side.region}\0{side.bucket}\n".encode())
     for copy, _ in parameters["batch"]:
         digest.update(f"{copy.src_key}\0{copy.size}\0{copy.etag}\0{copy.dst_key}\n".encode())
@@ -77,39 +78,31 @@ def copy_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     retries=1,
     retry_delay_seconds=2,
 )
-async def copy_objects(settings: MigrationSettings, batch: Batch, share: int = 1) -> list[CopyOutcome]:
-    return await steps.copy_objects(settings, batch, share=share, on_bytes=report_bytes)
-
-
-@task(name="verify-objects", cache_policy=NONE)
-async def verify_objects(settings: MigrationSettings, copies: list[ObjectCopy]) -> dict[str, ObjectState]:
-    return await steps.verify_objects(settings, copies)
+async def copy_objects(transfer: TransferSettings, batch: Batch, run: MigrationRun | None = None) -> list[CopyOutcome]:
+    """``run``: the flow's own, in its process (its clients and limits); none on a Dask worker."""
+    if run is not None:
+        return await steps.copy_objects(run.transfers, batch, on_bytes=report_bytes)
+    async with Transfers.open(transfer) as transfers:
+        return await steps.copy_objects(transfers, batch, on_bytes=report_bytes)
 
 
 @task(name="insert-rows", cache_policy=NONE)
 async def insert_rows(
-    settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState]
-) -> InsertResult:
-    return await steps.insert_rows(settings, plan, verified)
-
-
-@task(name="insert-rows-each", cache_policy=NONE)
-async def insert_rows_each(
-    settings: MigrationSettings, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
-) -> list[ProjectInsert]:
-    return await steps.insert_rows_each(settings, plan, verified, roots)
+    run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
+) -> list[RootInsert]:
+    return await steps.insert_roots(run, plan, verified, roots)
 
 
 @task(name="abort-uploads", cache_policy=NONE)
-async def abort_uploads(settings: MigrationSettings, copies: list[ObjectCopy]) -> list[str]:
-    return await steps.abort_our_uploads(settings, copies)
+async def abort_uploads(run: MigrationRun, copies: list[ObjectCopy]) -> list[str]:
+    return await steps.abort_our_uploads(run, copies)
 
 
 @task(name="rollback-rows", cache_policy=NONE)
-async def rollback_rows(settings: MigrationSettings, dry_run: bool = False) -> RollbackResult:
-    return await steps.rollback_rows(settings, dry_run=dry_run)
+async def rollback_rows(run: MigrationRun, dry_run: bool = False) -> RollbackResult:
+    return await steps.rollback_rows(run, dry_run=dry_run)
 
 
 @task(name="rollback-objects", cache_policy=NONE, retries=1, retry_delay_seconds=2)
-async def rollback_objects(settings: MigrationSettings, result: RollbackResult) -> RollbackResult:
-    return await steps.rollback_objects(settings, result)
+async def rollback_objects(run: MigrationRun, result: RollbackResult) -> RollbackResult:
+    return await steps.rollback_objects(run, result)

@@ -25,23 +25,17 @@ from pydantic_core import PydanticUndefined
 
 from .credentials import SecretRef
 from .schema import TABLE_RULES
-from .settings import (
-    DatabaseSettings,
-    DestinationSettings,
-    MigrationOptions,
-    MigrationSettings,
-    S3Settings,
-    SourceSettings,
-)
+from .choices import CHOICES, RunChoices
+from .settings import DatabaseSettings, HostSettings, MigrationOptions, MigrationSettings, S3Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 # (section as written in cfg.json, model, the paths that use it)
 SECTIONS: list[tuple[str, type[BaseModel], list[str]]] = [
-    ("source", SourceSettings, ["source"]),
-    ("destination", DestinationSettings, ["destination"]),
     ("source.db, destination.db", DatabaseSettings, ["source.db", "destination.db"]),
     ("source.s3, destination.s3", S3Settings, ["source.s3", "destination.s3"]),
+    ("choices", RunChoices, ["choices"]),
+    ("host", HostSettings, ["host"]),
     ("options", MigrationOptions, ["options"]),
 ]
 
@@ -117,6 +111,10 @@ def configuration_reference() -> str:
             meaning = field.description or ""
             if field.exclude:
                 meaning = f"{meaning} (read, never written back)"
+            if model is RunChoices:
+                choice = CHOICES[name]
+                flags = f"CLI `{choice.flags[0]}`; " if choice.flags else ""
+                meaning = f"{meaning} ({flags}old place: `{choice.legacy}`)"
             env = env_name(paths, name)
             lines.append(
                 f"| `{name}` | {type_name(field.annotation)} | {default_text(field)} | {_cell(meaning)} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -203,31 +204,32 @@ async def _copy_rows(conn: AsyncConnection, table: Table, columns: list[str], ro
     )
 
 
-class ProjectInsert(BaseModel):
-    """One root project's graph, inserted in its own transaction (or not, and why)."""
+@dataclass
+class RootInsert:
+    """One root project's graph (the root and its hidden children), inserted in a transaction of its
+    own, or not (``error``)."""
 
     root: str  # source uuid of the root project
     projects: list[str]  # destination uuids: the root and its hidden children
     result: InsertResult | None = None
-    error: str | None = None
+    error: InsertError | None = None
 
 
 async def insert_each(
     engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], roots: list[str], *,
     concurrency: int = 4, source: AsyncEngine | None = None,
-) -> list[ProjectInsert]:
+) -> list[RootInsert]:
     """Each root's graph (the root and its hidden children) in a transaction of its own, ``concurrency``
     at once: a project that fails is rolled back alone and the others are kept."""
     groups = plan.roots()
     slots = asyncio.Semaphore(concurrency)
 
-    async def one(root: str) -> ProjectInsert:
+    async def one(root: str) -> RootInsert:
         uuids = [p.dst_uuid for p in groups[root]]
         async with slots:
             try:
-                return ProjectInsert(root=root, projects=uuids, result=await insert_plan(
-                    engine, plan.subset(uuids), verified, source=source))
+                return RootInsert(root, uuids, result=await insert_plan(engine, plan.subset(uuids), verified, source=source))
             except InsertError as exc:
-                return ProjectInsert(root=root, projects=uuids, error=str(exc))
+                return RootInsert(root, uuids, error=exc)
 
     return list(await asyncio.gather(*(one(root) for root in roots)))

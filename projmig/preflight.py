@@ -47,10 +47,11 @@ class PreflightReport(BaseModel):
 
 
 async def run_preflight(
-    settings: MigrationSettings, *, probe_write: bool = True, locks: ProjectLocks | None = None
+    settings: MigrationSettings, *, probe_write: bool = True, locks: ProjectLocks | None = None, owner: bool = True,
 ) -> PreflightReport:
     """``locks``: the run's locks (:mod:`projmig.locks`): once the destination projects are known, and
-    before they are looked for in the destination, they are locked (waiting for another run of them)."""
+    before they are looked for in the destination, they are locked (waiting for another run of them).
+    ``owner``: the destination owner is needed (``cleanup`` looks for uploads, whoever would own them)."""
     quick = Retrier(attempts=2, timeout=20, initial_wait=0.5, max_wait=2)
     async with AsyncExitStack() as stack:
         engines: dict[str, AsyncEngine] = {}
@@ -68,7 +69,7 @@ async def run_preflight(
         try:
             async with engines["source"].connect() as src, engines["destination"].connect() as dst:
                 try:
-                    report = await _check_databases(settings, src, dst, problems, locks)
+                    report = await _check_databases(settings, src, dst, problems, locks, owner)
                 except Exception as exc:
                     if not _connection_lost(exc):
                         raise
@@ -107,7 +108,7 @@ def _lost(settings: MigrationSettings, roles: list[str], exc: BaseException) -> 
 
 async def _check_databases(
     settings: MigrationSettings, src: AsyncConnection, dst: AsyncConnection, problems: list[str],
-    locks: ProjectLocks | None = None,
+    locks: ProjectLocks | None = None, owner: bool = True,
 ) -> PreflightReport:
     src_rev, dst_rev = await alembic_revision(src), await alembic_revision(dst)
     drift: list[ColumnDiff] = []
@@ -134,7 +135,7 @@ async def _check_databases(
         drift, drift_notes = checked.diffs, checked.notes
 
     # who receives it
-    facts, products = await _destination_facts(settings, src, dst, projects, problems)
+    facts, products = await _destination_facts(settings, src, dst, projects, problems if owner else [])
 
     if locks is not None and projects and not problems:
         # one run of these projects at a time from here on; what another run inserted while this
@@ -145,7 +146,7 @@ async def _check_databases(
 
     # collisions: the same uuid or file_id for something that is not this project
     already: list[str] = []
-    if settings.options.uuid_policy == UuidPolicy.KEEP and projects:
+    if settings.choices.uuid_policy == UuidPolicy.KEEP and projects:
         existing = await creation_dates(dst, projects)
         for uuid, (created, name) in existing.items():
             if created == selection.created[uuid]:
@@ -153,7 +154,7 @@ async def _check_databases(
             else:
                 problems.append(
                     f"collision: the destination already has a different project {uuid} ({name!r}, created "
-                    f"{created:%Y-%m-%d %H:%M}): use options.uuid_policy=new to copy it under new ids"
+                    f"{created:%Y-%m-%d %H:%M}): use choices.uuid_policy=new (--uuid-policy new) to copy it under new ids"
                 )
         file_ids = [r[0] for r in await src.execute(
             text("SELECT file_id FROM file_meta_data WHERE project_id = ANY(:p)"), {"p": projects}
@@ -197,7 +198,7 @@ async def _earlier_copies(dst: AsyncConnection, selection: Selection, problems: 
         else:
             problems.append(
                 f"collision: the destination has a project {dst_uuid} ({name!r}) that is not the copy of {src_uuid}: "
-                "choose another options.copy_label"
+                "choose another choices.copy_label (--copy-label)"
             )
     clashes = (await dst.execute(
         text("SELECT file_id, project_id FROM file_meta_data WHERE split_part(file_id, '/', 1) = ANY(:new) "
@@ -212,21 +213,28 @@ async def _earlier_copies(dst: AsyncConnection, selection: Selection, problems: 
 async def _destination_facts(
     settings: MigrationSettings, src: AsyncConnection, dst: AsyncConnection, projects: list[str], problems: list[str]
 ) -> tuple[DestinationFacts, dict[str, int | None]]:
-    dest = settings.destination
-    owner = (await dst.execute(text("SELECT id, primary_gid FROM users WHERE id = :u"), {"u": dest.user_id})).first()
+    chosen = settings.choices
     owner_gid = 0
-    if owner is None:
-        problems.append(f"destination user {dest.user_id} does not exist (destination.user_id)")
-    elif owner.primary_gid is None:
-        problems.append(f"destination user {dest.user_id} has no primary group")
+    if chosen.destination_user_id is None:
+        problems.append("give the destination user who will own the projects (choices.destination_user_id, --to-user)")
+        owner = None
     else:
+        owner = (await dst.execute(
+            text("SELECT id, primary_gid FROM users WHERE id = :u"), {"u": chosen.destination_user_id}
+        )).first()
+        if owner is None:
+            problems.append(f"destination user {chosen.destination_user_id} does not exist (choices.destination_user_id)")
+    if owner is not None and owner.primary_gid is None:
+        problems.append(f"destination user {chosen.destination_user_id} has no primary group")
+    elif owner is not None:
         owner_gid = owner.primary_gid
-        if dest.user_gid is not None and dest.user_gid != owner_gid:
+        if chosen.destination_user_gid is not None and chosen.destination_user_gid != owner_gid:
             problems.append(
-                f"destination.user_gid {dest.user_gid} is not the primary group of user {dest.user_id} ({owner_gid})"
+                f"choices.destination_user_gid {chosen.destination_user_gid} is not the primary group of user "
+                f"{chosen.destination_user_id} ({owner_gid})"
             )
-    if dest.product_name:
-        wanted = {dest.product_name}
+    if chosen.product_name:
+        wanted = {chosen.product_name}
     else:
         wanted = {r[0] for r in await src.execute(
             text("SELECT DISTINCT product_name FROM projects WHERE uuid = ANY(:p)"), {"p": projects}
@@ -235,15 +243,15 @@ async def _destination_facts(
         text("SELECT name, group_id FROM products WHERE name = ANY(:n)"), {"n": list(wanted)}
     )).all())
     for name in sorted(wanted - products.keys()):
-        source = "destination.product_name" if dest.product_name else "the source project's product; set destination.product_name"
+        source = "choices.product_name" if chosen.product_name else "the source project's product; set choices.product_name"
         problems.append(f"destination product {name!r} does not exist ({source})")
     everyone = await dst.scalar(text("SELECT gid FROM groups WHERE type = 'EVERYONE' LIMIT 1"))
     facts = DestinationFacts(
-        owner_id=dest.user_id,
+        owner_id=chosen.destination_user_id or 0,
         owner_gid=owner_gid,
         everyone_gid=everyone,
-        product_name=dest.product_name,
+        product_name=chosen.product_name,
         product_gids=products,
-        bucket=dest.s3.bucket,
+        bucket=settings.destination.s3.bucket,
     )
     return facts, products

@@ -186,8 +186,8 @@ async def recompute_plan(
     graph = await read_selection(src, lister, selection)
     # rollback reads the plan's ids, dates, file ids and keys: the remapped owner/group values do not matter
     facts = DestinationFacts(
-        owner_id=settings.destination.user_id, owner_gid=0, everyone_gid=None,
-        product_name=settings.destination.product_name, bucket=settings.destination.s3.bucket,
+        owner_id=settings.choices.destination_user_id or 0, owner_gid=0, everyone_gid=None,
+        product_name=settings.choices.product_name, bucket=settings.destination.s3.bucket,
     )
     return plan_selection(graph, selection, facts)
 
@@ -196,7 +196,7 @@ async def refuse_shared_bucket(settings: MigrationSettings, retry: Retrier) -> N
     """uuid_policy=keep into the source bucket itself (under any name: another host name or address
     of the same endpoint, a proxy): the "copy" objects are the source's. Decided by identity: a probe
     object written through the destination's client is looked for through the source's."""
-    if settings.options.uuid_policy != UuidPolicy.KEEP:
+    if settings.choices.uuid_policy != UuidPolicy.KEEP:
         return
     src, dst = settings.source.s3, settings.destination.s3
     key = f"{IDENTITY_PROBE}{secrets.token_hex(16)}"

@@ -4,9 +4,9 @@ Decided in one place, by :func:`select_projects`, for every command: the preflig
 (and so of ``projmig plan``, ``verify`` and ``cleanup``) and rollback, which is right only while it
 finds exactly the projects and ids the migration wrote.
 
-- **roots**: the projects the configuration names (``source.project_uuid(s)``), then, with
-  ``source.owner_user_id``, every non-trashed, non-hidden project of that source user;
-- **hidden children**: with ``source.include_hidden``, every hidden job project whose
+- **roots**: the projects the configuration names (``choices.project_uuid(s)``), then, with
+  ``choices.source_owner_user_id``, every non-trashed, non-hidden project of that source user;
+- **hidden children**: with ``choices.include_hidden``, every hidden job project whose
   ``projects_metadata`` parent or root parent is in the graph, recursively;
 - **destination ids**: the source's (``uuid_policy=keep``), or under ``uuid_policy=new`` each root's
   copy namespace (:func:`copy_namespaces`: the destination's identity, the root, ``copy_label``) and
@@ -67,19 +67,19 @@ async def select_projects(
     """The selection of ``settings`` in these databases (read-only); a root that does not exist, or an
     owner without projects, is a line in ``problems`` and left out."""
     roots = [str(u) for u in settings.project_uuids]
-    if settings.source.owner_user_id is not None:
-        owned = await projects_of_user(src, settings.source.owner_user_id)
+    if settings.choices.source_owner_user_id is not None:
+        owned = await projects_of_user(src, settings.choices.source_owner_user_id)
         if not owned:
-            problems.append(f"source user {settings.source.owner_user_id} owns no projects (source.owner_user_id)")
+            problems.append(f"source user {settings.choices.source_owner_user_id} owns no projects (choices.source_owner_user_id)")
         roots += [u for u in owned if u not in roots]
     created = {u: at for u, (at, _) in (await creation_dates(src, roots)).items()}
-    problems += [f"source project {u} does not exist (source.project_uuid)" for u in roots if u not in created]
+    problems += [f"source project {u} does not exist (choices.project_uuid)" for u in roots if u not in created]
     roots = [u for u in roots if u in created]
-    include_hidden = settings.source.include_hidden
+    include_hidden = settings.choices.include_hidden
     children = await hidden_descendants(src, roots) if include_hidden and roots else []
     created.update({u: at for u, (at, _) in (await creation_dates(src, [c for c, _ in children])).items()})
     selection = Selection(roots=roots, children=children, include_hidden=include_hidden, created=created)
-    if settings.options.uuid_policy == UuidPolicy.NEW and roots:
+    if settings.choices.uuid_policy == UuidPolicy.NEW and roots:
         selection.namespaces = await copy_namespaces(dst, settings, roots)
         selection.new_uuids = _copy_ids(selection.namespaces, children)
     return selection
@@ -107,7 +107,7 @@ async def copy_namespaces(dst: AsyncConnection, settings: MigrationSettings, roo
     the destination holds under the namespace earlier versions derived from the configuration's
     spelling (host:port/database or the DSN's reference), and not under the new one, keeps that one:
     its copy is resumed (or rolled back), not made again."""
-    bucket, label = settings.destination.s3.bucket, settings.options.copy_label
+    bucket, label = settings.destination.s3.bucket, settings.choices.copy_label
     where = destination_identity(*await database_identity(dst), bucket)
     legacy = legacy_destination_identity(settings.destination.db.describe(), bucket)
     namespaces = {root: copy_namespace(where, root, label) for root in roots}

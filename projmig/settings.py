@@ -1,9 +1,10 @@
-"""What a migration needs to know: two deployments (database + S3) and what to move.
+"""What a migration needs to know, in four parts: the two deployments' connections (``source``,
+``destination``: database + bucket), the host's resources (``host``), the run's choices
+(``choices``: :class:`projmig.choices.RunChoices`) and how it runs (``options``).
 
-The JSON shape stays compatible with the old tool's ``cfg.json``
-(``source.db``/``source.s3``/``source.project_uuid``, ``destination.db``/``destination.s3``/
-``destination.user_id``/``destination.user_gid``); environment variables
+Read from a ``cfg.json`` (:meth:`MigrationSettings.load`); environment variables
 ``PROJMIG_<PATH>`` (``__`` between levels, e.g. ``PROJMIG_SOURCE__DB__PASSWORD``) override the file.
+The old tool's shape (``source.project_uuid``, ``destination.user_id``, ...) is still read.
 
 Credentials are ``SecretStr`` or a :class:`~projmig.credentials.SecretRef` naming where to read them
 at run time (:mod:`projmig.credentials`), so a configuration can be shown (Prefect parameters, logs,
@@ -13,11 +14,9 @@ reports) without revealing anything.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
 from pydantic import (
@@ -32,21 +31,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL
 
+from .choices import CHOICES, RunChoices, UuidPolicy
 from .credentials import Credential, SecretLoader, SecretRef, resolve_refs, reveal, reveal_or_ref
+from .dsn import DsnError, SslMode, parse_dsn
 from .errors import ConfigError
+from .limits import MAX_OBJECT_SIZE, MAX_PART_SIZE, MIN_PART_SIZE, MiB
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-TiB = 1024 * GiB
-# S3's limits (AWS; Ceph and MinIO take the same): parts of 5 MiB to 5 GiB (the last may be
-# smaller), at most 10,000 parts, objects of at most 5 TiB, a single PUT of at most 5 GiB
-MIN_PART_SIZE = 5 * MiB
-MAX_PART_SIZE = 5 * GiB
-MAX_PARTS = 10_000
-MAX_OBJECT_SIZE = 5 * TiB
-SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
-SSL_MODES: tuple[str, ...] = SslMode.__args__  # type: ignore[attr-defined]
-DSN_SSL_PARAMETERS = {"sslmode": "ssl", "sslrootcert": "ssl_root_cert", "sslcert": "ssl_cert", "sslkey": "ssl_key"}
+__all__ = ["RunChoices", "UuidPolicy"]  # (re-exported: the settings hold a run's choices)
 
 
 class StrictModel(BaseModel):
@@ -143,60 +134,6 @@ class DatabaseSettings(StrictModel):
         return f"{self.host}:{self.port}/{self.database}"
 
 
-class DsnError(ValueError):
-    """A DSN that cannot be read; its message never quotes the DSN (it holds a password)."""
-
-
-@dataclass(frozen=True)
-class ParsedDsn:
-    url: URL
-    ssl: dict[str, str]  # DatabaseSettings field -> value, from the DSN's sslmode/sslrootcert/...
-
-
-def parse_dsn(dsn: str) -> ParsedDsn:
-    """``postgresql://user:password@host:port/database?sslmode=...``, read strictly the way libpq
-    reads it: ``@``, ``:`` and ``/`` in the user or password must be percent-encoded. A lenient
-    reading would take part of a password for the host or port and print it in an error."""
-    hint = "percent-encode @ : / in the user and password as %40 %3A %2F"
-    text = dsn.strip()
-    scheme = text.split("://", 1)[0] if "://" in text else ""
-    if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
-        raise DsnError("must start with postgresql:// (postgresql://user:password@host:port/database)")
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        raise DsnError(f"not a URL (postgresql://user:password@host:port/database; {hint})") from None
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if "@" in userinfo:
-        raise DsnError(f"more than one '@' before the host ({hint})")
-    if not at or not userinfo:
-        raise DsnError(f"no user@ before the host (postgresql://user:password@host:port/database; {hint})")
-    user, _, password = userinfo.partition(":")
-    if hostport.endswith(":"):
-        raise DsnError("no port after ':' (host:port, e.g. db.example.org:5432)")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise DsnError(f"the port is not a number ({hint})") from None
-    if not host:
-        raise DsnError(f"no host ({hint})")
-    database = unquote(parts.path.removeprefix("/"))
-    if not database or "/" in database:
-        raise DsnError(f"no single database name after host:port/ ({hint})")
-    ssl: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in DSN_SSL_PARAMETERS:
-            raise DsnError(f"unknown parameter {key!r} (projmig reads sslmode, sslrootcert, sslcert, sslkey)")
-        ssl[DSN_SSL_PARAMETERS[key]] = value
-    if ssl.get("ssl", "prefer") not in SSL_MODES:
-        raise DsnError(f"sslmode must be one of {', '.join(SSL_MODES)}")
-    url = URL.create(
-        "postgresql+asyncpg", username=unquote(user), password=unquote(password) if password else None,
-        host=host, port=port, database=database,
-    )
-    return ParsedDsn(url=url, ssl=ssl)
-
-
 class Provider(StrEnum):
     AWS = "AWS"
     CEPH = "CEPH"
@@ -243,50 +180,27 @@ class S3Settings(StrictModel):
         return f"s3://{self.bucket} at {self.endpoint or 'AWS ' + self.region}"
 
 
-class SourceSettings(StrictModel):
+class DeploymentSettings(StrictModel):
+    """One osparc-simcore deployment's connections: its database and its bucket."""
+
     db: DatabaseSettings
     s3: S3Settings
-    project_uuid: UUID | None = Field(None, description="the project to move")
-    project_uuids: list[UUID] = Field(default_factory=list, description="more projects to move in the same run")
-    owner_user_id: int | None = Field(
-        None, description="move every non-trashed project of this source user (instead of listing uuids)"
-    )
-    include_hidden: bool = Field(
-        False, description="also move hidden job projects whose parent is in the graph (recursively)"
-    )
-    hidden_projects_for_user: int | None = Field(
-        None, description="old cfg.json field; any value turns include_hidden on", exclude=True
-    )
-
-    @model_validator(mode="after")
-    def _legacy_hidden(self) -> SourceSettings:
-        if self.hidden_projects_for_user is not None:
-            self.include_hidden = True
-        return self
 
 
-class DestinationSettings(StrictModel):
-    db: DatabaseSettings
-    s3: S3Settings
-    user_id: int = Field(description="destination user who will own the projects and files")
-    user_gid: int | None = Field(
-        None, description="that user's primary group; checked, not required (read from the destination)"
-    )
-    product_name: str | None = Field(
-        None, description="destination product; default: the source project's product"
-    )
+class HostSettings(StrictModel):
+    """What belongs to the machine a migration runs on: chosen by whoever runs projmig there (the CLI's
+    user, a deployment's owner), never by a run's parameters."""
 
-
-class UuidPolicy(StrEnum):
-    KEEP = "keep"
-    NEW = "new"
+    dask_address: str | None = Field(
+        None,
+        description="with options.task_runner=dask: scheduler address of a running cluster (tcp://host:8786); "
+        "empty: a local cluster of `options.dask_workers` processes for the flow run",
+    )
 
 
 class MigrationOptions(StrictModel):
-    dry_run: bool = Field(False, description="print the plan, write nothing")
-    uuid_policy: UuidPolicy = Field(
-        UuidPolicy.KEEP, description="keep: same ids as the source; new: a fresh copy with new ids"
-    )
+    """How a migration runs: its safety switches and its tuning."""
+
     allow_schema_drift: bool = Field(
         False, description="migrate between different alembic revisions when the columns allow it"
     )
@@ -295,10 +209,6 @@ class MigrationOptions(StrictModel):
         description="move a file row whose object is missing in the source (a directory without objects, a soft link "
         "whose target is neither migrated nor in the destination) without it, instead of refusing; the report "
         "lists each",
-    )
-    copy_label: str = Field(
-        "", max_length=200,
-        description="uuid_policy=new: names this copy; the same label resumes it, another label makes another copy",
     )
     lock_wait: float = Field(
         600.0, ge=0,
@@ -347,16 +257,18 @@ class MigrationOptions(StrictModel):
         description="where copy task runs execute: threads: the flow's process (concurrently in its event "
         "loop, sharing connections and the copy limits), or a Dask cluster (needs `projmig[dask]`)",
     )
-    dask_address: str | None = Field(
-        None,
-        description="with task_runner=dask: scheduler address of a running cluster (tcp://host:8786); "
-        "empty: a local cluster of `dask_workers` processes for the flow run",
-    )
     dask_workers: int = Field(2, ge=1, le=256, description="worker processes of the local Dask cluster")
 
 
+# (the old cfg.json's place, the place now) of what moved out of the sections
+LEGACY_PLACES = [(c.legacy, f"choices.{name}") for name, c in CHOICES.items()] + [
+    ("options.dask_address", "host.dask_address"), ("source.hidden_projects_for_user", "choices.include_hidden"),
+]
+
+
 class MigrationSettings(BaseSettings):
-    """One migration: from where, to where, what, and how."""
+    """One migration: the two deployments' connections, the host's resources, the run's choices (what
+    moves, to whom, under which ids) and the options (how)."""
 
     model_config = SettingsConfigDict(
         env_prefix="PROJMIG_",
@@ -365,8 +277,10 @@ class MigrationSettings(BaseSettings):
         populate_by_name=True,
     )
 
-    source: SourceSettings
-    destination: DestinationSettings
+    source: DeploymentSettings
+    destination: DeploymentSettings
+    host: HostSettings = Field(default_factory=HostSettings)
+    choices: RunChoices = Field(default_factory=RunChoices)
     options: MigrationOptions = Field(default_factory=MigrationOptions)
 
     @classmethod
@@ -381,61 +295,54 @@ class MigrationSettings(BaseSettings):
         # environment overrides the file (the file arrives as init arguments)
         return (env_settings, init_settings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_shape(cls, data: Any) -> Any:
+        """The old cfg.json kept the run's choices in the sections (``source.project_uuid``,
+        ``destination.user_id``, ``options.uuid_policy``, ...) and the Dask address in the options:
+        still read, moved to ``choices`` and ``host``."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for old, new in LEGACY_PLACES:
+            (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
+            section = data.get(old_section)
+            if not isinstance(section, dict) or old_name not in section:
+                continue
+            value = section.pop(old_name)
+            if old_name == "hidden_projects_for_user":  # any value turned include_hidden on
+                if value is None:
+                    continue
+                value = True
+            target = data.setdefault(new_section, {})
+            if isinstance(target, dict):
+                if new_name in target and target[new_name] != value:
+                    raise ValueError(f"{old} and {new} both given: keep one")
+                target[new_name] = value
+        return data
+
     @property
     def project_uuids(self) -> list[UUID]:
-        uuids = ([self.source.project_uuid] if self.source.project_uuid else []) + self.source.project_uuids
-        return list(dict.fromkeys(uuids))
+        return self.choices.projects
 
     def require_something_to_move(self, origin: str = "settings") -> MigrationSettings:
         """Raise :class:`ConfigError` unless projects are named. Not a validator: a deployment's
         default settings name no project (each run does, as a parameter)."""
-        if not self.project_uuids and self.source.owner_user_id is None:
-            raise ConfigError(f"{origin}: source: give project_uuid, project_uuids or owner_user_id")
+        if not self.choices.names_projects:
+            raise ConfigError(f"{origin}: choices: give project_uuid, project_uuids or source_owner_user_id")
         return self
 
-    def with_overrides(
-        self,
-        *,
-        project_uuids: list[UUID] | None = None,
-        source_owner_user_id: int | None = None,
-        destination_user_id: int | None = None,
-        product_name: str | None = None,
-        include_hidden: bool | None = None,
-        dry_run: bool | None = None,
-        uuid_policy: UuidPolicy | None = None,
-        copy_label: str | None = None,
-    ) -> MigrationSettings:
-        """A copy with run-time choices applied (CLI flags, deployment parameters); None keeps."""
-        source: dict[str, Any] = {}
-        if project_uuids:
-            source.update(project_uuid=None, project_uuids=list(project_uuids))
-        if source_owner_user_id is not None:
-            source["owner_user_id"] = source_owner_user_id
-        if include_hidden is not None:
-            source["include_hidden"] = include_hidden
-        destination: dict[str, Any] = {}
-        if destination_user_id is not None:
-            destination.update(user_id=destination_user_id, user_gid=None)
-        if product_name is not None:
-            destination["product_name"] = product_name
-        options: dict[str, Any] = {}
-        if dry_run is not None:
-            options["dry_run"] = dry_run
-        if uuid_policy is not None:
-            options["uuid_policy"] = uuid_policy
-        if copy_label is not None:
-            options["copy_label"] = copy_label
-        return self.model_copy(
-            update={
-                "source": self.source.model_copy(update=source),
-                "destination": self.destination.model_copy(update=destination),
-                "options": self.options.model_copy(update=options),
-            }
-        )
+    def with_choices(self, given: dict[str, Any] | None = None, **more: Any) -> MigrationSettings:
+        """A copy with a run's choices applied (CLI options, flow parameters: by :class:`RunChoices`
+        field name; None keeps the settings' own)."""
+        return self.model_copy(update={"choices": self.choices.with_given({**(given or {}), **more})})
+
+    def with_options(self, **changes: Any) -> MigrationSettings:
+        return self.model_copy(update={"options": self.options.model_copy(update=changes)})
 
     @classmethod
-    def load(cls, path: Path | str, *, require_projects: bool = True, **overrides: Any) -> MigrationSettings:
-        """Read a cfg.json; environment variables and ``overrides`` win over the file.
+    def load(cls, path: Path | str, *, require_projects: bool = True) -> MigrationSettings:
+        """Read a cfg.json; environment variables win over the file.
         ``require_projects=False`` accepts a file that names no project (a deployment's defaults)."""
         path = Path(path)
         try:
@@ -450,7 +357,6 @@ class MigrationSettings(BaseSettings):
             raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object at the top level")
-        _deep_merge(data, overrides)
         return cls.parse(data, origin=str(path), require_projects=require_projects)
 
     @classmethod
@@ -458,15 +364,24 @@ class MigrationSettings(BaseSettings):
         try:
             settings = cls(**data)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, origin)) from None
+            # an error is named where the file has the value: in the old shape, its old place
+            given = {new: old for old, new in LEGACY_PLACES if _has(data, old)}
+            raise ConfigError(format_validation_error(exc, origin, given)) from None
         return settings.require_something_to_move(origin) if require_projects else settings
 
 
-def format_validation_error(exc: ValidationError, origin: str) -> list[str]:
-    """One line per wrong field: ``cfg.json: source.db.port: Input should be ... (got 'x')``."""
+def _has(data: dict[str, Any], path: str) -> bool:
+    section, name = path.split(".")
+    return isinstance(data.get(section), dict) and name in data[section]
+
+
+def format_validation_error(exc: ValidationError, origin: str, renamed: dict[str, str] | None = None) -> list[str]:
+    """One line per wrong field: ``cfg.json: source.db.port: Input should be ... (got 'x')``;
+    ``renamed``: a field's name as the input gave it, by its model path."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "SecretStr", "SecretRef")))
+        loc = (renamed or {}).get(loc, loc)
         msg = err["msg"].removeprefix("Value error, ")
         got = ""
         if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
@@ -500,14 +415,6 @@ def resolve_secrets(
     return resolved
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        elif value is not None:
-            base[key] = value
-
-
 def template() -> dict[str, Any]:
     """A filled-in cfg.json to start from (placeholders, no real credentials)."""
     return {
@@ -527,10 +434,6 @@ def template() -> dict[str, Any]:
                 "secret_key": {"env": "SOURCE_S3_SECRET_KEY"},
                 "bucket": "simcore",
             },
-            "project_uuid": "00000000-0000-0000-0000-000000000000",
-            "project_uuids": [],
-            "owner_user_id": None,
-            "include_hidden": False,
         },
         "destination": {
             "db": {
@@ -548,9 +451,10 @@ def template() -> dict[str, Any]:
                 "secret_key": {"env": "DESTINATION_S3_SECRET_KEY"},
                 "bucket": "simcore-aws",
             },
-            "user_id": 1,
-            "user_gid": None,
-            "product_name": None,
         },
+        "choices": RunChoices(
+            project_uuid=UUID(int=0), destination_user_id=1
+        ).model_dump(mode="json", exclude={"destination_user_gid", "dry_run"}),
+        "host": HostSettings().model_dump(mode="json"),
         "options": json.loads(MigrationOptions().model_dump_json()),
     }

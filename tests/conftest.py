@@ -27,12 +27,18 @@ from typing import Any
 import asyncpg
 import pytest
 
+from projmig import steps
+from projmig.buckets import ObjectState
+from projmig.insert import InsertResult
 from projmig.locks import LOCK_SPACE
 from projmig.marks import COPY_MARK, mark_of, write_record
+from projmig.plan import MigrationPlan, ObjectCopy
+from projmig.run import MigrationRun
 from projmig.s3 import Retrier, s3_client
 from projmig.sandbox import CephServer, Identities, S3Store, Sandbox
 from projmig.sandbox.simcore import SCHEMA_SQL_ENV, asyncpg_dsn, fixture_schema_sql, load_schema, seed
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
+from projmig.verify import verified_states
 
 # before anything imports Prefect: a PREFECT_HOME of the session's own, no telemetry
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="projmig-prefect-")
@@ -400,3 +406,25 @@ async def wait_until(condition: Any, what: str, timeout: float = 180) -> None:
     while not await condition():
         assert time.monotonic() < deadline, f"not in {timeout} s: {what}"
         await asyncio.sleep(0.3)
+
+
+# -- a migration step by step, on one run (what the pipeline does, with a test's hands in between) -
+
+
+async def verified_objects(run: MigrationRun, copies: list[ObjectCopy]) -> dict[str, ObjectState]:
+    """Every planned object is in the destination with its source's size and ETag (else VerificationError)."""
+    there, lacking = await steps.compare(run, copies)
+    return verified_states(there, lacking, len(copies))
+
+
+async def insert_rows(run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState]) -> InsertResult:
+    """Every root project of the plan inserted (each in its transaction); the first failure raised."""
+    total = InsertResult()
+    for root in await steps.insert_roots(run, plan, verified, list(plan.roots())):
+        if root.error is not None:
+            raise root.error
+        assert root.result is not None
+        total.already_present += root.result.already_present
+        for table, n in root.result.inserted.items():
+            total.inserted[table] = total.inserted.get(table, 0) + n
+    return total

@@ -49,8 +49,20 @@ def test_malformed_config_gives_one_line_per_field(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert all(line.startswith(f"error: {cfg}: ") for line in lines), result.stderr
     fields = {line.removeprefix(f"error: {cfg}: ").split(":")[0] for line in lines}
-    assert fields == {"source.db.port", "source.s3.bucket", "source.project_uuid", "destination.user_id"}
+    # (named where the file has them: source.project_uuid is the old place of choices.project_uuid)
+    assert fields == {"source.db.port", "source.s3.bucket", "source.project_uuid"}
     assert "Traceback" not in result.stderr
+
+    # the destination owner is a run's choice: a configuration without one is refused by the commands that need it
+    cfg.write_text(json.dumps({
+        "source": {"db": {"host": "h", "user": "u", "database": "d"}, "s3": {"access_key": "a", "secret_key": "b", "bucket": "src"}},
+        "destination": {"db": {"host": "h", "user": "u", "database": "d"}, "s3": {"access_key": "a", "secret_key": "b", "bucket": "dst"}},
+        "choices": {"project_uuid": str(uuid.uuid4())},
+    }))
+    for command in ("plan", "migrate", "verify"):
+        result = projmig(command, "--config", str(cfg))
+        assert (result.returncode, result.stderr) == (2, f"error: {cfg}: choices.destination_user_id: give the destination "
+                                                          "user who will own the projects (--to-user)\n")
 
 
 async def destination_state(simcore: Simcore) -> tuple[int, int, int]:
@@ -90,9 +102,9 @@ def edit(config: dict[str, Any], path: str, value: Any) -> None:
 
 
 BAD_INPUTS: dict[str, tuple[Callable[[dict[str, Any], Simcore], Any], str]] = {
-    "unknown project": (lambda c, s: edit(c, "source.project_uuid", str(uuid.uuid4())), r"source project .* does not exist"),
-    "unknown destination owner": (lambda c, s: edit(c, "destination.user_id", 4242), "destination user 4242 does not exist"),
-    "unknown product": (lambda c, s: edit(c, "destination.product_name", "s4l"), "destination product 's4l' does not exist"),
+    "unknown project": (lambda c, s: edit(c, "choices.project_uuid", str(uuid.uuid4())), r"source project .* does not exist"),
+    "unknown destination owner": (lambda c, s: edit(c, "choices.destination_user_id", 4242), "destination user 4242 does not exist"),
+    "unknown product": (lambda c, s: edit(c, "choices.product_name", "s4l"), "destination product 's4l' does not exist"),
     "wrong S3 credentials": (lambda c, s: edit(c, "destination.s3.secret_key", "wrong-secret"), "destination bucket .*: cannot read: access denied"),
     "missing bucket": (lambda c, s: edit(c, "destination.s3.bucket", "no-such-bucket"), "destination bucket s3://no-such-bucket .*: bucket does not exist"),
     "unreachable DB": (lambda c, s: edit(c, "destination.db.port", free_port()), "destination database .*: connection refused"),

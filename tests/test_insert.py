@@ -10,9 +10,10 @@ from projmig.errors import InsertError
 from projmig.insert import COPY_FROM_ROWS
 from projmig.buckets import ObjectState
 from projmig.sandbox.sample import SampleSpec, build_sample_project
+from projmig.run import MigrationRun
 from projmig.sandbox.simcore import asyncpg_dsn
 
-from .conftest import Simcore
+from .conftest import Simcore, insert_rows, verified_objects
 
 
 async def count(db, table: str) -> int:
@@ -29,25 +30,26 @@ async def test_a_failing_row_rolls_back_every_row(simcore: Simcore) -> None:
         spec=SampleSpec(files=4, multipart_size=0, directory_objects=2, hidden_children=1),
     )
     settings = simcore.settings(sample.uuid, source={"include_hidden": True})
-    report = await steps.preflight(settings)
-    plan = steps.make_plan(await steps.read_project_graph(settings, report), report)
-    await steps.copy_objects(settings, [(c, None) for c in plan.copies])
-    verified = await steps.verify_objects(settings, plan.copies)
+    async with MigrationRun.open(settings) as run:
+        report = await steps.preflight(run)
+        plan = steps.make_plan(await steps.read_graph(run, report), report)
+        await steps.copy_objects(run.transfers, [(c, None) for c in plan.copies])
+        verified = await verified_objects(run, plan.copies)
 
-    broken = plan.model_copy(deep=True)
-    broken.rows["file_meta_data"][-1]["user_id"] = 987654  # no such user: the last insert fails
-    with pytest.raises(InsertError, match="rolled back, nothing was inserted"):
-        await steps.insert_rows(settings, broken, verified)
-    for table in ("projects", "projects_nodes", "project_to_groups", "projects_metadata", "file_meta_data"):
-        assert await count(simcore.destination_db, table) == 0, table
+        broken = plan.model_copy(deep=True)
+        broken.rows["file_meta_data"][-1]["user_id"] = 987654  # no such user: the last insert fails
+        with pytest.raises(InsertError, match="rolled back, nothing was inserted"):
+            await insert_rows(run, broken, verified)
+        for table in ("projects", "projects_nodes", "project_to_groups", "projects_metadata", "file_meta_data"):
+            assert await count(simcore.destination_db, table) == 0, table
 
-    result = await steps.insert_rows(settings, plan, verified)
-    assert result.inserted["projects"] == 2 and result.already_present == []
-    assert await count(simcore.destination_db, "file_meta_data") == len(plan.rows["file_meta_data"])
-    # the owner-group trigger's row and ours did not clash
-    assert await count(simcore.destination_db, "project_to_groups") == len(plan.rows["project_to_groups"])
+        result = await insert_rows(run, plan, verified)
+        assert result.inserted["projects"] == 2 and result.already_present == []
+        assert await count(simcore.destination_db, "file_meta_data") == len(plan.rows["file_meta_data"])
+        # the owner-group trigger's row and ours did not clash
+        assert await count(simcore.destination_db, "project_to_groups") == len(plan.rows["project_to_groups"])
 
-    again = await steps.insert_rows(settings, plan, verified)
+        again = await insert_rows(run, plan, verified)
     assert again.rows == 0 and sorted(again.already_present) == sorted(sample.all_projects)
 
 
@@ -76,18 +78,19 @@ async def test_many_file_rows_go_in_with_copy_all_or_nothing(simcore: Simcore) -
                         directory_objects=5, hidden_children=0, special_names=True),
     )
     settings = simcore.settings(sample.uuid)
-    report = await steps.preflight(settings)
-    plan = steps.make_plan(await steps.read_project_graph(settings, report), report)
-    verified = {c.dst_key: ObjectState(size=c.size, etag=c.etag) for c in plan.copies}
+    async with MigrationRun.open(settings) as run:
+        report = await steps.preflight(run)
+        plan = steps.make_plan(await steps.read_graph(run, report), report)
+        verified = {c.dst_key: ObjectState(size=c.size, etag=c.etag) for c in plan.copies}
 
-    broken = plan.model_copy(deep=True)
-    broken.rows["file_meta_data"][-1]["user_id"] = 987654  # no such user: the COPY fails on its last row
-    with pytest.raises(InsertError, match="rolled back, nothing was inserted"):
-        await steps.insert_rows(settings, broken, verified)
-    for table in ("projects", "projects_nodes", "file_meta_data"):
-        assert await count(simcore.destination_db, table) == 0, table
+        broken = plan.model_copy(deep=True)
+        broken.rows["file_meta_data"][-1]["user_id"] = 987654  # no such user: the COPY fails on its last row
+        with pytest.raises(InsertError, match="rolled back, nothing was inserted"):
+            await insert_rows(run, broken, verified)
+        for table in ("projects", "projects_nodes", "file_meta_data"):
+            assert await count(simcore.destination_db, table) == 0, table
 
-    result = await steps.insert_rows(settings, plan, verified)
+        result = await insert_rows(run, plan, verified)
     assert result.inserted["file_meta_data"] == files + 2  # + the directory and the soft link
     # every column as the source has it (in PostgreSQL's own rendering), the remapped ones as planned
     assert await file_rows(simcore.destination_db, sample.uuid) == await file_rows(simcore.source_db, sample.uuid)

@@ -15,18 +15,19 @@ from typing import Any
 import asyncpg
 import pytest
 
-from projmig import steps
+from projmig import commands, steps
 from projmig.errors import TransferError
 from projmig.insert import project_key
 from projmig.plan import MigrationPlan
 from projmig.rollback import RollbackRefused
+from projmig.run import MigrationRun
 from projmig.s3 import s3_client
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.schema import PROJECT_TABLES
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 
-from .conftest import Simcore, copy_marks, expected_marks, object_digests, table_rows as snapshot
+from .conftest import Simcore, copy_marks, expected_marks, insert_rows, object_digests, table_rows as snapshot, verified_objects
 from .faults.proxy import FaultProxy
 
 PROJMIG = str(Path(sys.executable).parent / "projmig")
@@ -45,12 +46,13 @@ def small(seed: int, **changes: Any) -> SampleSpec:
 
 
 async def migrate(settings: MigrationSettings) -> MigrationPlan:
-    """The migration's steps without Prefect (the flow runs them the same way)."""
-    report = await steps.preflight(settings, probe_write=False)
-    plan = steps.make_plan(await steps.read_project_graph(settings, report), report)
-    _, todo = await steps.compare(settings, plan.copies)
-    await steps.copy_objects(settings, todo)
-    await steps.insert_rows(settings, plan, await steps.verify_objects(settings, plan.copies))
+    """The migration's steps one by one (the pipeline runs them the same way)."""
+    async with MigrationRun.open(settings) as run:
+        report = await steps.preflight(run, probe_write=False)
+        plan = steps.make_plan(await steps.read_graph(run, report), report)
+        _, todo = await steps.compare(run, plan.copies)
+        await steps.copy_objects(run.transfers, todo)
+        await insert_rows(run, plan, await verified_objects(run, plan.copies))
     return plan
 
 
@@ -115,13 +117,13 @@ async def test_rollback_removes_that_migration_and_nothing_else(provider_simcore
     assert await snapshot(simcore.destination_db) == without(before, mine)  # only these rows went
     assert await keys(simcore.destination_s3) == objects - set(a.objects) - set(b.objects)
 
-    again = await steps.rollback_migration(everything_of_alice)  # a rerun: nothing left to remove, and it says so
+    again = await commands.rollback(everything_of_alice)  # a rerun: nothing left to remove, and it says so
     assert again.nothing and again.rows == {} and again.objects_removed == 0
     assert again.headline().startswith(f"nothing to roll back: {a.uuid}") and "not in the destination" in again.headline()
 
     # migrating again works: the owner-group trigger gives each project its row again, no clash
     await migrate(everything_of_alice)
-    verified = await steps.verify_migration(everything_of_alice, deep=False)
+    verified = await commands.verify(everything_of_alice, deep=False)
     assert verified.equal, [str(d) for d in verified.differences]
     assert await keys(simcore.destination_s3) == objects
 
@@ -174,7 +176,7 @@ async def test_changed_after_the_migration_is_refused_and_nothing_is_removed(sim
 
     # every modified project named in one rollback: refused, one line per project, each saying why
     with pytest.raises(RollbackRefused) as refused:
-        await steps.rollback_migration(simcore.settings(None, source={"project_uuids": [s.uuid for s in samples]}))
+        await commands.rollback(simcore.settings(None, source={"project_uuids": [s.uuid for s in samples]}))
     problems = refused.value.problems
     assert len(problems) == len(CASES), problems  # the unmodified last sample is not refused, and not removed either
     for case, problem in zip(CASES, problems):
@@ -182,7 +184,7 @@ async def test_changed_after_the_migration_is_refused_and_nothing_is_removed(sim
         assert problem.endswith("; nothing was removed"), problem
     # the hidden job was migrated with the parent: a rollback without include_hidden would orphan it
     with pytest.raises(RollbackRefused, match=rf"{parent.uuid} is used by rows .*projects_metadata.parent_project_uuid 1\b.*include_hidden"):
-        await steps.rollback_migration(simcore.settings(parent.uuid))
+        await commands.rollback(simcore.settings(parent.uuid))
     # the CLI: one error line, exit 2
     result = projmig("rollback", "--config", write_config(tmp_path, simcore.config(samples[0].uuid)))
     assert result.returncode == 2, result.stdout + result.stderr
@@ -191,10 +193,10 @@ async def test_changed_after_the_migration_is_refused_and_nothing_is_removed(sim
     assert await snapshot(simcore.destination_db) == before and await keys(simcore.destination_s3) == objects
 
     # the unmodified one alone goes
-    done = await steps.rollback_migration(simcore.settings(samples[-1].uuid))
+    done = await commands.rollback(simcore.settings(samples[-1].uuid))
     assert [p.dst_uuid for p in done.removed_projects] == [samples[-1].uuid]
     assert await snapshot(simcore.destination_db) == without(before, {samples[-1].uuid})
-    done = await steps.rollback_migration(simcore.settings(parent.uuid, source={"include_hidden": True}))
+    done = await commands.rollback(simcore.settings(parent.uuid, source={"include_hidden": True}))
     assert {p.dst_uuid for p in done.removed_projects} == set(parent.all_projects)
 
 
@@ -214,10 +216,10 @@ async def test_source_changed_since_the_migration(simcore: Simcore) -> None:
     edited_rows = await snapshot(simcore.destination_db)
 
     with pytest.raises(RollbackRefused, match=rf"{edited.uuid} .* was modified after the migration: last changed .*, after the migration inserted it"):
-        await steps.rollback_migration(simcore.settings(edited.uuid))
+        await commands.rollback(simcore.settings(edited.uuid))
     assert await snapshot(simcore.destination_db) == edited_rows
 
-    result = await steps.rollback_migration(simcore.settings(kept.uuid))
+    result = await commands.rollback(simcore.settings(kept.uuid))
     assert [p.dst_uuid for p in result.removed_projects] == [kept.uuid]
     assert result.objects_removed == len(kept.objects)  # the deleted source file's object too: its row named it
     assert gone in result.objects
@@ -240,24 +242,24 @@ async def test_fresh_uuid_copies_roll_back_alone(simcore: Simcore) -> None:
     copied_home = {p.dst_uuid for p in (await migrate(home)).projects}
     assert len(copied | copied_home | set(sample.all_projects)) == 6
 
-    result = await steps.rollback_migration(copy)
+    result = await commands.rollback(copy)
     assert {p.dst_uuid for p in result.removed_projects} == copied
     assert {p.src_uuid for p in result.removed_projects} == set(sample.all_projects)
     assert await snapshot(simcore.destination_db) == destination  # the kept-ids migration untouched
     assert await keys(simcore.destination_s3) == destination_keys
 
-    result = await steps.rollback_migration(home)  # a copy inside the source deployment: the original stays
+    result = await commands.rollback(home)  # a copy inside the source deployment: the original stays
     assert {p.dst_uuid for p in result.removed_projects} == copied_home
     assert await snapshot(simcore.source_db) == source and await keys(simcore.source_s3) == source_keys
-    assert (await steps.rollback_migration(home)).nothing
+    assert (await commands.rollback(home)).nothing
 
     # uuid_policy=keep with the source as destination: the "copy" would be the original itself
     same_bucket = simcore.settings(sample.uuid, destination={"db": simcore.source_db, "s3": simcore.source_s3})
     with pytest.raises(RollbackRefused, match="the destination bucket .* is the source bucket .*an object written to one is seen in the other"):
-        await steps.rollback_migration(same_bucket)
+        await commands.rollback(same_bucket)
     same_db = simcore.settings(sample.uuid, destination={"db": simcore.source_db})
     with pytest.raises(RollbackRefused, match="the destination database is the source database"):
-        await steps.rollback_migration(same_db)
+        await commands.rollback(same_db)
     assert await snapshot(simcore.source_db) == source and await keys(simcore.source_s3) == source_keys
 
 
@@ -304,7 +306,7 @@ async def test_rollback_of_an_owner_migration_with_hidden_jobs_under_new_ids_fin
     new_keys = await keys(simcore.destination_s3) - before_keys
     assert new_keys and {k.split("/", 1)[0] for k in new_keys} <= created
 
-    dry = await steps.rollback_migration(settings, dry_run=True)
+    dry = await commands.rollback(settings.with_choices(dry_run=True))
     assert {p.dst_uuid for p in dry.projects} == {p.dst_uuid for p in dry.removed_projects} == created
     assert {p.src_uuid for p in dry.projects} == wanted
     hidden = {r[0] for r in await sql(simcore.destination_db, "SELECT uuid FROM projects WHERE hidden AND uuid = ANY($1::varchar[])",
@@ -312,7 +314,7 @@ async def test_rollback_of_an_owner_migration_with_hidden_jobs_under_new_ids_fin
     assert {p.dst_uuid for p in dry.projects if p.hidden} == hidden
     assert set(dry.objects) == new_keys
 
-    done = await steps.rollback_migration(settings)
+    done = await commands.rollback(settings)
     assert {p.dst_uuid for p in done.removed_projects} == created and done.objects_removed == len(new_keys)
     assert await snapshot(simcore.destination_db) == before  # exactly the migration's rows went, the rest stayed
     assert await keys(simcore.destination_s3) == before_keys
@@ -329,21 +331,21 @@ async def test_object_deletion_is_retried_and_a_rerun_finishes_it(fixture_simcor
             sample.uuid, destination={"s3": simcore.destination_s3.model_copy(update={"endpoint": proxy.endpoint})})
         await migrate(settings)
         proxy.fail_requests(2, 503, "SlowDown", match=deletes)  # throttled twice: retried
-        result = await steps.rollback_migration(via_proxy)
+        result = await commands.rollback(via_proxy)
         assert result.objects_removed == len(sample.objects) and not await keys(simcore.destination_s3)
 
         await migrate(settings)
         proxy.fail_requests(100, 403, "AccessDenied", match=deletes)  # not worth retrying: fails at once
         with pytest.raises(TransferError, match=r"delete \d+ objects from s3://.*: AccessDenied.*the rows are removed; "
                                                 r"rerun the rollback to remove the objects left"):
-            await steps.rollback_migration(via_proxy)
+            await commands.rollback(via_proxy)
     assert await sql(simcore.destination_db, "SELECT uuid FROM projects") == []
     assert await keys(simcore.destination_s3) == set(sample.objects)
-    result = await steps.rollback_migration(settings)  # the rerun removes what is left
+    result = await commands.rollback(settings)  # the rerun removes what is left
     assert result.removed_projects == [] and result.objects_removed == len(sample.objects)
     assert result.headline().startswith("rolled back what was left: no project rows")
     assert not await keys(simcore.destination_s3)
-    assert (await steps.rollback_migration(settings)).nothing
+    assert (await commands.rollback(settings)).nothing
 
 
 async def test_with_the_rows_gone_only_objects_marked_by_the_migration_are_deleted(provider_simcore: Simcore) -> None:
@@ -355,7 +357,8 @@ async def test_with_the_rows_gone_only_objects_marked_by_the_migration_are_delet
     # single-part and multipart copies alike carry the mark, as the server answers a HEAD
     assert await copy_marks(simcore.destination_s3, sample.objects) == expected_marks(sample.objects)
     # the rows went already (a rollback that stopped before its objects)
-    rows_only = await steps.rollback_rows(settings)
+    async with MigrationRun.open(settings) as run:
+        rows_only = await steps.rollback_rows(run)
     assert [p.dst_uuid for p in rows_only.removed_projects] == [sample.uuid]
     # since then, a destination user wrote over one of the migration's objects and put one of their own
     # beside it; an upload of theirs is under way
@@ -368,7 +371,7 @@ async def test_with_the_rows_gone_only_objects_marked_by_the_migration_are_delet
         upload = await client.create_multipart_upload(Bucket=bucket, Key=overwritten)
     theirs = {k: v for k, v in (await object_digests(dst)).items() if k in (overwritten, added)}
 
-    result = await steps.rollback_migration(settings)
+    result = await commands.rollback(settings)
 
     assert result.removed_projects == [] and result.objects_left == 2
     assert result.objects_removed == len(sample.objects) - 1 and overwritten not in result.objects
@@ -389,5 +392,5 @@ async def test_keep_policy_rollback_through_another_name_of_the_source_bucket_is
 
     with pytest.raises(RollbackRefused, match=rf"the destination bucket s3://{source.bucket} at http://localhost:\d+ is "
                                               rf"the source bucket .*an object written to one is seen in the other"):
-        await steps.rollback_migration(settings)
+        await commands.rollback(settings)
     assert await snapshot(simcore.destination_db) == rows and await object_digests(source) == objects

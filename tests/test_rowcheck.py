@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from projmig import steps
+from projmig import commands
 from projmig.errors import InsertError
 from projmig.rowcheck import Expectations, ProjectFacts, RemapFacts, TextTables, compare
 from projmig.sandbox.sample import SampleSpec, build_sample_project
@@ -232,5 +232,5 @@ async def test_a_wrong_value_written_is_found_before_commit_and_nothing_is_commi
     if fault == "a destination trigger":
         await script(simcore.destination_db, "DROP TRIGGER json_null_instead ON projects_nodes")
         await migrate(settings)
-        verified = await steps.verify_migration(settings, deep=False)
+        verified = await commands.verify(settings, deep=False)
         assert verified.equal, [str(d) for d in verified.differences]

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands
 from projmig.errors import PreflightError
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
@@ -49,7 +49,7 @@ async def test_destination_at_another_revision(simcore: Simcore) -> None:
 
     settings = simcore.settings(sample.uuid, source={"include_hidden": True})
     with pytest.raises(PreflightError) as strict:
-        await steps.preflight(settings)
+        await commands.plan(settings)
     assert strict.value.problems == [
         "schema revision mismatch: source is at 3f8c0e8d11a4, destination at f00dfeed0001 (upgrade one side, or set "
         "options.allow_schema_drift to migrate where the columns allow it)"
@@ -57,7 +57,7 @@ async def test_destination_at_another_revision(simcore: Simcore) -> None:
 
     drifting = simcore.settings(sample.uuid, source={"include_hidden": True}, options={"allow_schema_drift": True})
     with pytest.raises(PreflightError) as refused:
-        await steps.preflight(drifting)
+        await commands.plan(drifting)
     assert sorted(refused.value.problems) == [
         "schema drift: destination projects_networks.network_class is NOT NULL without a default; the source has "
         "no such column to fill it",
@@ -81,5 +81,5 @@ async def test_destination_at_another_revision(simcore: Simcore) -> None:
     assert report.rows_inserted["projects"] == 2 and report.rows_inserted["projects_nodes"] == len(sample.node_ids) + 1
     notes = await execute(simcore.destination_db, "SELECT review_note FROM projects WHERE uuid = ANY($1::varchar[])", sample.all_projects)
     assert [r["review_note"] for r in notes] == [None, None]
-    verified = await steps.verify_migration(drifting, deep=False)
+    verified = await commands.verify(drifting, deep=False)
     assert verified.equal, [str(d) for d in verified.differences]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from projmig import steps
+from projmig import commands
+from projmig.run import MigrationRun
 from projmig.credentials import SecretRef
 from projmig.errors import ConfigError
 from projmig.settings import MigrationSettings, resolve_secrets, template
@@ -40,8 +41,10 @@ def test_old_cfg_json_shape_loads(tmp_path: Path) -> None:
     assert settings.source.db.host == "db.onprem" and settings.source.db.port == 5433
     assert settings.destination.db.port == 5432
     assert settings.destination.s3.endpoint is None
-    assert settings.source.include_hidden is True  # the old field turns hidden projects on
+    assert settings.choices.include_hidden is True  # the old field turns hidden projects on
     assert [str(u) for u in settings.project_uuids] == ["6f4c2bd4-5ac6-4a0b-b7c6-2a4e2d4b0f35"]
+    # the run's choices the old shape kept in the sections are the settings' choices now
+    assert (settings.choices.destination_user_id, settings.choices.destination_user_gid) == (12, 40)
     assert isinstance(settings.source.db.password, SecretStr)
 
 
@@ -56,11 +59,11 @@ def test_secrets_never_print(tmp_path: Path) -> None:
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROJMIG_SOURCE__DB__PASSWORD", "from-env")
-    monkeypatch.setenv("PROJMIG_DESTINATION__USER_ID", "99")
+    monkeypatch.setenv("PROJMIG_DESTINATION__USER_ID", "99")  # the old place of choices.destination_user_id
     monkeypatch.setenv("PROJMIG_OPTIONS__COPY_CONCURRENCY", "3")
     settings = MigrationSettings.load(write(tmp_path, OLD_CFG))
     assert settings.source.db.password.get_secret_value() == "from-env"  # type: ignore[union-attr]
-    assert settings.destination.user_id == 99
+    assert settings.choices.destination_user_id == 99
     assert settings.options.copy_concurrency == 3
     assert settings.source.db.host == "db.onprem"  # untouched fields stay
 
@@ -81,12 +84,19 @@ async def test_a_reference_reaching_a_step_is_one_line_naming_it(monkeypatch: py
     """A run resolves its credentials once, before its first step (``flows/credentials.py``, or
     ``resolve_secrets`` for a library caller); a step takes values and reads no environment of its own,
     so a reference left unresolved stops it with one line naming it, before any connection."""
-    monkeypatch.setenv("SOURCE_DB_PASSWORD", "set, yet not read by the step")
+    monkeypatch.setenv("SOURCE_S3_SECRET_KEY", "set, yet not read by the run")
     settings = MigrationSettings.parse(template())
-    with pytest.raises(ConfigError, match="^password still refers to env:SOURCE_DB_PASSWORD: resolve secrets first$"):
-        await steps.preflight(settings)
-    with pytest.raises(ConfigError, match="^password still refers to prefect-secret:destination-db-password: resolve"):
-        await steps.rollback_migration(settings)
+    with pytest.raises(ConfigError, match="^secret_key still refers to env:SOURCE_S3_SECRET_KEY: resolve secrets first$"):
+        async with MigrationRun.open(settings):
+            pass
+    # a library command resolves the references itself, and says, one line each, which it cannot
+    with pytest.raises(ConfigError) as unresolved:
+        await commands.rollback(settings)
+    assert unresolved.value.problems == [
+        "source.db.password: environment variable SOURCE_DB_PASSWORD is not set",
+        "destination.db.password: Prefect Secret 'destination-db-password' can only be read inside a Prefect flow",
+        "destination.s3.secret_key: environment variable DESTINATION_S3_SECRET_KEY is not set",
+    ]
 
 
 def test_one_error_line_per_wrong_field(tmp_path: Path) -> None:
@@ -125,5 +135,5 @@ def test_template_is_valid_and_holds_no_secrets() -> None:
 def test_nothing_to_move_is_an_error() -> None:
     cfg = json.loads(json.dumps(OLD_CFG))
     del cfg["source"]["project_uuid"]
-    with pytest.raises(ConfigError, match="give project_uuid, project_uuids or owner_user_id"):
+    with pytest.raises(ConfigError, match="give project_uuid, project_uuids or source_owner_user_id"):
         MigrationSettings.parse(cfg)

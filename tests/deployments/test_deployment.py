@@ -40,7 +40,7 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.blocks import OsparcDeployment
-from projmig import steps
+from projmig import commands
 from projmig.credentials import SecretRef
 from projmig.s3 import s3_client
 from projmig.sandbox import free_port
@@ -209,7 +209,7 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
 
         # the migration happened: rows and objects equal to the source (SHA-256 of every object)
         settings = fixture_simcore.settings(sample.uuid, source={"include_hidden": True})
-        verified = await steps.verify_migration(settings, deep=True)
+        verified = await commands.verify(settings, deep=True)
         assert verified.equal, [str(d) for d in verified.differences]
         assert len(verified.projects) == 2 and verified.objects_checked == len(sample.objects)
         migrated = await destination_counts(fixture_simcore, sample.all_projects)
@@ -337,7 +337,7 @@ async def test_runs_of_many_projects_spread_over_the_workers_of_a_work_pool(
     assert [r.state.name for r in runs] == ["Completed", "Completed"], "\n".join(outputs)  # type: ignore[union-attr]
     assert executed_per_worker(runs, outputs) == [1, 1], "\n".join(outputs)
     for sample in samples:
-        verified = await steps.verify_migration(fixture_simcore.settings(sample.uuid), deep=True)
+        verified = await commands.verify(fixture_simcore.settings(sample.uuid), deep=True)
         assert verified.equal, [str(d) for d in verified.differences]
     for out in outputs:
         for secret in secrets_of(fixture_simcore):
@@ -377,7 +377,7 @@ async def test_two_runs_of_one_project_on_two_workers_migrate_it_once(
     assert any("2 projects already migrated, left as they are" in r for r in reports), reports
     assert all("Traceback" not in out for out in outputs), "\n".join(outputs)
     settings = simcore.settings(sample.uuid, source={"include_hidden": True})
-    verified = await steps.verify_migration(settings, deep=True)
+    verified = await commands.verify(settings, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
     assert await duplicate_rows(settings) == {} and await open_uploads(settings) == []
     source = await object_digests(simcore.source_s3)
@@ -487,7 +487,7 @@ async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_conn
             }
             tries["source block"] = (migrate, {"source": "attacker-0"})
             tries["settings with destination.db.host"] = (migrate, {"settings": pointed})
-            tries["options.dask_address"] = (migrate, {"options": {"dask_address": f"tcp://127.0.0.1:{fake.port}"}})
+            tries["host.dask_address"] = (migrate, {"host": {"dask_address": f"tcp://127.0.0.1:{fake.port}"}})
             tries["rollback's destination block"] = (rollback, {"destination": "attacker-0"})
             created = {
                 what: await client.create_flow_run_from_deployment(
@@ -495,10 +495,12 @@ async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_conn
                     if deployment is migrate else {"project_uuid": sample.uuid, **extra})
                 for what, (deployment, extra) in tries.items()
             }
-            # a connection field the flow has no parameter for: the server refuses to create the run
-            with pytest.raises(Exception, match="options"):
-                await client.create_flow_run_from_deployment(
-                    migrate.id, parameters={"project_uuid": sample.uuid, "options": {"endpoint": elsewhere}})
+            # a connection field the flow has no parameter for (or a host's, in its old place): the server
+            # refuses to create the run
+            for extra in ({"endpoint": elsewhere}, {"dask_address": f"tcp://127.0.0.1:{fake.port}"}):
+                with pytest.raises(Exception, match="options"):
+                    await client.create_flow_run_from_deployment(
+                        migrate.id, parameters={"project_uuid": sample.uuid, "options": extra})
             for what, run in created.items():
                 final = await wait_final(client, run.id)
                 assert final.state.name == "Failed", (what, final.state, log.read_text())
@@ -519,7 +521,7 @@ async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_conn
         stop(worker)
         fake.close()
     assert fake.connections == 0
-    verified = await steps.verify_migration(fixture_simcore.settings(sample.uuid, source={"include_hidden": True}), deep=True)
+    verified = await commands.verify(fixture_simcore.settings(sample.uuid, source={"include_hidden": True}), deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
     async with prefect_server.client() as client:
         logs = await client.read_logs()

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import insert, steps
+from projmig import commands, insert, steps
 from projmig.errors import InsertError
 from projmig.probes import PROBE_KEY
+from projmig.run import MigrationRun
 
 from .conftest import Faulty, all_or_nothing, duplicate_rows, open_uploads, row_counts
 
@@ -18,8 +19,8 @@ pytestmark = pytest.mark.usefixtures("prefect")
 async def migrated_sample(faulty: Faulty):
     sample = await faulty.sample(files=6, hidden_children=2, child_files=1, multipart_size=0, directory_objects=3)
     settings = faulty.settings(sample.uuid, s3_max_attempts=2)
-    settings = settings.with_overrides(include_hidden=True)
-    direct = faulty.direct(sample.uuid).with_overrides(include_hidden=True)
+    settings = settings.with_choices(include_hidden=True)
+    direct = faulty.direct(sample.uuid).with_choices(include_hidden=True)
     return sample, settings, direct
 
 
@@ -49,7 +50,7 @@ async def cut_then_rerun(faulty: Faulty, match: bytes, *, deep: bool) -> None:
     assert puts and all(f"/{sample.uuid}/{PROBE_KEY}?" in t and "uploadId=" in t for t in puts), puts
     assert await row_counts(direct, sample.all_projects) == {t: expected.get(t, 0) for t in await row_counts(direct, sample.all_projects)}
     assert await duplicate_rows(direct) == {}
-    verified = await steps.verify_migration(direct, deep=deep)
+    verified = await commands.verify(direct, deep=deep)
     assert verified.equal, [str(d) for d in verified.differences]
 
 
@@ -88,10 +89,11 @@ async def test_a_commit_whose_answer_is_lost_is_found_complete_by_the_rerun(faul
     assert report.status == "already-migrated" and report.rows == 0
     assert sorted(report.already_present) == sorted(sample.all_projects)
     assert await duplicate_rows(direct) == {}
-    verified = await steps.verify_migration(direct, deep=False)
+    verified = await commands.verify(direct, deep=False)
     assert verified.equal, [str(d) for d in verified.differences]
 
 
 async def _graph(settings):
-    report = await steps.preflight(settings, probe_write=False)
-    return await steps.read_project_graph(settings, report), report
+    async with MigrationRun.open(settings, lock=False) as run:
+        report = await steps.preflight(run, probe_write=False)
+        return await steps.read_graph(run, report), report

@@ -10,9 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands, steps
 from projmig.probes import PROBE_KEY
 from projmig.s3 import s3_client
+from projmig.run import MigrationRun
 
 from ..conftest import CEPH_PAIRS, SEAWEEDFS
 from .conftest import MiB, Faulty, Kill, all_or_nothing, duplicate_rows, open_uploads, row_counts
@@ -57,9 +58,9 @@ async def test_a_killed_migration_is_finished_by_a_rerun(faulty: Faulty, tmp_pat
     [big] = [k for k in sample.objects if k.endswith(".h5")]
     config = faulty.config_file(tmp_path / "cfg.json", sample.uuid, part_concurrency=1)
     cfg = json.loads(config.read_text())
-    cfg["source"]["include_hidden"] = True
+    cfg["choices"]["include_hidden"] = True
     config.write_text(json.dumps(cfg))
-    direct = faulty.direct(sample.uuid).with_overrides(include_hidden=True)
+    direct = faulty.direct(sample.uuid).with_choices(include_hidden=True)
     expected = steps.make_plan(*(await _graph(direct))).rows_per_table()
 
     kill = Kill(faulty.proxies)
@@ -80,7 +81,7 @@ async def test_a_killed_migration_is_finished_by_a_rerun(faulty: Faulty, tmp_pat
 
     faulty.proxies.heal()
     faulty.proxies.reset_counts()
-    report = await migrate_project(faulty.settings(sample.uuid, part_concurrency=1).with_overrides(include_hidden=True))
+    report = await migrate_project(faulty.settings(sample.uuid, part_concurrency=1).with_choices(include_hidden=True))
 
     assert report.status in ("migrated", "already-migrated")
     if when == "mid-copy":  # the big object continued from its finished parts: none of them was sent again
@@ -92,10 +93,11 @@ async def test_a_killed_migration_is_finished_by_a_rerun(faulty: Faulty, tmp_pat
     assert await row_counts(direct, sample.all_projects) == {t: expected.get(t, 0) for t in counts}
     assert await duplicate_rows(direct) == {}
     assert await open_uploads(direct) == []
-    verified = await steps.verify_migration(direct, deep=True)
+    verified = await commands.verify(direct, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
 
 
 async def _graph(settings):
-    report = await steps.preflight(settings, probe_write=False)
-    return await steps.read_project_graph(settings, report), report
+    async with MigrationRun.open(settings, lock=False) as run:
+        report = await steps.preflight(run, probe_write=False)
+        return await steps.read_graph(run, report), report

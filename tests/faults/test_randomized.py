@@ -44,6 +44,7 @@ from projmig.s3 import s3_client
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.schema import PROJECT_TABLES
 from projmig.settings import MigrationSettings
+from projmig.run import MigrationRun
 
 from ..conftest import unique
 from .conftest import (
@@ -246,10 +247,10 @@ class Trial:
         await self.faulty.env.sandbox.destination.drop_database(self.faulty.env.destination_db.database or "")
 
     def settings(self) -> MigrationSettings:
-        return self.faulty.settings(self.uuid, **OPTIONS).with_overrides(include_hidden=True)
+        return self.faulty.settings(self.uuid, **OPTIONS).with_choices(include_hidden=True)
 
     def direct(self) -> MigrationSettings:
-        return self.faulty.direct(self.uuid).with_overrides(include_hidden=True)
+        return self.faulty.direct(self.uuid).with_choices(include_hidden=True)
 
     def arm(self, fault: Fault, do: Any = "cut") -> None:
         proxy = getattr(self.faulty.proxies, fault.proxy)
@@ -306,7 +307,7 @@ class Trial:
         self.fresh_proxies()
         config = self.faulty.config_file(self.tmp / f"cfg-{self.plan.number}.json", self.uuid, **OPTIONS)
         data = json.loads(config.read_text())
-        data["source"]["include_hidden"] = True
+        data["choices"]["include_hidden"] = True
         config.write_text(json.dumps(data))
         kill = Kill(self.faulty.proxies)
         self.arm(self.plan.first, do=kill)
@@ -358,8 +359,8 @@ async def test_randomized_faults_always_end_in_the_uninterrupted_state(faulty: F
     # an uninterrupted run: its traffic scales the fault points, its result is what every trial must reach
     faulty.proxies.heal()
     faulty.proxies.reset_counts()
-    settings = faulty.settings(sample.uuid, **OPTIONS).with_overrides(include_hidden=True)
-    direct = faulty.direct(sample.uuid).with_overrides(include_hidden=True)
+    settings = faulty.settings(sample.uuid, **OPTIONS).with_choices(include_hidden=True)
+    direct = faulty.direct(sample.uuid).with_choices(include_hidden=True)
     report = await migrate_project(settings)
     assert report.status == "migrated" and not faulty.proxies.faults()
     plan = steps.make_plan(*(await _graph(direct)))
@@ -415,5 +416,6 @@ async def test_randomized_faults_always_end_in_the_uninterrupted_state(faulty: F
 
 
 async def _graph(settings):
-    report = await steps.preflight(settings, probe_write=False)
-    return await steps.read_project_graph(settings, report), report
+    async with MigrationRun.open(settings, lock=False) as run:
+        report = await steps.preflight(run, probe_write=False)
+        return await steps.read_graph(run, report), report

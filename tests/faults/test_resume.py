@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands
 from projmig.errors import TransferError
 from projmig.probes import PROBE_KEY
 from projmig.s3 import s3_client
@@ -56,7 +56,7 @@ async def test_a_rerun_copies_only_the_objects_a_cut_left_missing(faulty: Faulty
     # each missing object once, nothing else (but the parts the preflight's write probe puts into an upload it aborts)
     assert sorted(k for k in put_keys(proxy.requests, bucket) if k != f"{sample.uuid}/{PROBE_KEY}") == sorted(missing)
     assert report.bytes_copied == sum(sample.objects[k] for k in missing)
-    verified = await steps.verify_migration(direct, deep=True)
+    verified = await commands.verify(direct, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
     assert await open_uploads(direct) == []
 
@@ -109,6 +109,6 @@ async def test_an_interrupted_multipart_upload_continues_from_its_finished_parts
             f"{first_run / size:.0%} was sent; {len(finished)} parts survived; the rerun sent {rerun / size:.1%} of the "
             f"object; bytes re-sent {resent / size:.1%} of the object (a restart would re-send {first_run / size:.0%})"
         )
-    verified = await steps.verify_migration(direct, deep=True)
+    verified = await commands.verify(direct, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
     assert await open_uploads(direct) == []

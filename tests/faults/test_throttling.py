@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands
 from projmig.buckets import list_prefix
 from projmig.copier import CopyFailures, ObjectCopier
 from projmig.plan import ObjectCopy
@@ -60,7 +60,7 @@ async def test_slowdown_and_server_errors_are_retried_until_the_migration_succee
 
     assert report.status == "migrated" and report.objects_copied == len(sample.objects)
     assert len(src.faults) == 2 and len(dst.faults) == 3, (src.faults, dst.faults)
-    verified = await steps.verify_migration(faulty.direct(sample.uuid), deep=True)
+    verified = await commands.verify(faulty.direct(sample.uuid), deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
 
 

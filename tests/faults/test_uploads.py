@@ -14,10 +14,11 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands, steps
 from projmig.errors import TransferError
 from projmig.probes import PROBE_KEY
 from projmig.s3 import s3_client
+from projmig.run import MigrationRun
 
 from ..conftest import CEPH, SEAWEEDFS, upload_started_by_projmig
 from .conftest import REPO, MiB, Faulty, MigrationProcess, open_uploads, prefect_env
@@ -115,7 +116,7 @@ async def test_cleanup_aborts_only_old_uploads_of_the_migration(faulty: Faulty, 
     # and a migration afterwards does not touch them either
     await migrate_project(faulty.settings(sample.uuid))
     assert listed(await open_uploads(direct)) == theirs
-    assert (await steps.verify_migration(direct, deep=False)).equal
+    assert (await commands.verify(direct, deep=False)).equal
 
 
 @pytest.mark.parametrize("faulty", [(SEAWEEDFS, CEPH)], indirect=True, ids=["seaweedfs-to-ceph"])
@@ -146,15 +147,16 @@ async def test_an_upload_aborted_under_a_resuming_copy_is_started_over_on_ceph(f
     proxy = faulty.proxies.dst_s3
     proxy.after(match=f"uploadId={quote(upload['UploadId'], safe='-_.~')}".encode(), do=abort_it)
     settings = faulty.settings(sample.uuid)
-    checked = await steps.preflight(settings, probe_write=False)
-    plan = steps.make_plan(await steps.read_project_graph(settings, checked), checked)
-    _, todo = await steps.compare(settings, plan.copies)
-    outcomes = await steps.copy_objects(settings, todo)  # the library step: no task retry to hide a failure
+    async with MigrationRun.open(settings) as run:
+        checked = await steps.preflight(run, probe_write=False)
+        plan = steps.make_plan(await steps.read_graph(run, checked), checked)
+        _, todo = await steps.compare(run, plan.copies)
+        outcomes = await steps.copy_objects(run.transfers, todo)  # the library step: no task retry to hide a failure
 
     assert proxy.faults and proxy.faults[0].startswith("called abort_it"), proxy.faults
     assert {o.dst_key: o.resumed_parts for o in outcomes}[big] == 0
     report = await migrate_project(settings)
     assert report.status == "migrated" and report.objects_copied == 0
     assert await open_uploads(direct) == []
-    verified = await steps.verify_migration(direct, deep=True)
+    verified = await commands.verify(direct, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]

@@ -23,12 +23,21 @@ from flows.migrate import migrate_project
 from projmig.errors import PreflightError
 from projmig.copier import CopyFailures
 from projmig.s3 import s3_client
-from projmig.steps import preflight
+from projmig import steps
+from projmig.preflight import PreflightReport
+from projmig.run import MigrationRun
+from projmig.settings import MigrationSettings
 
 from ..conftest import CEPH, SEAWEEDFS, copy_marks, expected_marks
 from .conftest import MiB, Faulty, destination_keys, open_uploads, row_counts
 
 pytestmark = pytest.mark.usefixtures("prefect")
+
+
+async def preflight(settings: MigrationSettings) -> PreflightReport:
+    """The preflight of a run (with its write probe), as a migration starts."""
+    async with MigrationRun.open(settings, lock=False) as run:
+        return await steps.preflight(run)
 
 
 def like_sse_kms(etag: str) -> str:

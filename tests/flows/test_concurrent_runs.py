@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from projmig import steps
+from projmig import commands
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.settings import DatabaseSettings
@@ -72,7 +72,7 @@ async def test_two_migrate_processes_of_one_config_migrate_it_once(simcore: Simc
 
     # as one uninterrupted run leaves it
     settings = simcore.settings(sample.uuid, source={"include_hidden": True})
-    verified = await steps.verify_migration(settings, deep=True)
+    verified = await commands.verify(settings, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
     assert await duplicate_rows(settings) == {}
     assert await fetchval(dst, "SELECT count(*) FROM projects") == 2

@@ -13,7 +13,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 
 from ..conftest import Simcore
@@ -51,7 +51,7 @@ async def test_copy_task_runs_execute_on_the_workers_of_a_dask_cluster(fixture_s
     finally:
         await asyncio.to_thread(cluster.close)
 
-    assert (await steps.verify_migration(settings, deep=True)).equal
+    assert (await commands.verify(settings, deep=True)).equal
 
 
 async def test_without_an_address_the_flow_run_starts_its_own_local_cluster(
@@ -68,4 +68,4 @@ async def test_without_an_address_the_flow_run_starts_its_own_local_cluster(
 
     assert report.status == "migrated" and report.objects_copied == len(sample.objects) and report.copy_task_runs == 2
     assert "Creating a new Dask cluster with `distributed.deploy.local.LocalCluster`" in caplog.text  # prefect-dask's
-    assert (await steps.verify_migration(settings, deep=True)).equal
+    assert (await commands.verify(settings, deep=True)).equal

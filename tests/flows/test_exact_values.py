@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import insert, steps
+from projmig import commands, insert
 from projmig.errors import PreflightError
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
@@ -294,7 +294,7 @@ async def test_a_value_python_cannot_hold_stops_the_plan_naming_it(fixture_simco
         await conn.close()
     settings = fixture_simcore.settings(sample.uuid)
     with pytest.raises(PreflightError) as failed:
-        await steps.read_project_graph(settings, await steps.preflight(settings, probe_write=False))
+        await commands.plan(settings)
     assert failed.value.problems == [
         f"source projects_metadata.created of project {sample.uuid} is 0044-03-15 12:00:00+00 BC: outside the years "
         "1 to 9999 that projmig can carry; correct it in the source"

@@ -9,15 +9,16 @@ import asyncpg
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands, steps
 from projmig.plan import build_plan
 from projmig.remap import UUID_RE, copy_namespace, legacy_destination_identity
+from projmig.run import MigrationRun
 from projmig.s3 import s3_client
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.settings import DatabaseSettings, S3Settings, resolve_secrets
 
-from ..conftest import Simcore
+from ..conftest import Simcore, insert_rows, verified_objects
 
 pytestmark = pytest.mark.usefixtures("prefect")
 
@@ -137,7 +138,7 @@ async def test_two_copies_next_to_each_other_and_one_back_into_the_source(simcor
     assert await rows_of(simcore.source_db, sample.all_projects) == before
     assert await keys_under(simcore.source_s3, sample.all_projects) == set(sample.objects)
 
-    verified = await steps.verify_migration(second, deep=True)
+    verified = await commands.verify(second, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
     assert sorted(verified.projects) == sorted(copies[1])
 
@@ -174,27 +175,28 @@ async def test_the_copy_is_the_same_however_the_configuration_names_the_destinat
     again = await migrate_project(literal)
     assert again.status == "already-migrated", again.headline()
     assert sorted(again.already_present) == sorted(p.dst_uuid for p in made.projects)
-    assert (await steps.verify_migration(literal, deep=False)).equal
-    removed = await steps.rollback_migration(resolve_secrets(by_reference))  # and its rollback, spelled either way
+    assert (await commands.verify(literal, deep=False)).equal
+    removed = await commands.rollback(resolve_secrets(by_reference))  # and its rollback, spelled either way
     assert sorted(p.dst_uuid for p in removed.removed_projects) == sorted(again.already_present)
 
     # a copy made by an earlier version, whose ids came from how the configuration spelled the
     # destination (host:port/database), is resumed and rolled back, not made again
     earlier = simcore.settings(sample.uuid, source=source, options={**new_ids, "copy_label": "made before"})
-    checked = await steps.preflight(earlier, probe_write=False)
-    graph = await steps.read_project_graph(earlier, checked)
-    spelled = legacy_destination_identity(earlier.destination.db.describe(), earlier.destination.s3.bucket)
-    plan = build_plan(graph, checked.facts, {sample.uuid: copy_namespace(spelled, sample.uuid, "made before")})
-    _, todo = await steps.compare(earlier, plan.copies)
-    await steps.copy_objects(earlier, todo)
-    await steps.insert_rows(earlier, plan, await steps.verify_objects(earlier, plan.copies))
+    async with MigrationRun.open(earlier) as run:
+        checked = await steps.preflight(run, probe_write=False)
+        graph = await steps.read_graph(run, checked)
+        spelled = legacy_destination_identity(earlier.destination.db.describe(), earlier.destination.s3.bucket)
+        plan = build_plan(graph, checked.facts, {sample.uuid: copy_namespace(spelled, sample.uuid, "made before")})
+        _, todo = await steps.compare(run, plan.copies)
+        await steps.copy_objects(run.transfers, todo)
+        await insert_rows(run, plan, await verified_objects(run, plan.copies))
     before = sorted(p.dst_uuid for p in plan.projects)
     assert not set(before) & {p.dst_uuid for p in made.projects}
 
     resumed = await migrate_project(earlier)
     assert resumed.status == "already-migrated", resumed.headline()
     assert sorted(resumed.already_present) == before
-    assert sorted(p.dst_uuid for p in (await steps.rollback_migration(earlier)).removed_projects) == before
+    assert sorted(p.dst_uuid for p in (await commands.rollback(earlier)).removed_projects) == before
     conn = await asyncpg.connect(asyncpg_dsn(simcore.destination_db))
     try:
         assert await conn.fetchval("SELECT count(*) FROM projects") == 0

@@ -1,6 +1,7 @@
 """Many projects in one flow run (all projects of a source user): files of all projects copied in
 shared task runs, each root project's rows in a transaction of its own, failures reported per
-project without rolling the others back, and a rerun that finishes only what is missing."""
+project without rolling the others back (the run ends failed, with its report), and a rerun that
+finishes only what is missing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import asyncpg
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands
+from projmig.pipeline import MigrationFailed
 from projmig.s3 import s3_client
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
@@ -63,7 +65,12 @@ async def test_each_project_in_its_own_transaction_failures_reported_and_a_rerun
         CREATE TRIGGER refuse_c BEFORE INSERT ON projects_nodes FOR EACH ROW
             WHEN (NEW.project_uuid = '{c.uuid}') EXECUTE FUNCTION refuse_c();""")
 
-    report = await migrate_project(settings)
+    # some roots failed: the run ends failed (the rule for any number of roots), its report says which
+    with pytest.raises(MigrationFailed) as failed:
+        await migrate_project(settings)
+    report = failed.value.report
+    assert set(failed.value.causes) == {b.uuid, c.uuid} and not failed.value.transient
+    assert str(failed.value).startswith("partly migrated: 2 of 3 root projects failed")
 
     assert report.status == "partial", report.headline()
     assert "2 of 3 root projects failed" in report.headline()
@@ -93,7 +100,7 @@ async def test_each_project_in_its_own_transaction_failures_reported_and_a_rerun
     # a was migrated: left as it is, its objects not even compared; c's objects were there already
     assert again.objects_copied == len(b.objects) and again.objects_skipped == len(c.objects)
     assert "; 2 already migrated, left as they are" in again.headline()
-    verified = await steps.verify_migration(settings, deep=False)
+    verified = await commands.verify(settings, deep=False)
     assert verified.equal, [str(d) for d in verified.differences]
     assert sorted(verified.projects) == sorted(a.all_projects + b.all_projects + c.all_projects)
 

@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands
 from projmig.s3 import s3_client
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
@@ -65,7 +65,7 @@ async def test_whole_graph_migrates_then_a_rerun_is_a_no_op(provider_simcore: Si
     assert {r["parent_project_uuid"] for r in parents} == {sample.uuid, sample.children[0]}
     assert await fetch(dst, "SELECT * FROM projects_to_folders") == []
 
-    verified = await steps.verify_migration(settings, deep=True)
+    verified = await commands.verify(settings, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]
     assert verified.objects_checked == len(sample.objects)
 
@@ -101,5 +101,5 @@ async def test_an_object_deleted_in_a_migrated_project_is_reported_not_restored(
     assert report.status == "already-migrated" and report.objects_copied == 0 and report.rows == 0
     assert any(w.startswith(f"{sample.uuid} (already migrated, left as it is): 1 of ") and f"{victim} (missing;" in w
                for w in report.warnings), report.warnings
-    verified = await steps.verify_migration(settings, deep=False)
+    verified = await commands.verify(settings, deep=False)
     assert [d.where for d in verified.differences] == [victim]

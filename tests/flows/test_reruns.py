@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from flows.migrate import migrate_project
-from projmig import steps
+from projmig import commands
 from projmig.s3 import s3_client
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
@@ -91,5 +91,5 @@ async def test_a_rerun_leaves_migrated_projects_as_the_destination_users_left_th
     now = await object_digests(simcore.destination_s3)
     assert {k: v for k, v in now.items() if k.split("/", 1)[0] not in theirs} == objects
     assert {k for k in now if k.split("/", 1)[0] in theirs} == set(third.objects)
-    verified = await steps.verify_migration(simcore.settings(third.uuid, source={"include_hidden": True}), deep=True)
+    verified = await commands.verify(simcore.settings(third.uuid, source={"include_hidden": True}), deep=True)
     assert verified.equal, [str(d) for d in verified.differences]

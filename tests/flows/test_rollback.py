@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.migrate import migrate_project
 from flows.progress import add_listener, remove_listener
 from flows.rollback import rollback_migration
-from projmig import steps
+from projmig import commands
 from projmig.insert import project_key
 from projmig.s3 import s3_client
 from projmig.sandbox.sample import SampleSpec, build_sample_project
@@ -89,5 +89,5 @@ async def test_rollback_flow_then_migrate_again(fixture_simcore: Simcore) -> Non
         done, total, pct = re.search(r"^(\d+)/(\d+) objects, .* \((\d+)%\)$", artifact.description or "").groups()
         assert int(done) <= int(total) and int(pct) <= 100, artifact.description
     assert again.rows_inserted["projects"] == 2 and await count_rows(simcore, sample.all_projects) == rows
-    verified = await steps.verify_migration(settings, deep=True)
+    verified = await commands.verify(settings, deep=True)
     assert verified.equal, [str(d) for d in verified.differences]

@@ -1,0 +1,109 @@
+"""The pipeline's steps as the flows run them (:class:`TaskSteps`): each library step as its Prefect
+task (``flows/tasks.py``), the copies on the flow's copy runner (``flows/runners.py``), and what a run
+says as it goes as Prefect shows it: the run's logger, a progress artifact while copying, the report
+as artifacts at the end (``flows/artifacts.py``), the bytes to this process's listeners (the CLI's
+progress bar: ``flows/progress.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.utilities.annotations import quote
+
+from projmig.buckets import ObjectState
+from projmig.copier import CopyOutcome
+from projmig.graph import ProjectGraph
+from projmig.insert import RootInsert
+from projmig.pipeline import Steps
+from projmig.plan import MigrationPlan, ObjectCopy
+from projmig.preflight import PreflightReport
+from projmig.report import MigrationReport
+from projmig.rollback import RollbackResult
+from projmig.run import MigrationRun
+from projmig.steps import Batch, Listed
+from projmig.units import human_bytes
+
+from . import tasks
+from .artifacts import publish_report, publish_rollback
+from .progress import report_bytes, report_total
+from .runners import CopyRunner
+
+
+class TaskSteps(Steps):
+    """Use as a context manager: a Dask cluster its copies started is stopped when it ends."""
+
+    def __init__(self, logger: Any):
+        super().__init__(logger)
+        self.runner = CopyRunner(logger)
+        self._progress: UUID | None = None
+
+    def __enter__(self) -> TaskSteps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.close()
+
+    # large values (graphs, plans, listings) are quoted: Prefect would otherwise walk each for futures
+
+    async def preflight(self, run: MigrationRun, *, probe_write: bool) -> PreflightReport:
+        return await tasks.preflight(run, probe_write=probe_write)
+
+    async def read_graph(self, run: MigrationRun, report: PreflightReport) -> ProjectGraph:
+        return await tasks.read_graph(run, report)
+
+    async def list_destination(self, run: MigrationRun, prefixes: list[str]) -> Listed:
+        return await tasks.list_destination(run, prefixes)
+
+    def plan(self, graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
+        return tasks.plan(quote(graph), report)
+
+    async def compare(
+        self, run: MigrationRun, copies: list[ObjectCopy], listed: Listed | None = None
+    ) -> tuple[list[CopyOutcome], Batch]:
+        return await tasks.compare(run, quote(copies), quote(listed))
+
+    async def copy_batches(
+        self, run: MigrationRun, batches: list[Batch], *, again: bool
+    ) -> AsyncIterator[list[CopyOutcome] | Exception]:
+        # the second pass is over objects that differ although a copy said it was done: not from cache
+        task = tasks.copy_objects.with_options(refresh_cache=True) if again else tasks.copy_objects
+        async for result in self.runner.run(run, task, batches):
+            yield result
+
+    async def insert_roots(
+        self, run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
+    ) -> list[RootInsert]:
+        return await tasks.insert_rows(run, quote(plan), quote(verified), roots)
+
+    async def abort_uploads(self, run: MigrationRun, copies: list[ObjectCopy]) -> list[str]:
+        return await tasks.abort_uploads(run, quote(copies))
+
+    async def rollback_rows(self, run: MigrationRun, *, dry_run: bool) -> RollbackResult:
+        return await tasks.rollback_rows(run, dry_run=dry_run)
+
+    async def rollback_objects(self, run: MigrationRun, result: RollbackResult) -> RollbackResult:
+        return await tasks.rollback_objects(run, result)
+
+    async def copying(self, objects: int, nbytes: int) -> None:
+        report_total(objects, nbytes)
+        if self._progress is None:
+            self._progress = await create_progress_artifact(progress=0.0, key="projmig-copy", description="copying objects")
+
+    async def copied(self, outcomes: list[CopyOutcome], done: int, total: int, done_bytes: int, total_bytes: int) -> None:
+        if self.runner.remote:
+            report_bytes(sum(o.size for o in outcomes))
+        if self._progress is not None:
+            pct = 100.0 * done_bytes / max(1, total_bytes)
+            await update_progress_artifact(
+                self._progress, progress=pct,
+                description=f"{done}/{total} objects, {human_bytes(done_bytes)}/{human_bytes(total_bytes)} ({pct:.0f}%)",
+            )
+
+    async def publish(self, report: MigrationReport) -> None:
+        await publish_report(report)
+
+    async def publish_rollback(self, result: RollbackResult) -> None:
+        await publish_rollback(result)

@@ -1,0 +1,347 @@
+"""A migration, for one root project or many: preflight -> graph -> plan -> copy -> verify -> insert
+-> report, and its undo (:func:`rollback`).
+
+The pipeline takes its steps as a parameter (:class:`Steps`): the library's own are plain calls of
+:mod:`projmig.steps`; the ``migrate-project`` flow passes Prefect tasks wrapping the same calls
+(``flows/migrate.py``), and so reports each as a task run. Either way the run (its clients, limits,
+locks) is one :class:`projmig.run.MigrationRun`, opened by the caller.
+
+**One rule for any number of root projects.** The roots share the preflight, the graph, the plan,
+the copy batches (files of all roots batched together) and the listings that verify them. What is a
+root's own (the root and its hidden children): whether all of its objects arrived, and its rows,
+inserted in a transaction of its own (``options.project_concurrency`` at once). A root whose objects
+did not all arrive, or whose transaction failed, does not stop or roll back the others; a rerun skips
+what is there (objects by listing, projects by uuid + creation date) and finishes the rest. If any
+root failed, the run ends failed: status ``partial`` (some roots failed) or ``failed`` (all did), and
+:func:`migrate` raises (:func:`run_failure`) after its report is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from . import steps as library
+from .buckets import ObjectState
+from .copier import CopyOutcome
+from .errors import ProjmigError, TransferError, VerificationError
+from .insert import RootInsert
+from .marks import project_of
+from .objects import batch_transfers
+from .plan import MigrationPlan, ObjectCopy
+from .preflight import PreflightReport
+from .graph import ProjectGraph
+from .report import MigrationReport, StageTimer
+from .rollback import RollbackResult
+from .run import MigrationRun
+from .steps import Batch, Listed
+from .units import human_bytes
+from .verify import verified_states
+
+
+class Steps:
+    """The steps :func:`migrate` and :func:`rollback` run, and where they say what they do: the
+    library's own, plain calls of :mod:`projmig.steps` (a subclass replaces any of them: the flow's
+    runs each as a Prefect task)."""
+
+    def __init__(self, logger: logging.Logger | Any | None = None):
+        self.log = logger or logging.getLogger("projmig")
+
+    async def preflight(self, run: MigrationRun, *, probe_write: bool) -> PreflightReport:
+        return await library.preflight(run, probe_write=probe_write)
+
+    async def read_graph(self, run: MigrationRun, report: PreflightReport) -> ProjectGraph:
+        return await library.read_graph(run, report)
+
+    async def list_destination(self, run: MigrationRun, prefixes: list[str]) -> Listed:
+        return await library.list_destination(run, prefixes)
+
+    def plan(self, graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
+        return library.make_plan(graph, report)
+
+    async def compare(
+        self, run: MigrationRun, copies: list[ObjectCopy], listed: Listed | None = None
+    ) -> tuple[list[CopyOutcome], Batch]:
+        return await library.compare(run, copies, listed)
+
+    async def copy_batches(
+        self, run: MigrationRun, batches: list[Batch], *, again: bool
+    ) -> AsyncIterator[list[CopyOutcome] | Exception]:
+        """Each batch's outcomes (or its failure) as it finishes, ``options.task_concurrency`` batches
+        at once; ``again``: the second pass over what still differed after the first."""
+        runs = asyncio.Semaphore(run.settings.options.task_concurrency)
+
+        async def one(batch: Batch) -> list[CopyOutcome]:
+            async with runs:
+                return await library.copy_objects(run.transfers, batch)
+
+        pending = [asyncio.ensure_future(one(batch)) for batch in batches]
+        try:
+            for next_done in asyncio.as_completed(pending):
+                try:
+                    yield await next_done
+                except Exception as exc:  # what the other batches copy is kept
+                    yield exc
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def insert_roots(
+        self, run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
+    ) -> list[RootInsert]:
+        return await library.insert_roots(run, plan, verified, roots)
+
+    async def abort_uploads(self, run: MigrationRun, copies: list[ObjectCopy]) -> list[str]:
+        return await library.abort_our_uploads(run, copies)
+
+    async def rollback_rows(self, run: MigrationRun, *, dry_run: bool) -> RollbackResult:
+        return await library.rollback_rows(run, dry_run=dry_run)
+
+    async def rollback_objects(self, run: MigrationRun, result: RollbackResult) -> RollbackResult:
+        return await library.rollback_objects(run, result)
+
+    # -- what the run says as it goes (the flow adds its Prefect artifacts) ------------------------
+
+    async def copying(self, objects: int, nbytes: int) -> None:
+        """``objects`` objects (``nbytes``) are about to be copied (once more after a second look)."""
+
+    async def copied(self, outcomes: list[CopyOutcome], done: int, total: int, done_bytes: int, total_bytes: int) -> None:
+        """A batch finished: ``done`` of ``total`` planned objects are there (``done_bytes`` of ``total_bytes``)."""
+
+    async def publish(self, report: MigrationReport) -> None:
+        """The run's report, at its end (also when it failed)."""
+
+    async def publish_rollback(self, result: RollbackResult) -> None:
+        """A rollback's result, at its end."""
+
+
+class MigrationFailed(TransferError):
+    """Root projects failed for more than one reason (:func:`run_failure`); ``report`` says which and why."""
+
+    def __init__(self, report: MigrationReport, causes: dict[str, BaseException]):
+        self.report, self.causes = report, causes
+        reasons = "; ".join(f"project {root}: {why}" for root, why in report.failed.items())
+        # a failed run's headline already gives every reason
+        super().__init__(report.headline() if report.status == "failed" else f"{report.headline()}: {reasons}",
+                         transient=all(getattr(c, "transient", False) for c in causes.values()))
+
+
+def run_failure(report: MigrationReport, causes: dict[str, BaseException]) -> BaseException:
+    """The error a failed run ends with: the one cause when every failed root failed for it (a single
+    root, or one copy failure for all), else :class:`MigrationFailed`. Either carries ``report``."""
+    distinct = list({id(c): c for c in causes.values()}.values())
+    failure = distinct[0] if len(distinct) == 1 else MigrationFailed(report, causes)
+    if len(distinct) == 1 and report.status == "partial":
+        failure.add_note(report.headline())
+    failure.report = report  # type: ignore[attr-defined]
+    return failure
+
+
+async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationReport:
+    """Migrate the projects of ``run``'s choices (module docstring: the rule for N roots)."""
+    steps = steps or Steps()
+    log = steps.log
+    dry = run.settings.choices.dry_run
+    timer = StageTimer()
+    with timer("preflight"):
+        checked = await steps.preflight(run, probe_write=not dry)
+    if checked.already_migrated:
+        log.info("already in the destination from an earlier run: %s", ", ".join(checked.already_migrated))
+    if not dry:
+        log.info(checked.verification.describe())
+        if run.settings.options.verification == "auto":  # what the probes chose, for every copy
+            run.use_verification(checked.verification.method)
+    with timer("graph"):
+        # the destination is listed while the source graph is read (each side's servers at once)
+        listing = None if dry else steps.list_destination(run, checked.selection.destination_prefixes)
+        graph, listed = await asyncio.gather(steps.read_graph(run, checked), listing or _nothing())
+        plan = steps.plan(graph, checked)
+    for line in plan.summary_lines():
+        log.info(line)
+    report = MigrationReport.from_plan(plan, "dry-run" if dry else "migrated")
+    if dry:
+        return await _end(steps, report, timer)
+    report.verification = checked.verification.describe()
+    if checked.already_migrated:  # frozen: compared read-only, nothing of them written or deleted
+        plan = await _leave_migrated(run, steps, plan, checked.already_migrated, listed, report)
+        if not plan.projects:
+            report.status = "already-migrated"
+            return await _end(steps, report, timer)
+
+    outcomes, there, lacking, copy_error = await _copy(run, steps, plan, report, timer, listed)
+    groups = plan.roots()
+    causes: dict[str, BaseException] = {}
+    kept: set[str] = set()  # keys whose unfinished uploads stay for a rerun to continue
+    for root, projects in groups.items():
+        own = {p.dst_uuid for p in projects}
+        mine = [(c, s) for c, s in lacking if project_of(c.dst_key) in own]
+        if not mine:
+            continue
+        if copy_error is not None:
+            causes[root] = copy_error
+            report.failed[root] = f"{len(mine)} objects not copied (e.g. {mine[0][0].dst_key}): {copy_error}"
+            if isinstance(copy_error, TransferError) and copy_error.transient:
+                kept.update(c.dst_key for c, _ in mine)
+        else:
+            total = sum(1 for c in plan.copies if project_of(c.dst_key) in own)
+            causes[root] = _not_matching(mine, total)
+            report.failed[root] = str(causes[root])
+    if kept:
+        log.warning("network or server trouble: unfinished multipart uploads are kept so that a rerun continues "
+                    "them (or run `projmig cleanup` to abort them)")
+
+    ready = [root for root in groups if root not in causes]
+    verified = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
+    with timer("insert"):
+        inserted = await steps.insert_roots(run, plan, verified, ready) if ready else []
+    for result in inserted:
+        if result.error is not None:
+            causes[result.root] = result.error
+            report.failed[result.root] = str(result.error)
+        else:
+            assert result.result is not None
+            report.count_inserted(result.result)
+    # uploads of ours that this run, or an earlier different attempt (another part layout), left behind
+    aborted = await steps.abort_uploads(run, [c for c in plan.copies if c.dst_key not in kept])
+    if aborted and causes:
+        log.info("aborted %d unfinished multipart uploads", len(aborted))
+
+    report.count_objects(outcomes)
+    if report.verified_by:
+        log.info(report.verified_line())
+    report.failed = {root: report.failed[root] for root in groups if root in report.failed}
+    for root, why in report.failed.items():
+        log.error("project %s not migrated: %s", root, why)
+    report.conclude(timer.seconds, roots=len(groups))
+    await _end(steps, report, timer, conclude=False)
+    if causes:
+        raise run_failure(report, causes)
+    return report
+
+
+async def _end(steps: Steps, report: MigrationReport, timer: StageTimer, *, conclude: bool = True) -> MigrationReport:
+    if conclude:
+        report.seconds = timer.seconds
+    await steps.publish(report)
+    steps.log.info(report.headline())
+    return report
+
+
+async def _copy(
+    run: MigrationRun, steps: Steps, plan: MigrationPlan, report: MigrationReport, timer: StageTimer,
+    listed: Listed | None,
+) -> tuple[list[CopyOutcome], list[CopyOutcome], Batch, Exception | None]:
+    """Copy what the destination lacks (``listed``: its listings taken earlier in this run), then list
+    it again: that listing verifies every planned object (size and ETag, or projmig's mark), and what
+    still differs (a cached task result can be stale if someone deleted the objects since) is copied
+    once more. Returns (what was copied or already there, the last listing's matches, what still
+    differs, the first copy failure). Timed as "copy" and "verify"."""
+    copies = plan.copies
+    started = time.monotonic()
+    total_bytes = sum(c.size for c in copies)
+    there, todo = await steps.compare(run, copies, listed)
+    outcomes = list(there)
+    if there:
+        steps.log.info("%d objects (%s) already in the destination", len(there), human_bytes(sum(o.size for o in there)))
+    if not todo:  # that listing, taken in this run, saw every object with its source's size and ETag
+        timer.add("verify", time.monotonic() - started)
+        return outcomes, there, [], None
+    timer.add("copy", time.monotonic() - started)
+    opts = run.settings.options
+    failure: Exception | None = None
+    for again in (False, True):
+        started = time.monotonic()
+        done_bytes = sum(o.size for o in there)  # counted again from what the last listing saw
+        batches = batch_transfers(
+            todo, large=opts.multipart_threshold, max_files=opts.batch_max_files, max_bytes=opts.batch_max_bytes
+        )
+        report.copy_task_runs += len(batches)
+        steps.log.info("copying %d objects (%s) in %d task runs", len(todo), human_bytes(sum(c.size for c, _ in todo)), len(batches))
+        await steps.copying(len(todo), sum(c.size for c, _ in todo))
+        copied: list[CopyOutcome] = []
+        async for result in steps.copy_batches(run, batches, again=again):
+            if isinstance(result, Exception):
+                failure = failure or result
+                continue
+            copied += result
+            done_bytes += sum(o.size for o in result)
+            await steps.copied(result, len(outcomes) + len(copied), len(copies), done_bytes, total_bytes)
+        timer.add("copy", time.monotonic() - started)
+        try:
+            with timer("verify"):
+                there, todo = await steps.compare(run, copies)
+        except ProjmigError:
+            if failure is None:
+                raise
+            raise failure from None  # what went wrong is the copy's; the destination cannot even be listed now
+        differing = {c.dst_key for c, _ in todo}
+        outcomes += [o for o in copied if o.dst_key not in differing]
+        if failure is not None or not todo:
+            break
+        if not again:
+            steps.log.warning("%d objects still differ from their source after copying: copying them again", len(todo))
+    return outcomes, there, todo, failure
+
+
+def _not_matching(lacking: Batch, total: int) -> VerificationError:
+    try:
+        verified_states([], lacking, total)
+    except VerificationError as exc:
+        return exc
+    raise AssertionError("objects lacking, yet verified")  # pragma: no cover
+
+
+async def _leave_migrated(
+    run: MigrationRun, steps: Steps, plan: MigrationPlan, migrated: list[str], listed: Listed | None,
+    report: MigrationReport,
+) -> MigrationPlan:
+    """Projects an earlier run inserted belong to the destination's users now: none of their objects
+    is copied, overwritten or deleted, none of their rows touched. Their objects are compared with
+    the source (read-only, from the listing taken) to say what differs; the uploads this migration
+    left open for them (:mod:`projmig.marks`) are aborted. Returns the plan of the other projects."""
+    frozen = set(migrated)
+    steps.log.info("already migrated by an earlier run, left as they are: %s", ", ".join(migrated))
+    report.already_present = [p.dst_uuid for p in plan.projects if p.dst_uuid in frozen]
+    theirs = plan.subset(frozen)
+    _, differing = await steps.compare(run, theirs.copies, listed)
+    by_project: dict[str, list[tuple[ObjectCopy, ObjectState | None]]] = {}
+    for copy, state in differing:
+        by_project.setdefault(project_of(copy.dst_key), []).append((copy, state))
+    for project in theirs.projects:
+        if project.dst_uuid in by_project:
+            found = by_project[project.dst_uuid]
+            copy, state = found[0]
+            what = "missing" if state is None else f"{state.size} bytes, ETag {state.etag}"
+            report.warnings.append(
+                f"{project.dst_uuid} (already migrated, left as it is): {len(found)} of {project.objects} objects differ "
+                f"from the source, e.g. {copy.dst_key} ({what}; source {copy.size} bytes, ETag {copy.etag})"
+            )
+    await steps.abort_uploads(run, theirs.copies)
+    return plan.subset({p.dst_uuid for p in plan.projects} - frozen)
+
+
+async def rollback(run: MigrationRun, steps: Steps | None = None, *, dry_run: bool = False) -> RollbackResult:
+    """Remove from the destination what the migration of ``run``'s choices inserted: rows (one
+    transaction), then objects, holding the projects' locks (a run opened with ``lock``). Raises
+    :class:`projmig.rollback.RollbackRefused` (nothing removed) when a project changed since, and
+    :class:`projmig.locks.MigrationBusy` when a migration of one of them is running."""
+    steps = steps or Steps()
+    result = await steps.rollback_rows(run, dry_run=dry_run)
+    if not dry_run and not result.nothing:
+        result = await steps.rollback_objects(run, result)
+    for line in result.summary_lines():
+        steps.log.info(line)
+    await steps.publish_rollback(result)
+    steps.log.info(result.headline())
+    return result
+
+
+async def _nothing() -> None:
+    return None
+
+
+__all__ = ["MigrationFailed", "ProjmigError", "Steps", "migrate", "rollback", "run_failure"]
