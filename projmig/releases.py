@@ -515,7 +515,8 @@ def _first_part(message: str) -> str:
     contents, noise) left out."""
     message = message.split("\n[SQL:", 1)[0].split("\n(Background on this error", 1)[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    text = "; ".join(lines)
+    text = "".join(line if i == 0 else (" " if lines[i - 1].endswith(":") else "; ") + line
+                   for i, line in enumerate(lines))
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
 

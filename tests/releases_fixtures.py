@@ -120,7 +120,8 @@ class Source:
 
 async def build_source(source_server: SourceServer, osparc: OsparcMigrations, name: str, revision: str) -> Source:
     """A source at ``revision``: alice's study with two hidden job children, a collaborator, a shared
-    group, a workspace, trashed by carol; bob's plain study; and 22 unrelated users with a study each
+    group, a workspace, trashed by carol; bob's plain study (at a revision with the workbench JSON,
+    its nodes only there, not in projects_nodes); and 22 unrelated users with a study each
     (every third with a job child)."""
     await source_server.drop(name)
     db = await source_server.create(name)
@@ -132,7 +133,7 @@ async def build_source(source_server: SourceServer, osparc: OsparcMigrations, na
         selected = [
             await seed_study(conn, ids, "alice", name="alice's study", children=2, collaborator="bob",
                              shared_group="lab", workspace=True, trashed_by="carol"),
-            await seed_study(conn, ids, "bob", name="bob's study", nodes=2, offset=5),
+            await seed_study(conn, ids, "bob", name="bob's study", nodes=2, offset=5, nodes_table=False),
         ]
         others = [
             await seed_study(conn, ids, f"user{i:02d}", name=f"study {i}", nodes=2, offset=10 + i,

@@ -179,13 +179,17 @@ async def seed_study(
     bucket: str = "simcore",
     workbench_extra: dict[str, Any] | None = None,
     offset: int = 0,
+    nodes_table: bool = True,
 ) -> Study:
     """A study with ``nodes`` nodes, files (one file per node, a directory entry, a soft link), and
     ``children`` hidden job projects in a chain below its first node (each with one node and a
     file). ``collaborator``: a user who uploaded one of the files and shares the study;
     ``shared_group``: a standard group with read access; ``workspace``: the study is in a shared
     workspace of its owner; ``trashed_by``: the study was trashed by that user;
-    ``workbench_extra``: keys added to the first node (e.g. one a revision does not accept)."""
+    ``workbench_extra``: keys added to the first node (e.g. one a revision does not accept);
+    ``nodes_table``: at a revision with ``projects.workbench``, also write the nodes into
+    ``projects_nodes`` (as the webserver of 447db39c5455 did; off: a study whose nodes are only in
+    the workbench JSON, for 201aa37f4d9a to insert)."""
     conn = db if isinstance(db, asyncpg.Connection) else await connect(db)
     try:
         async with conn.transaction():
@@ -196,7 +200,7 @@ async def seed_study(
                 collaborator=identities.users[collaborator] if collaborator else None,
                 shared_gid=identities.groups[shared_group] if shared_group else None,
                 workspace=workspace, trashed_by=identities.users[trashed_by] if trashed_by else None,
-                workbench_extra=workbench_extra or {},
+                workbench_extra=workbench_extra or {}, nodes_table=nodes_table,
             )
             await insert(conn, shape, "projects_metadata", {
                 "project_uuid": study.uuid, "custom": {"origin": "seed", "offset": offset},
@@ -235,6 +239,7 @@ async def _project(
     conn: asyncpg.Connection, shape: Shape, identities: Identities, owner: User, *, name: str, nodes: int,
     when: datetime, bucket: str, hidden: bool = False, collaborator: User | None = None, shared_gid: int | None = None,
     workspace: bool = False, trashed_by: User | None = None, workbench_extra: dict[str, Any] | None = None,
+    nodes_table: bool = True,
 ) -> Study:
     project = str(uuidlib.uuid4())
     node_ids = _node_ids(nodes)
@@ -271,7 +276,7 @@ async def _project(
     })
     if not shape.has("projects", "product_name") and shape.has("projects_to_products"):
         await insert(conn, shape, "projects_to_products", {"project_uuid": project, "product_name": identities.product})
-    if shape.has("projects_nodes"):
+    if shape.has("projects_nodes") and (nodes_table or not shape.has("projects", "workbench")):
         for node, data in workbench.items():
             await insert(conn, shape, "projects_nodes", node_row(project, node, data, positions[node], when))
     # the projects trigger gave the owner's group its row; the webserver added the others
