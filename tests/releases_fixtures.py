@@ -119,7 +119,8 @@ class Source:
 
 
 async def build_source(source_server: SourceServer, osparc: OsparcMigrations, name: str, revision: str) -> Source:
-    """A source at ``revision``: alice's study with two hidden job children, a collaborator, a shared
+    """A source at ``revision``: alice's study with two hidden job children, a collaborator (dave, who
+    owns nothing selected: only his file names him), a shared
     group, a workspace, trashed by carol; bob's plain study (at a revision with the workbench JSON,
     its nodes only there, not in projects_nodes); and 22 unrelated users with a study each
     (every third with a job child)."""
@@ -131,7 +132,7 @@ async def build_source(source_server: SourceServer, osparc: OsparcMigrations, na
     conn = await connect(db)
     try:
         selected = [
-            await seed_study(conn, ids, "alice", name="alice's study", children=2, collaborator="bob",
+            await seed_study(conn, ids, "alice", name="alice's study", children=2, collaborator="dave",
                              shared_group="lab", workspace=True, trashed_by="carol"),
             await seed_study(conn, ids, "bob", name="bob's study", nodes=2, offset=5, nodes_table=False),
         ]

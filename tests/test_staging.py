@@ -94,7 +94,8 @@ async def test_the_staging_holds_exactly_the_selections_closure(
         assert staged.rows == counts
         for table, rows in expected.items():
             assert await text_rows(staged.db, table) == rows, table
-    assert counts["projects"] == 4 and counts["users"] == 3 and counts["groups"] == 4  # alice, bob, carol; + lab
+    # alice, bob, carol (trashed alice's study), dave (uploaded a file of it); their groups and lab
+    assert counts["projects"] == 4 and counts["users"] == 4 and counts["groups"] == 5
 
 
 async def oracle(source_server: SourceServer, osparc: OsparcMigrations, source: Source, target: str, name: str):
