@@ -235,14 +235,18 @@ class OsparcMigrations:
         version_file = package_dir / "VERSION"
         return version_file.read_text().strip() if version_file.is_file() else "0"
 
-    def digest(self) -> str:
-        """A digest of what the migrations are (every script under ``migration/``, and the package
-        and common-library versions): what a cache of a revision's schema is keyed by."""
+    @functools.cached_property
+    def _digest(self) -> str:
         sha = hashlib.sha256()
         for script in sorted((self.package / MIGRATION_DIR).rglob("*.py")):
             sha.update(str(script.relative_to(self.package)).encode() + b"\0" + script.read_bytes() + b"\0")
         sha.update(self.version(self.package).encode() + b"\0" + self.version(self.common_library).encode())
         return sha.hexdigest()[:16]
+
+    def digest(self) -> str:
+        """A digest of what the migrations are (every script under ``migration/``, and the package
+        and common-library versions): what a cache of a revision's schema is keyed by."""
+        return self._digest
 
     def ancestors(self, revision: str) -> set[str]:
         """``revision`` and every revision before it."""

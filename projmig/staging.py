@@ -37,10 +37,15 @@ set ``session_replication_role``, e.g. a superuser of a throwaway server). A ser
 staging of a run (one template per revision, one migration subprocess); each staging database is
 dropped when its ``async with`` ends.
 
-**Cost**, measured here (2 cores): starting the server ~1 s, overlapping the migration subprocess'
-imports (~0.65 s) and the read of the closure; the template at ``447db39c5455`` ~1.4 s, once per
-server; a database from it ~0.1 s; the closure's load milliseconds per study; ``447db39c5455`` ->
-head ~0.25 s.
+**Cost**, measured here (2 cores, idle; several times this with the cores shared): projmig's own
+server starts in ~1 s (``initdb``, ``pg_ctl``), while the migration subprocess imports (~0.65 s) and
+the closure is read (~0.1 s); the template at ``447db39c5455`` takes ~1.5-3 s by osparc's migrations
+(empty -> head ~2-7 s), once per server, or ~0.5 s restored from the schema cache
+(``schema_cache``: a ``pg_dump`` of the template kept under a directory, keyed by the package's
+digest, the revision and PostgreSQL's major version; needs ``pg_dump``); a database from the
+template ~0.1-0.2 s; the load milliseconds per study; ``447db39c5455`` -> head ~0.25-0.4 s. One
+study on a server of its own: ~6-8 s, then ~0.05 s to stop it (immediate shutdown). Each
+additional study in the same staging: tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -113,8 +119,17 @@ class StagingServer:
     """The PostgreSQL server where staging databases are made: its admin connection, one template
     database per osparc revision, and the migration subprocess (one per package)."""
 
-    def __init__(self, admin: DatabaseSettings, *, owned: object | None = None, workdir: Path | None = None):
+    def __init__(
+        self, admin: DatabaseSettings, *, owned: object | None = None, workdir: Path | None = None,
+        schema_cache: Path | None = None,
+    ):
+        """``schema_cache``: a directory where each template's schema is kept (``pg_dump``, keyed by
+        the package's digest, the revision and PostgreSQL's major version), so that a later run
+        restores it (~0.5 s) instead of running osparc's migrations from an empty database (~1.5-3 s
+        to 447db39c5455, ~2-7 s to head). None: no cache."""
         self.admin = admin
+        self.schema_cache = schema_cache
+        self._token = secrets.token_hex(4)
         self._owned = owned  # projmig's own server (a sandbox PostgresServer), stopped by close()
         self._workdir = workdir
         self._templates: dict[tuple[str, str], str] = {}
@@ -122,12 +137,12 @@ class StagingServer:
         self._runners: dict[Path, MigrationRunner] = {}
 
     @classmethod
-    def at(cls, admin: DatabaseSettings) -> StagingServer:
+    def at(cls, admin: DatabaseSettings, *, schema_cache: Path | None = None) -> StagingServer:
         """The operator's server (``admin`` names a database to connect to, e.g. ``postgres``)."""
-        return cls(admin)
+        return cls(admin, schema_cache=schema_cache)
 
     @classmethod
-    async def start_local(cls, workdir: Path | None = None) -> StagingServer:
+    async def start_local(cls, workdir: Path | None = None, *, schema_cache: Path | None = None) -> StagingServer:
         """A PostgreSQL server of projmig's own, for this run (see the module's docstring)."""
         from .sandbox.servers import PostgresServer  # the sandbox's servers: not needed for an operator's server
 
@@ -146,7 +161,7 @@ class StagingServer:
             host=server.host, port=server.port, user=server.user, password=SecretStr(password), database="postgres",
             ssl="disable",
         )
-        return cls(admin, owned=server, workdir=directory if own_dir else None)
+        return cls(admin, owned=server, workdir=directory if own_dir else None, schema_cache=schema_cache)
 
     def runner(self, migrations: OsparcMigrations) -> MigrationRunner:
         """The server's migration subprocess for ``migrations`` (started on first use; started
@@ -183,23 +198,43 @@ class StagingServer:
         )
 
     async def template(self, migrations: OsparcMigrations, revision: str) -> tuple[str, float]:
-        """The template database at ``revision`` (made on first use): (its name, seconds spent now)."""
+        """The template database at ``revision`` (made on first use): (its name, seconds spent now).
+        Made by osparc's migrations, or restored from the schema cache when it holds this package's
+        schema at this revision."""
         key = (migrations.digest(), revision)
         async with self._template_lock:
             if key in self._templates:
                 return self._templates[key], 0.0
             started = time.monotonic()
-            name = f"projmig_tpl_{revision}_{key[0][:8]}"
-            await self.drop_database(name)  # an earlier run's, left half-made on an operator's server
+            # this server object's own: two runs on one operator's server must not share (or drop) one
+            name = f"projmig_tpl_{revision}_{self._token}"
             db = await self.create_database(name)
             try:
-                await self.runner(migrations).migrate(db, revision)
-                await _empty_all_tables(db)
+                cache = await self._schema_file(key)
+                if cache is not None and cache.is_file():
+                    await _execute_script(db, cache.read_text())
+                else:
+                    await self.runner(migrations).migrate(db, revision)
+                    await _empty_all_tables(db)
+                    if cache is not None:
+                        await asyncio.to_thread(_save_schema, db, cache)
             except BaseException:
                 await self.drop_database(name)
                 raise
             self._templates[key] = name
             return name, time.monotonic() - started
+
+    async def _schema_file(self, key: tuple[str, str]) -> Path | None:
+        """Where the schema cache keeps this package's schema at this revision, for this server's
+        PostgreSQL major version (None: no cache)."""
+        if self.schema_cache is None:
+            return None
+        conn = await connect(self.admin)
+        try:
+            major = await conn.fetchval("SELECT current_setting('server_version_num')::int / 10000")
+        finally:
+            await conn.close()
+        return self.schema_cache / key[0] / f"{key[1]}.pg{major}.sql"
 
     async def close(self) -> None:
         """Stop the migration subprocesses; drop the templates (an operator's server) or stop
@@ -212,7 +247,7 @@ class StagingServer:
                 await self.drop_database(name)
         else:
             # immediate shutdown: its data directory is removed next, a checkpoint would be wasted
-            await asyncio.to_thread(_stop_now, self._owned)
+            await asyncio.to_thread(stop_at_once, self._owned)
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
         self._templates.clear()
@@ -224,9 +259,11 @@ class StagingServer:
         await self.close()
 
 
-def _stop_now(server: object) -> None:
-    """Stop projmig's own staging server at once (SIGQUIT: immediate shutdown). Its process is
-    gone for us once it is a zombie: the init process here reaps only every second or so."""
+def stop_at_once(server: object) -> None:
+    """Stop a throwaway :class:`~projmig.sandbox.servers.PostgresServer` at once (SIGQUIT: immediate
+    shutdown; its data is thrown away, a checkpoint would be wasted: the fast shutdown took ~1.2 s
+    here). Its process is gone for us once it is a zombie (an init process may reap only every
+    second or so)."""
     pid = getattr(server, "pid", None)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -466,6 +503,53 @@ async def _empty_all_tables(db: DatabaseSettings) -> None:
         emptied = [t for t in tables if t not in KEEP_ROWS]
         if emptied:
             await conn.execute(f"TRUNCATE {', '.join(map(_quote, emptied))} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+def _save_schema(db: DatabaseSettings, path: Path) -> None:
+    """``pg_dump`` of the template (its schema and its one alembic_version row, as INSERTs: a script
+    asyncpg can run). Without pg_dump, or with output a script cannot run, there is no cache: the
+    next run migrates again."""
+    tool = _pg_dump()
+    if tool is None:
+        return
+    url = db.url()
+    env = {"PATH": os.environ.get("PATH", ""), "PGPASSWORD": url.password or "", "PGSSLMODE": db.ssl,
+           "PGCONNECT_TIMEOUT": str(max(1, int(db.connect_timeout)))}
+    dumped = subprocess.run(
+        [tool, "-h", url.host or "", "-p", str(url.port or 5432), "-U", url.username or "", "--no-owner",
+         "--no-privileges", "--inserts", url.database or ""],
+        capture_output=True, text=True, env=env,
+    )
+    if dumped.returncode != 0:
+        return
+    # pg_dump 15.14+ brackets its output in psql's \restrict/\unrestrict; any other meta-command: no cache
+    lines = [line for line in dumped.stdout.splitlines() if not line.startswith(("\\restrict ", "\\unrestrict "))]
+    if any(line.startswith("\\") for line in lines):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text("\n".join(lines) + "\n")
+    partial.replace(path)
+
+
+def _pg_dump() -> str | None:
+    try:
+        from .sandbox.servers import find_pg_bindir
+
+        local = find_pg_bindir() / "pg_dump"
+        if local.exists():
+            return str(local)
+    except Exception:  # noqa: BLE001 - no server binaries here: a pg_dump on PATH will do
+        pass
+    return shutil.which("pg_dump")
+
+
+async def _execute_script(db: DatabaseSettings, script: str) -> None:
+    conn = await connect(db)
+    try:
+        await conn.execute(script)
     finally:
         await conn.close()
 

@@ -26,7 +26,7 @@ from projmig.sandbox.servers import PostgresServer, find_pg_bindir
 from projmig.sandbox.simcore import Identities
 from projmig.schema import PROJECT_TABLES
 from projmig.settings import DatabaseSettings
-from projmig.staging import StagingServer
+from projmig.staging import StagingServer, stop_at_once
 
 PACKAGE_ENV = "PROJMIG_TEST_OSPARC_PACKAGE"
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ async def source_server(osparc: OsparcMigrations, tmp_path_factory: pytest.TempP
         yield SourceServer(server, admin, runner)
     finally:
         await runner.close()
-        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(stop_at_once, server)
 
 
 @pytest.fixture(scope="session")
