@@ -20,6 +20,7 @@ Imports nothing of projmig, so that its start costs only alembic's, SQLAlchemy's
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ import time
 from typing import Any
 
 REQUEST_ENV = "PROJMIG_OSPARC_ALEMBIC"
+# what every run imports: alembic, the driver osparc's env.py connects with, osparc's models (its env.py)
+PRELOADED = ("alembic.command", "psycopg2", "simcore_postgres_database.settings")
 RESULT_MARK = "PROJMIG-RESULT "
 
 
@@ -86,9 +89,8 @@ def preload(setup: dict[str, Any]) -> str | None:
     kept and reported by the first run."""
     _source_tree_distributions(setup.get("versions", {}))
     try:
-        import alembic.command  # noqa: F401
-        import psycopg2  # noqa: F401
-        import simcore_postgres_database.settings  # noqa: F401
+        for module in PRELOADED:
+            importlib.import_module(module)
     except BaseException as exc:  # noqa: BLE001
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -29,7 +29,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -548,7 +548,14 @@ def read_revision(script: Path) -> Revision | None:
     literals, not run; the whole script is parsed only when its facts are asked for (273 scripts
     parse in ~1 s, their assignments read in ~0.05 s)."""
     text = script.read_text()
-    values = {name: ast.literal_eval(value) for name, value in _ASSIGNMENT.findall(text)}
+    try:
+        values = {name: ast.literal_eval(value) for name, value in _ASSIGNMENT.findall(text)}
+    except (SyntaxError, ValueError):  # e.g. a merge's tuple over several lines: parse the script
+        values = {
+            target.id: ast.literal_eval(node.value)
+            for node in ast.parse(text, str(script)).body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name) and target.id in ("revision", "down_revision")
+        }
     if not isinstance(values.get("revision"), str):
         return None
     down = values.get("down_revision")

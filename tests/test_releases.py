@@ -23,7 +23,9 @@ from projmig.releases import (
 )
 from projmig.sandbox.osparc_releases import OLDER_REVISION, WORKBENCH_REVISION, seed_identities, seed_study
 
-from .releases_fixtures import SourceServer, osparc, source_server  # noqa: F401 - fixtures
+from .releases_fixtures import SourceServer, osparc, source_server
+
+FIXTURES = (osparc, source_server)  # pytest finds the imported fixtures by their names here
 
 HEAD = "3f8c0e8d11a4"
 WORKBENCH_TO_NODES = "201aa37f4d9a"

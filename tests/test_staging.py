@@ -23,7 +23,7 @@ from projmig.releases import MigrationError, OsparcMigrations, connect, current_
 from projmig.sandbox.osparc_releases import OLDER_REVISION, WORKBENCH_REVISION, seed_identities, seed_study
 from projmig.staging import Closure, StagingError, StagingServer, load, staging_database
 
-from .releases_fixtures import (  # noqa: F401 - fixtures
+from .releases_fixtures import (
     Source,
     SourceServer,
     build_source,
@@ -37,6 +37,8 @@ from .releases_fixtures import (  # noqa: F401 - fixtures
     table_counts,
     text_rows,
 )
+
+FIXTURES = (osparc, source_server, staging_server)  # pytest finds the imported fixtures by their names here
 
 HEAD = "3f8c0e8d11a4"
 
