@@ -25,6 +25,8 @@ from projmig.sandbox.osparc_releases import OLDER_REVISION, WORKBENCH_REVISION, 
 
 from .releases_fixtures import SourceServer, osparc, source_server
 
+# one worker of `make test` runs these (their servers, sources and templates are made once per worker)
+pytestmark = pytest.mark.xdist_group("osparc-releases")
 FIXTURES = (osparc, source_server)  # pytest finds the imported fixtures by their names here
 
 HEAD = "3f8c0e8d11a4"
