@@ -39,9 +39,10 @@ ceph:
 
 # Parallel workers (pytest-xdist), each with servers of its own (tests/conftest.py). The suite waits on
 # servers and subprocesses a good part of the time: on 2 cores 3 workers take less than half the
-# serial time, and keep both cores ~80% busy (its CPU time, ~1050 s here, is the limit).
+# serial time, and keep both cores ~80% busy (its CPU time, ~1050 s here, is the limit). loadgroup: as
+# load, but the tests of one xdist_group share a worker (tests/test_staging.py's sources and templates).
 TEST_WORKERS ?= 3
-PYTEST_PARALLEL := $(BIN)/python -m pytest -n $(TEST_WORKERS)
+PYTEST_PARALLEL := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 # the randomized fault trials (tests/faults/test_randomized.py): `make test` runs their default
 # number (20), `make test-long` this many (~7 s each)
 LONG_FAULT_TRIALS ?= 120
