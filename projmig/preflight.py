@@ -8,6 +8,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
+from aiobotocore.session import AioSession
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -22,7 +23,8 @@ from .probes import VerificationProbe, check_bucket, probe_key, probe_verificati
 from .s3 import Retrier
 from .schema import ColumnDiff
 from .selection import Selection, creation_dates, select_projects
-from .settings import MigrationSettings, UuidPolicy
+from .choices import UuidPolicy
+from .settings import MigrationSettings
 
 
 class PreflightReport(BaseModel):
@@ -48,10 +50,12 @@ class PreflightReport(BaseModel):
 
 async def run_preflight(
     settings: MigrationSettings, *, probe_write: bool = True, locks: ProjectLocks | None = None, owner: bool = True,
+    session: AioSession | None = None,
 ) -> PreflightReport:
     """``locks``: the run's locks (:mod:`projmig.locks`): once the destination projects are known, and
     before they are looked for in the destination, they are locked (waiting for another run of them).
-    ``owner``: the destination owner is needed (``cleanup`` looks for uploads, whoever would own them)."""
+    ``owner``: the destination owner is needed (``cleanup`` looks for uploads, whoever would own them).
+    ``session``: the run's botocore session, for the probes' clients."""
     quick = Retrier(attempts=2, timeout=20, initial_wait=0.5, max_wait=2)
     async with AsyncExitStack() as stack:
         engines: dict[str, AsyncEngine] = {}
@@ -62,7 +66,7 @@ async def run_preflight(
             except PreflightError as exc:
                 problems += exc.problems
         for role, s3 in (("source", settings.source.s3), ("destination", settings.destination.s3)):
-            problems += (await check_bucket(role, s3, quick, listing=True, write_probe_key=None)).problems
+            problems += (await check_bucket(role, s3, quick, listing=True, write_probe_key=None, session=session)).problems
         if problems:
             raise PreflightError(problems)
 
@@ -85,7 +89,7 @@ async def run_preflight(
             # the only write of the preflight, and only once everything else is right; from here on
             # the calls move bytes: retried like every S3 call of the migration
             report.verification = await probe_verification(
-                settings, report.selection.roots, Retrier.of(settings.options), problems
+                settings, report.selection.roots, Retrier.of(settings.options), problems, session
             )
             if problems:
                 raise PreflightError(problems)

@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field
 from .buckets import abort_upload, abort_uploads, etag_of, listing_pages
 from .copier import stored_checksum
 from .marks import COPY_MARK
+from aiobotocore.session import AioSession
+
 from .s3 import CHECKSUM_MISMATCH, Retrier, error_code, explain_bucket_error, s3_client
 from .settings import MigrationSettings, S3Settings
 
@@ -54,7 +56,7 @@ SMALL_PROBE = 16 * 1024 * 1024  # the largest source object read whole to see wh
 
 
 async def probe_verification(
-    settings: MigrationSettings, roots: list[str], retry: Retrier, problems: list[str]
+    settings: MigrationSettings, roots: list[str], retry: Retrier, problems: list[str], session: AioSession | None = None,
 ) -> VerificationProbe:
     """Whether each side's ETags are the MD5 of the bytes (SSE-KMS and SSE-C objects on AWS have
     other ETags): in the first project, the smallest single-part object of the first listing page
@@ -66,7 +68,7 @@ async def probe_verification(
     again)."""
     probe = VerificationProbe()
     src, dst = settings.source.s3, settings.destination.s3
-    written = await check_bucket("destination", dst, retry, listing=False, write_probe_key=probe_key(roots))
+    written = await check_bucket("destination", dst, retry, listing=False, write_probe_key=probe_key(roots), session=session)
     if written.problems:
         problems += written.problems
         return probe
@@ -76,7 +78,7 @@ async def probe_verification(
                        f"S3 checksums {'validated and kept' if written.checksums else 'not validated'}")
     destination_what = f"destination bucket {dst.describe()} (provider {dst.provider}): a part of probe upload {probe_key(roots)}"
     source_what = ""
-    async with s3_client(src) as client:
+    async with s3_client(src, session=session) as client:
         key = await _small_single_part_object(client, src.bucket, f"{roots[0]}/", retry) if roots else None
         if key is not None:
 
@@ -132,7 +134,7 @@ class BucketCheck(NamedTuple):
 
 
 async def check_bucket(
-    role: str, s3: S3Settings, retry: Retrier, *, listing: bool, write_probe_key: str | None
+    role: str, s3: S3Settings, retry: Retrier, *, listing: bool, write_probe_key: str | None, session: AioSession | None = None,
 ) -> BucketCheck:
     """Whether the bucket can be read (``listing``) and written: the write probe opens a multipart
     upload at ``write_probe_key``, uploads small parts (:func:`_probe_checksums`; then one whose
@@ -140,7 +142,7 @@ async def check_bucket(
     where = f"{role} bucket {s3.describe()}"
     md5_etag = checksums = None
     try:
-        async with s3_client(s3, connect_timeout=5) as client:
+        async with s3_client(s3, session=session, connect_timeout=5) as client:
             if listing:
                 await retry(f"{where}: head", lambda: client.head_bucket(Bucket=s3.bucket))
                 await retry(f"{where}: list", lambda: client.list_objects_v2(Bucket=s3.bucket, MaxKeys=1))

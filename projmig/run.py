@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+from aiobotocore.session import AioSession
 from pydantic import BaseModel, ConfigDict
 
 from .budget import ByteBudget
@@ -25,7 +26,7 @@ from .buckets import ObjectState
 from .copier import CopyOutcome, ObjectCopier
 from .locks import ProjectLocks, project_locks
 from .plan import ObjectCopy
-from .s3 import Retrier, s3_client
+from .s3 import Retrier, new_session, s3_client
 from .s3data import DataPath, data_path
 from .settings import MigrationOptions, MigrationSettings, S3Settings
 
@@ -62,9 +63,10 @@ class Transfers:
     parts) in flight and ``memory_limit`` bytes held, across all copy task runs at once, so that a
     batch that finishes late gets every free slot instead of a share fixed in advance."""
 
-    def __init__(self, settings: TransferSettings, source: Side, destination: Side):
+    def __init__(self, settings: TransferSettings, source: Side, destination: Side, session: AioSession):
         self.settings = settings
         self.source, self.destination = source, destination
+        self.session = session  # whose clients these are (the run's other clients come from it too)
         self.retry = Retrier.of(settings.options)
         self.slots = asyncio.Semaphore(settings.options.copy_concurrency)
         self.budget = ByteBudget(settings.options.memory_limit)
@@ -75,13 +77,14 @@ class Transfers:
         opts = settings.options
         lean = opts.s3_data_client == "lean"
         pool = max(opts.copy_concurrency, opts.part_concurrency) + 4
+        session = new_session()
         async with AsyncExitStack() as stack:
             sides = []
             for s3 in (settings.source, settings.destination):
-                client = await stack.enter_async_context(s3_client(s3, max_connections=pool))
+                client = await stack.enter_async_context(s3_client(s3, session=session, max_connections=pool))
                 data = await stack.enter_async_context(data_path(s3, client, lean=lean, max_connections=pool))
                 sides.append(Side(s3, client, data))
-            yield cls(settings, *sides)
+            yield cls(settings, *sides, session)
 
     def use_verification(self, method: Verification) -> None:
         options = self.settings.options.model_copy(update={"verification": method})

@@ -316,7 +316,7 @@ class MigrationSettings(BaseSettings):
                 value = True
             target = data.setdefault(new_section, {})
             if isinstance(target, dict):
-                if new_name in target and target[new_name] != value:
+                if target.get(new_name) is not None and target[new_name] != value:  # (null: not chosen)
                     raise ValueError(f"{old} and {new} both given: keep one")
                 target[new_name] = value
         return data

@@ -40,7 +40,9 @@ Batch = list[tuple[ObjectCopy, ObjectState | None]]  # objects to copy, with wha
 async def preflight(run: MigrationRun, *, probe_write: bool = True, owner: bool = True) -> PreflightReport:
     """The checks before any byte moves; a run that holds locks locks its projects here. ``owner``:
     the destination owner is checked (not by ``cleanup``)."""
-    return await run_preflight(run.settings, probe_write=probe_write, locks=run.locks, owner=owner)
+    return await run_preflight(
+        run.settings, probe_write=probe_write, locks=run.locks, owner=owner, session=run.transfers.session
+    )
 
 
 async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph:

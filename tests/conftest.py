@@ -90,8 +90,9 @@ MARKS_BY_FIXTURE = {
     "prefect": "prefect_api", "prefect_server": "prefect_api",
     "ceph": "ceph",
     "faulty": "fault_proxy", "proxies": "fault_proxy", "dst_s3_proxy": "fault_proxy",
+    "source_server": "slow", "staging_server": "slow",
 }
-SLOW_MARKS = {"prefect_api", "ceph", "fault_proxy"}
+SLOW_MARKS = {"prefect_api", "ceph", "fault_proxy", "slow"}
 
 
 def takes_ceph(item: pytest.Item) -> bool:

@@ -136,3 +136,74 @@ def test_the_checks_see_function_level_imports_and_relative_circles(tmp_path: Pa
     assert circles(import_graph(modules)) == [["flows.x", "flows.y", "flows.z"], ["projmig.a", "projmig.b"]]
     taken = {(name, imported, taken) for name, path in modules.items() for imported, taken, _ in imports_of(name, path, modules)}
     assert ("projmig.b", "projmig.a", "_helper") in taken
+
+
+# -- no ambient state in the library --------------------------------------------------------------
+#
+# What a run shares is one MigrationRun handed to every step (projmig/run.py). The library keeps
+# nothing of a run anywhere else: no context variables, thread-locals or `global` rebinding, no
+# module-level container that code of the module changes, nothing keyed by event loop. Module-level
+# constants (tables of rules, frozensets) are fine, and so is functools.cache on a function of its
+# arguments (a process-wide cache of data no run changes: botocore's service loader, osparc's scripts).
+
+MUTATING_METHODS = {"append", "add", "update", "setdefault", "pop", "popitem", "clear", "extend", "insert",
+                    "remove", "discard", "__setitem__", "__delitem__", "appendleft", "extendleft"}
+
+
+def ambient_state(path: Path) -> list[str]:
+    """``file:line what`` for each construct of ambient state in a module (see above)."""
+    tree = ast.parse(path.read_text(), str(path))
+    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    found: list[str] = []
+    module_names = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            if "contextvars" in names or "ContextVar" in names:
+                found.append(f"{where}:{node.lineno} imports contextvars")
+        elif isinstance(node, ast.Attribute) and node.attr in ("local", "ContextVar") and \
+                isinstance(node.value, ast.Name) and node.value.id in ("threading", "contextvars"):
+            found.append(f"{where}:{node.lineno} uses {node.value.id}.{node.attr}")
+        elif isinstance(node, ast.Global):
+            found.append(f"{where}:{node.lineno} rebinds global {', '.join(node.names)}")
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) and target.value.id in module_names:
+                    found.append(f"{where}:{node.lineno} changes module-level {target.value.id}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATING_METHODS:
+            owner = node.func.value
+            if isinstance(owner, ast.Name) and owner.id in module_names:
+                found.append(f"{where}:{node.lineno} changes module-level {owner.id}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_running_loop":
+            parent_keys = [n for n in ast.walk(tree) if isinstance(n, ast.Subscript) and node in ast.walk(n.slice)]
+            if parent_keys:
+                found.append(f"{where}:{node.lineno} keys something by event loop")
+    return found
+
+
+def test_no_ambient_run_state_in_the_library() -> None:
+    modules = [path for name, path in our_modules().items() if name.split(".")[0] == "projmig"]
+    assert REPO / "projmig" / "run.py" in modules
+    assert [line for path in modules for line in ambient_state(path)] == []
+
+
+def test_the_ambient_state_check_sees_each_kind(tmp_path: Path) -> None:
+    """Shown to find what it looks for: each kind of ambient state in a module of its own."""
+    kinds = {
+        "from contextvars import ContextVar\nheld = ContextVar('held')\n": "imports contextvars",
+        "import threading\n_local = threading.local()\n": "uses threading.local",
+        "_loader = None\ndef load():\n    global _loader\n    _loader = 1\n": "rebinds global _loader",
+        "_seen: set[int] = set()\ndef see(x):\n    _seen.add(x)\n": "changes module-level _seen",
+        "_cache = {}\ndef put(k, v):\n    _cache[k] = v\n": "changes module-level _cache",
+        "import asyncio\n_by_loop = {}\nasync def f():\n    return _by_loop[asyncio.get_running_loop()]\n":
+            "keys something by event loop",
+    }
+    for i, (code, what) in enumerate(kinds.items()):
+        module = tmp_path / f"m{i}.py"
+        module.write_text(code)
+        assert any(what in line for line in ambient_state(module)), (code, ambient_state(module))
+    constant = tmp_path / "constant.py"
+    constant.write_text("RULES = {'a': 1}\ndef rule(k):\n    return RULES[k]\n")
+    assert ambient_state(constant) == []

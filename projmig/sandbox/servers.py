@@ -32,48 +32,54 @@ class ServerError(RuntimeError):
     pass
 
 
-_handed_out: set[int] = set()
-
-# Ports handed out by any process of this user in the last CLAIM_SECONDS, one empty file each: the
+# Ports handed out by any process of this user, one file each holding the claiming process's pid: the
 # kernel offers a free port to whoever asks, and processes that start servers at the same time
-# (parallel test workers) must not get the same one before either server listens on it.
+# (parallel test workers) must not get the same one before either server listens on it. A claim holds
+# for CLAIM_SECONDS, and for as long as its process lives in that process itself (a server is started
+# only after all its ports are chosen, and the kernel may offer a just-closed port again).
 PORT_CLAIMS = Path(tempfile.gettempdir()) / f"projmig-port-claims-{os.getuid()}"
 CLAIM_SECONDS = 600.0
+GRPC_OFFSET = 10000  # SeaweedFS's gRPC port is its port + 10000
 
 
 def free_port(*, plus: int | None = None) -> int:
-    """A port nobody listens on, never the same twice in this process (the kernel may offer a
-    just-closed port again, and a server is started only after all its ports are chosen) nor to two
-    processes at once. ``plus``: the port ``plus`` above it must be free too (and is handed out)."""
+    """A port nobody listens on, never the same twice in this process nor to two processes at once.
+    ``plus``: the port ``plus`` above it must be free too (and is handed out)."""
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         wanted = [port] if plus is None else [port, port + plus]
-        if wanted[-1] >= 65536 or any(p in _handed_out or p + 10000 in _handed_out for p in wanted):
+        if wanted[-1] >= 65536:
             continue
         if plus is not None and not port_is_free(port + plus):
             continue
         if _claim(wanted):
-            _handed_out.update(wanted)
             return port
 
 
 def _claim(ports: list[int]) -> bool:
-    """Claim all of ``ports`` for this process, or none when another process claimed one lately."""
+    """Claim all of ``ports`` for this process, or none when one of them (or its gRPC twin) is claimed."""
     PORT_CLAIMS.mkdir(exist_ok=True)
     with (PORT_CLAIMS / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        now = time.time()
-        if not _handed_out:  # once per process: forget old claims
-            for old in PORT_CLAIMS.glob("[0-9]*"):
-                if now - old.stat().st_mtime > CLAIM_SECONDS:
-                    old.unlink(missing_ok=True)
-        paths = [PORT_CLAIMS / str(port) for port in ports]
-        if any(path.exists() and now - path.stat().st_mtime < CLAIM_SECONDS for path in paths):
+        now, me = time.time(), os.getpid()
+
+        def claimed(port: int) -> bool:
+            path = PORT_CLAIMS / str(port)
+            try:
+                age, owner = now - path.stat().st_mtime, int(path.read_text() or 0)
+            except (OSError, ValueError):
+                return False
+            if age < CLAIM_SECONDS or owner == me:
+                return True
+            path.unlink(missing_ok=True)  # an old claim of another process: forgotten
             return False
-        for path in paths:
-            path.touch()
+
+        if any(claimed(p) or claimed(p + GRPC_OFFSET) for p in ports):
+            return False
+        for port in ports:
+            (PORT_CLAIMS / str(port)).write_text(str(me))
         return True
 
 
