@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from projmig.choices import CHOICES, RunChoices
 from projmig.errors import ConfigError, PreflightError, ProjmigError, TransferError
-from projmig.settings import MigrationSettings, format_validation_error, template
+from projmig.settings import HostSettings, MigrationSettings, format_validation_error, template
 from projmig.units import human_bytes
 
 from .console import err, out, print_report, say
@@ -52,6 +52,11 @@ def choosing(command: str) -> Callable[[F], F]:
     gets those given together as ``choices``. Unset: the cfg.json's."""
     names = [name for name, choice in CHOICES.items() if command in choice.commands]
     added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=_default(n), annotation=_option(n)) for n in names]
+    # not a choice: the host's (osparc's migrations are code that runs), given where the command runs
+    names.append("schema_migrations")
+    added.append(inspect.Parameter("schema_migrations", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Path | None, typer.Option("--schema-migrations", help=f"{HostSettings.model_fields['schema_migrations'].description} "
+                                  "(host.schema_migrations)")]))
 
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn, eval_str=True)
@@ -113,6 +118,9 @@ def errors_as_lines() -> Iterator[None]:
 def load(config: Path, choices: dict[str, Any], *, owner: bool = True) -> MigrationSettings:
     """The cfg.json with the command line's choices on top; ``owner``: the command needs the destination owner."""
     settings = MigrationSettings.load(config)
+    migrations = choices.pop("schema_migrations", None)
+    if migrations is not None:
+        settings = settings.model_copy(update={"host": settings.host.model_copy(update={"schema_migrations": migrations})})
     try:
         settings = settings.with_choices(choices).require_something_to_move(str(config))
     except ValidationError as exc:
@@ -141,6 +149,8 @@ def plan(config: ConfigOption, choices: dict[str, Any]) -> None:
 
     async def main() -> None:
         report, migration = await commands.plan(await settings_of(config, choices))
+        for line in report.release.lines() if report.release else []:
+            say(out, line)
         for line in migration.summary_lines():
             say(out, line)
         if report.already_migrated:

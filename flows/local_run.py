@@ -48,7 +48,8 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
         # bad input fails here, in seconds, before Prefect starts
         settings = await resolved(settings, importing=importing)
         async with MigrationRun.open(settings, lock=False) as checking:
-            await steps.preflight(checking, probe_write=False)
+            # (across osparc releases the rows are staged once, by the flow's own preflight)
+            await steps.preflight(checking, probe_write=False, stage=False)
     finally:
         if importing is not None:
             # also when a check failed: a daemon thread still importing when the interpreter exits is

@@ -230,10 +230,14 @@ async def _dates_out_of_range(conn: AsyncConnection, table: Table, key: str, uui
 
 
 async def read_graph(
-    conn: AsyncConnection, list_prefix, roots: list[str], *, include_hidden: bool, only: Collection[str] | None = None
+    conn: AsyncConnection, list_prefix, roots: list[str], *, include_hidden: bool, only: Collection[str] | None = None,
+    source: AsyncConnection | None = None, states: dict[str, SourceState] | None = None,
 ) -> ProjectGraph:
     """The graph of ``roots``; ``list_prefix(prefix) -> {key: (size, etag)}`` lists the source bucket.
-    ``only``: the projects the preflight found (and locked); a hidden child made since is left for a rerun."""
+    ``only``: the projects the preflight found (and locked); a hidden child made since is left for a rerun.
+    Across osparc releases ``conn`` holds the projects' staged rows (:mod:`projmig.staging`): then
+    ``source`` is the source itself, where the rows that were not staged are counted (left behind),
+    and ``states`` the projects' states read from it before they were staged."""
     metadata = await reflect(conn, PROJECT_TABLES)
     parents: dict[str, str | None] = {r: None for r in roots}
     if include_hidden and "projects_metadata" in metadata.tables:
@@ -248,7 +252,7 @@ async def read_graph(
 
     graph = ProjectGraph(roots=list(roots), projects=[], json_columns=json_columns(metadata))
     graph.text_rows = await read_text_rows(conn, uuids)
-    graph.source_states = await source_states(conn, uuids)
+    graph.source_states = states if states is not None else await source_states(conn, uuids)
     graph.everyone_gid = await conn.scalar(text("SELECT gid FROM groups WHERE type = 'EVERYONE' LIMIT 1"))
     owners = {r["projects"][0]["prj_owner"] for r in rows.values()} - {None}
     owner_gids = dict(
@@ -281,7 +285,7 @@ async def read_graph(
     copied = {o.key for o in graph.objects}
     for entry in (e for p in graph.projects for e in p.files if e.kind == "soft_link" and e.object_name not in copied):
         entry.missing = f"soft link {entry.file_id}: its target {entry.object_name} is not copied with these projects"
-    graph.left_behind = await _count_left_behind(conn, uuids)
+    graph.left_behind = await _count_left_behind(source or conn, uuids)
     if graph.unreferenced_objects:
         graph.warnings.append(
             f"{graph.unreferenced_objects} objects ({graph.unreferenced_bytes} bytes) under the projects' prefixes "

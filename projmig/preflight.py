@@ -6,9 +6,9 @@ to know or raises one :class:`PreflightError` listing every problem found, each 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
-from aiobotocore.session import AioSession
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -16,20 +16,54 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import alembic_revision, open_engine
 from .drift import check_drift
-from .errors import PreflightError
-from .locks import ProjectLocks
+from .errors import ConfigError, PreflightError
 from .plan import DestinationFacts
 from .probes import VerificationProbe, check_bucket, probe_key, probe_verification
 from .s3 import Retrier
 from .schema import ColumnDiff
 from .selection import Selection, creation_dates, select_projects
 from .choices import UuidPolicy
+from .graph import SourceState, source_states
+from .releases import MigrationError, MigrationPath, OsparcMigrations
+from .run import MigrationRun
 from .settings import MigrationSettings
+from .staging import StagingError
+
+
+class ReleaseCrossing(BaseModel):
+    """How the projects' rows get from the source's osparc revision to the destination's: osparc's own
+    migrations (:mod:`projmig.releases`) on a staging database of just those rows (:mod:`projmig.staging`)."""
+
+    package: str  # osparc-simcore's packages/postgres-database
+    path: str  # the path in one line: direction, revisions, how many migrations, those on project tables
+    direction: str
+    migrations: int
+    touching: list[str] = Field(default_factory=list)  # 'rev ("doc"): tables' of each on project tables
+    dropped_tables: list[str] = Field(default_factory=list)
+    staged_rows: dict[str, int] = Field(default_factory=dict)  # table -> rows staged (at the source's revision)
+    gone: dict[str, int] = Field(default_factory=dict)  # "table.column" with values, not at the destination's revision
+    seconds: dict[str, float] = Field(default_factory=dict)  # the staging's phases
+
+    def lines(self) -> list[str]:
+        """What ``projmig plan`` says of it."""
+        lines = [f"across osparc releases: {self.path}", f"  osparc's migrations from {self.package}"]
+        if self.staged_rows:
+            rows = ", ".join(f"{t} {n}" for t, n in self.staged_rows.items() if n)
+            took = self.seconds.get("total")
+            lines.append(f"  staged rows: {rows}" + (f" (staging {took:.1f} s)" if took is not None else ""))
+        what = "dropped by the downgrade" if self.direction == "downgrade" else "not at the destination's revision"
+        lines += [f"  {what}: {column} ({n} rows held a value)" for column, n in self.gone.items()]
+        lines += [f"  table {table}: not at the destination's revision" for table in self.dropped_tables]
+        return lines
 
 
 class PreflightReport(BaseModel):
     source_revision: str | None
     destination_revision: str | None
+    release: ReleaseCrossing | None = None  # the source and destination run different osparc releases
+    # across releases: each source project's state, read before the staging read its rows (what the
+    # insert reads again before COMMIT); else the graph reads them with the rows
+    source_states: dict[str, SourceState] = Field(default_factory=dict)
     selection: Selection  # the projects and their destination ids (projmig/selection.py)
     already_migrated: list[str] = Field(default_factory=list)  # in the destination from an earlier run
     facts: DestinationFacts
@@ -48,14 +82,13 @@ class PreflightReport(BaseModel):
         return probe_key(self.selection.roots)
 
 
-async def run_preflight(
-    settings: MigrationSettings, *, probe_write: bool = True, locks: ProjectLocks | None = None, owner: bool = True,
-    session: AioSession | None = None,
-) -> PreflightReport:
-    """``locks``: the run's locks (:mod:`projmig.locks`): once the destination projects are known, and
-    before they are looked for in the destination, they are locked (waiting for another run of them).
-    ``owner``: the destination owner is needed (``cleanup`` looks for uploads, whoever would own them).
-    ``session``: the run's botocore session, for the probes' clients."""
+async def run_preflight(run: MigrationRun, *, probe_write: bool = True, owner: bool = True, stage: bool = True) -> PreflightReport:
+    """The checks of ``run`` (its settings; its locks: once the destination projects are known, and
+    before they are looked for in the destination, they are locked, waiting for another run of them:
+    :mod:`projmig.locks`). ``owner``: the destination owner is needed (``cleanup`` looks for uploads,
+    whoever would own them). ``stage``: across osparc releases, the projects' rows are staged now
+    (the run keeps them) and the checks that need them run; else those are left to a later preflight."""
+    settings, session = run.settings, run.transfers.session
     quick = Retrier(attempts=2, timeout=20, initial_wait=0.5, max_wait=2)
     async with AsyncExitStack() as stack:
         engines: dict[str, AsyncEngine] = {}
@@ -73,7 +106,7 @@ async def run_preflight(
         try:
             async with engines["source"].connect() as src, engines["destination"].connect() as dst:
                 try:
-                    report = await _check_databases(settings, src, dst, problems, locks, owner)
+                    report = await _check_databases(run, src, dst, problems, owner, stage)
                 except Exception as exc:
                     if not _connection_lost(exc):
                         raise
@@ -111,21 +144,25 @@ def _lost(settings: MigrationSettings, roles: list[str], exc: BaseException) -> 
 
 
 async def _check_databases(
-    settings: MigrationSettings, src: AsyncConnection, dst: AsyncConnection, problems: list[str],
-    locks: ProjectLocks | None = None, owner: bool = True,
+    run: MigrationRun, src: AsyncConnection, dst: AsyncConnection, problems: list[str], owner: bool, stage: bool,
 ) -> PreflightReport:
+    settings = run.settings
     src_rev, dst_rev = await alembic_revision(src), await alembic_revision(dst)
     drift: list[ColumnDiff] = []
     drift_notes: list[str] = []
     drifting = False
+    crossing: tuple[OsparcMigrations, MigrationPath] | None = None
     if src_rev is None or dst_rev is None:
         missing = [r for r, v in (("source", src_rev), ("destination", dst_rev)) if v is None]
         problems.append(f"{' and '.join(missing)} database has no alembic_version: is it an osparc-simcore database?")
     elif src_rev != dst_rev:
-        if not settings.options.allow_schema_drift:
+        if settings.host.schema_migrations is not None:
+            crossing = release_path(settings.host.schema_migrations, src_rev, dst_rev, problems)
+        elif not settings.options.allow_schema_drift:
             problems.append(
-                f"schema revision mismatch: source is at {src_rev}, destination at {dst_rev} "
-                "(upgrade one side, or set options.allow_schema_drift to migrate where the columns allow it)"
+                f"schema revision mismatch: source is at {src_rev}, destination at {dst_rev} (set "
+                "host.schema_migrations to osparc-simcore's packages/postgres-database to migrate across the releases "
+                "with osparc's own migrations, or set options.allow_schema_drift to migrate where the columns allow it)"
             )
         else:
             drifting = True  # columns compared, and the rows to move checked, once they are known
@@ -138,17 +175,79 @@ async def _check_databases(
         problems += checked.problems
         drift, drift_notes = checked.diffs, checked.notes
 
-    # who receives it
-    facts, products = await _destination_facts(settings, src, dst, projects, problems if owner else [])
+    # where the projects' rows are read: the source, or across releases their staging (at the
+    # destination's revision, what osparc's migrations make of them)
+    rows: AsyncConnection | None = src
+    release: ReleaseCrossing | None = None
+    states: dict[str, SourceState] = {}
+    staging = AsyncExitStack()
+    if crossing is not None:
+        migrations, path = crossing
+        release = ReleaseCrossing(
+            package=str(migrations.package), path=path.describe(), direction=path.direction, migrations=len(path.steps),
+            touching=[f"{r.describe()}: {', '.join(sorted(t))}" for r, t in path.touching],
+            dropped_tables=sorted(path.dropped_tables),
+        )
+        rows = None
+        if stage and projects and not problems:
+            # read before the staging reads the rows: a change after this is seen before COMMIT
+            states = await source_states(src, projects)
+            try:
+                staged = await run.stage(projects, migrations, path.target)
+            except (MigrationError, StagingError) as exc:
+                raise PreflightError(str(exc)) from None
+            release.staged_rows, release.gone, release.seconds = staged.rows, staged.gone, staged.timings
+            engine = await staging.enter_async_context(open_engine(staged.db, "staging"))
+            rows = await staging.enter_async_context(engine.connect())
 
-    if locks is not None and projects and not problems:
-        # one run of these projects at a time from here on; what another run inserted while this
-        # one waited is seen below (no transaction is kept open while waiting)
-        await src.rollback()  # read-only so far: ended, not kept open while waiting
-        await dst.rollback()
-        await locks.acquire(selection.destination_uuids)
+    try:
+        # who receives it
+        facts, products = await _destination_facts(settings, rows, dst, projects, problems if owner else [])
+        if run.locks is not None and projects and not problems:
+            # one run of these projects at a time from here on; what another run inserted while this
+            # one waited is seen below (no transaction is kept open while waiting)
+            for conn in {src, dst, rows} - {None}:
+                await conn.rollback()  # type: ignore[union-attr]  # read-only so far: ended, not kept open while waiting
+            await run.locks.acquire(selection.destination_uuids)
+        # collisions: the same uuid or file_id for something that is not this project
+        already = await _collisions(settings, rows, dst, selection, problems)
+    finally:
+        await staging.aclose()
 
-    # collisions: the same uuid or file_id for something that is not this project
+    return PreflightReport(
+        source_revision=src_rev,
+        destination_revision=dst_rev,
+        release=release,
+        source_states=states,
+        selection=selection,
+        already_migrated=already,
+        facts=facts,
+        products=products,
+        schema_drift=[d.__dict__ for d in drift if not d.identical],
+        drift_notes=drift_notes,
+    )
+
+
+def release_path(package: Path, src_rev: str, dst_rev: str, problems: list[str]) -> tuple[OsparcMigrations, MigrationPath] | None:
+    """osparc's migrations from the source's revision to the destination's (each problem one line)."""
+    try:
+        migrations = OsparcMigrations.at(package, what="host.schema_migrations")
+        migrations.revision(src_rev, "source revision")
+        migrations.revision(dst_rev, "destination revision")
+        return migrations, migrations.path(src_rev, dst_rev)
+    except ConfigError as exc:
+        problems += exc.problems
+        return None
+
+
+async def _collisions(
+    settings: MigrationSettings, rows: AsyncConnection | None, dst: AsyncConnection, selection: Selection,
+    problems: list[str],
+) -> list[str]:
+    """The projects this migration inserted in an earlier run; each project or file the destination
+    holds under one of this migration's ids that is not this migration's is a problem. ``rows``: where
+    the projects' rows are (None: not staged yet; their file ids are checked by a later preflight)."""
+    projects = selection.projects
     already: list[str] = []
     if settings.choices.uuid_policy == UuidPolicy.KEEP and projects:
         existing = await creation_dates(dst, projects)
@@ -160,7 +259,7 @@ async def _check_databases(
                     f"collision: the destination already has a different project {uuid} ({name!r}, created "
                     f"{created:%Y-%m-%d %H:%M}): use choices.uuid_policy=new (--uuid-policy new) to copy it under new ids"
                 )
-        file_ids = [r[0] for r in await src.execute(
+        file_ids = [] if rows is None else [r[0] for r in await rows.execute(
             text("SELECT file_id FROM file_meta_data WHERE project_id = ANY(:p)"), {"p": projects}
         )]
         if file_ids:
@@ -175,17 +274,7 @@ async def _check_databases(
                 problems.append("collision: more destination file_ids clash")
     if selection.new_uuids:
         already = await _earlier_copies(dst, selection, problems)
-
-    return PreflightReport(
-        source_revision=src_rev,
-        destination_revision=dst_rev,
-        selection=selection,
-        already_migrated=already,
-        facts=facts,
-        products=products,
-        schema_drift=[d.__dict__ for d in drift if not d.identical],
-        drift_notes=drift_notes,
-    )
+    return already
 
 
 async def _earlier_copies(dst: AsyncConnection, selection: Selection, problems: list[str]) -> list[str]:
@@ -215,8 +304,10 @@ async def _earlier_copies(dst: AsyncConnection, selection: Selection, problems: 
 
 
 async def _destination_facts(
-    settings: MigrationSettings, src: AsyncConnection, dst: AsyncConnection, projects: list[str], problems: list[str]
+    settings: MigrationSettings, rows: AsyncConnection | None, dst: AsyncConnection, projects: list[str], problems: list[str]
 ) -> tuple[DestinationFacts, dict[str, int | None]]:
+    """The destination owner, group and products. ``rows``: where the projects' rows are (None: not
+    staged yet: the products of the projects are checked by a later preflight)."""
     chosen = settings.choices
     owner_gid = 0
     if chosen.destination_user_id is None:
@@ -239,8 +330,10 @@ async def _destination_facts(
             )
     if chosen.product_name:
         wanted = {chosen.product_name}
+    elif rows is None:
+        wanted = set()
     else:
-        wanted = {r[0] for r in await src.execute(
+        wanted = {r[0] for r in await rows.execute(
             text("SELECT DISTINCT product_name FROM projects WHERE uuid = ANY(:p)"), {"p": projects}
         )}
     products = dict((await dst.execute(

@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import datetime
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -74,7 +75,7 @@ from .plan import DestinationFacts, MigrationPlan
 from .units import human_bytes
 from .s3 import Retrier, error_code, s3_client
 from .schema import PROJECT_TABLES, insert_order, reflect
-from .selection import Lister, plan_selection, read_selection, select_projects
+from .selection import Lister, Selection, plan_selection, read_selection, select_projects
 from .settings import MigrationSettings, UuidPolicy
 
 IDENTITY_PROBE = ".projmig-identity-"  # + random hex: written to the destination, looked for in the source
@@ -175,15 +176,17 @@ class RollbackResult(BaseModel):
 
 
 async def recompute_plan(
-    src: AsyncConnection, dst: AsyncConnection, lister: Lister, settings: MigrationSettings
+    src: AsyncConnection, dst: AsyncConnection, lister: Lister, settings: MigrationSettings,
+    rows_of: Callable[[Selection], Awaitable[AsyncConnection]] | None = None,
 ) -> MigrationPlan:
     """The plan the migration with these settings made (and would make now: see the module's rule),
-    from the same selection (:func:`projmig.selection.select_projects`)."""
+    from the same selection (:func:`projmig.selection.select_projects`). ``rows_of``: where the
+    selection's rows are read (across osparc releases, their staging); default: the source."""
     problems: list[str] = []
     selection = await select_projects(settings, src, dst, problems)
     if problems:
         raise RollbackRefused([f"{p}: rollback finds what the migration wrote from the source projects" for p in problems])
-    graph = await read_selection(src, lister, selection)
+    graph = await read_selection(await rows_of(selection) if rows_of else src, lister, selection, source=src)
     # rollback reads the plan's ids, dates, file ids and keys: the remapped owner/group values do not matter
     facts = DestinationFacts(
         owner_id=settings.choices.destination_user_id or 0, owner_gid=0, everyone_gid=None,

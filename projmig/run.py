@@ -14,7 +14,7 @@ sections and the options it is given (:class:`TransferSettings`): nothing of the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -27,8 +27,10 @@ from .copier import CopyOutcome, ObjectCopier
 from .locks import ProjectLocks, project_locks
 from .plan import ObjectCopy
 from .s3 import Retrier, new_session, s3_client
+from .releases import OsparcMigrations
 from .s3data import DataPath, data_path
-from .settings import MigrationOptions, MigrationSettings, S3Settings
+from .settings import DatabaseSettings, MigrationOptions, MigrationSettings, S3Settings
+from .staging import StagedDatabase, StagingServer, staging_database
 
 Verification = str  # MigrationOptions.verification's values
 
@@ -117,13 +119,17 @@ class Transfers:
 
 
 class MigrationRun:
-    """A run: its settings (credentials resolved), its :class:`Transfers`, and its project locks
-    (None for a run that writes nothing). Open it with :meth:`open`."""
+    """A run: its settings (credentials resolved), its :class:`Transfers`, its project locks (None for a
+    run that writes nothing) and, across osparc releases, its staging database. Open it with :meth:`open`."""
 
-    def __init__(self, settings: MigrationSettings, transfers: Transfers, locks: ProjectLocks | None):
+    def __init__(
+        self, settings: MigrationSettings, transfers: Transfers, locks: ProjectLocks | None, resources: AsyncExitStack,
+    ):
         self.settings = settings
         self.transfers = transfers
         self.locks = locks
+        self.staged: StagedDatabase | None = None
+        self._resources = resources  # what the run opens as it goes, closed when it ends
 
     @classmethod
     @asynccontextmanager
@@ -137,7 +143,29 @@ class MigrationRun:
                 locks = await stack.enter_async_context(
                     project_locks(settings.destination.db, settings.options.lock_wait)
                 )
-            yield cls(settings, transfers, locks)
+            yield cls(settings, transfers, locks, stack)
+
+    @property
+    def rows_db(self) -> DatabaseSettings:
+        """Where the run reads its projects' rows: the source, or (across osparc releases) its staging
+        database, at the destination's revision."""
+        return self.staged.db if self.staged is not None else self.settings.source.db
+
+    async def stage(self, projects: Sequence[str], migrations: OsparcMigrations, revision: str) -> StagedDatabase:
+        """The projects' rows in a staging database brought to ``revision`` by osparc's migrations
+        (:mod:`projmig.staging`), kept until the run ends; made once per run."""
+        if self.staged is not None:
+            if set(projects) - self.staged.projects or self.staged.revision != revision:
+                raise AssertionError("a run stages one selection, once")  # pragma: no cover
+            return self.staged
+        host = self.settings.host
+        server = None
+        if host.staging_db is not None:
+            server = await self._resources.enter_async_context(StagingServer.at(host.staging_db))
+        self.staged = await self._resources.enter_async_context(
+            staging_database(self.settings.source.db, projects, migrations, revision, server=server)
+        )
+        return self.staged
 
     @property
     def retry(self) -> Retrier:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .graph import ProjectGraph, hidden_descendants, projects_of_user, read_graph
+from .graph import ProjectGraph, SourceState, hidden_descendants, projects_of_user, read_graph
 from .plan import DestinationFacts, MigrationPlan, build_plan
 from .remap import copy_namespace, destination_identity, legacy_destination_identity, new_project_uuid, root_of
 from .settings import MigrationSettings, UuidPolicy
@@ -85,10 +85,15 @@ async def select_projects(
     return selection
 
 
-async def read_selection(conn: AsyncConnection, lister: Lister, selection: Selection) -> ProjectGraph:
-    """The graph of exactly the selected projects (a hidden child made since is left for a rerun)."""
+async def read_selection(
+    conn: AsyncConnection, lister: Lister, selection: Selection, *, source: AsyncConnection | None = None,
+    states: dict[str, SourceState] | None = None,
+) -> ProjectGraph:
+    """The graph of exactly the selected projects (a hidden child made since is left for a rerun).
+    ``source``/``states``: when ``conn`` holds staged rows (:func:`projmig.graph.read_graph`)."""
     return await read_graph(
-        conn, lister, selection.roots, include_hidden=selection.include_hidden, only=selection.projects
+        conn, lister, selection.roots, include_hidden=selection.include_hidden, only=selection.projects,
+        source=source, states=states,
     )
 
 

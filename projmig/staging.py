@@ -105,6 +105,10 @@ class StagedDatabase:
     path: MigrationPath
     rows: dict[str, int]  # table -> rows loaded from the source (before the migrations)
     timings: dict[str, float]  # phase -> seconds: read_source, server, template, create, load, migrate, total
+    projects: frozenset[str] = frozenset()  # the projects staged (source uuids)
+    # project-table columns that held values in the staged rows and are gone at the target revision:
+    # "table.column" -> rows that held a value (their data moved elsewhere, or, going down, is lost)
+    gone: dict[str, int] = field(default_factory=dict)
 
     @property
     def source_revision(self) -> str:
@@ -333,11 +337,14 @@ async def staging_database(
         await load(staged, closure)
         timings["load"] = time.monotonic() - phase
         phase = time.monotonic()
+        held = await column_values(staged) if path.direction != "none" else {}
         if path.direction != "none":
             await server.runner(migrations).run(staged, path)
+        gone = {column: n for column, n in held.items() if n and column not in await column_values(staged, count=False)}
         timings["migrate"] = time.monotonic() - phase
         timings["total"] = time.monotonic() - started
-        yield StagedDatabase(db=staged, path=path, rows=dict(closure.rows), timings=timings)
+        yield StagedDatabase(db=staged, path=path, rows=dict(closure.rows), timings=timings,
+                             projects=frozenset(projects), gone=gone)
     finally:
         if server_start is not None:
             # not cancelled: its thread would start PostgreSQL all the same, and nobody would stop it
@@ -350,6 +357,29 @@ async def staging_database(
                 await server.drop_database(name)
             if own_server:
                 await server.close()
+
+
+async def column_values(db: DatabaseSettings, *, count: bool = True) -> dict[str, int]:
+    """"table.column" -> how many of its rows hold a value (not NULL), for every column of the project
+    tables present (``count=False``: the columns only, each 0)."""
+    conn = await connect(db)
+    try:
+        columns: dict[str, list[str]] = {}
+        for table, column in await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND table_name = ANY($1::text[]) ORDER BY table_name, ordinal_position", list(PROJECT_TABLES)
+        ):
+            columns.setdefault(table, []).append(column)
+        found: dict[str, int] = {}
+        for table, names in columns.items():
+            values = [0] * len(names)
+            if count:
+                row = await conn.fetchrow(f"SELECT {', '.join(f'count({_quote(c)})' for c in names)} FROM {_quote(table)}")
+                values = list(row)  # type: ignore[arg-type]
+            found.update({f"{table}.{name}": value for name, value in zip(names, values)})
+        return found
+    finally:
+        await conn.close()
 
 
 # -- the closure ---------------------------------------------------------------------------------

@@ -12,23 +12,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .buckets import ObjectState, abort_marked_uploads, abort_upload, abort_uploads, delete_objects, list_prefix
 from .choices import UuidPolicy
 from .copier import CopyOutcome, refuse_oversized
-from .db import create_engine, open_engine
+from .db import alembic_revision, create_engine, open_engine
 from .errors import PreflightError, TransferError
 from .graph import ProjectGraph, snapshot
 from .insert import RootInsert, insert_each
 from .marks import mark_of
 from .objects import compare_with_destination
 from .plan import MigrationPlan, ObjectCopy
-from .preflight import PreflightReport, run_preflight
+from .preflight import PreflightReport, release_path, run_preflight
 from .rollback import RollbackResult, find_objects, recompute_plan, refuse_shared_bucket, remove_rows
 from .rowcheck import Difference, compare as compare_row_texts, read_text_rows
 from .run import MigrationRun, Side, Transfers
-from .selection import plan_selection, read_selection
+from .selection import Selection, plan_selection, read_selection
 from .verify import VerifyReport, compare_objects_sha256
 
 LISTINGS_AT_ONCE = 4  # prefix listings in flight at once (one per project)
@@ -37,12 +40,11 @@ Listed = dict[str, dict[str, ObjectState]]  # prefix -> key -> state: a destinat
 Batch = list[tuple[ObjectCopy, ObjectState | None]]  # objects to copy, with what the destination has of each
 
 
-async def preflight(run: MigrationRun, *, probe_write: bool = True, owner: bool = True) -> PreflightReport:
-    """The checks before any byte moves; a run that holds locks locks its projects here. ``owner``:
-    the destination owner is checked (not by ``cleanup``)."""
-    return await run_preflight(
-        run.settings, probe_write=probe_write, locks=run.locks, owner=owner, session=run.transfers.session
-    )
+async def preflight(run: MigrationRun, *, probe_write: bool = True, owner: bool = True, stage: bool = True) -> PreflightReport:
+    """The checks before any byte moves; a run that holds locks locks its projects here, and a run
+    across osparc releases stages their rows (``stage=False``: the CLI's early check before Prefect
+    starts leaves that to the flow). ``owner``: the destination owner is checked (not by ``cleanup``)."""
+    return await run_preflight(run, probe_write=probe_write, owner=owner, stage=stage)
 
 
 async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph:
@@ -63,8 +65,15 @@ async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph
         return await started if started is not None else await listing(prefix)
 
     try:
-        async with open_engine(run.settings.source.db, "source") as engine, snapshot(engine) as conn:
-            graph = await read_selection(conn, lister, report.selection)
+        if run.staged is None:
+            async with open_engine(run.settings.source.db, "source") as engine, snapshot(engine) as conn:
+                graph = await read_selection(conn, lister, report.selection)
+        else:  # across releases: the rows as staged; what the source holds besides them, from the source
+            async with (
+                open_engine(run.staged.db, "staging") as engine, snapshot(engine) as conn,
+                open_engine(run.settings.source.db, "source") as source, source.connect() as source_conn,
+            ):
+                graph = await read_selection(conn, lister, report.selection, source=source_conn, states=report.source_states)
         # before any byte moves: an object the destination cannot take fails the run now
         refuse_oversized(graph.objects, run.destination.s3.max_object_size, run.destination.bucket)
         await _refuse_missing(run, graph)
@@ -201,6 +210,9 @@ async def verify_migration(run: MigrationRun, *, deep: bool = True) -> VerifyRep
     result.rows_checked = rows.checked
     result.differences += rows.differences
     result.notes = rows.notes
+    if run.staged is not None:
+        result.notes.insert(0, f"rows compared with the source's as osparc's migrations make them at {run.staged.revision} "
+                               f"(staged: {run.staged.path.describe()})")
     result.seconds = time.monotonic() - started
     return result
 
@@ -217,15 +229,43 @@ async def rollback_rows(run: MigrationRun, *, dry_run: bool = False) -> Rollback
         found = await list_prefix(source.client, source.bucket, prefix, run.retry, data=source.data)
         return {k: (v.size, v.etag) for k, v in found.items()}
 
-    async with open_engine(settings.source.db, "source") as src, open_engine(settings.destination.db, "destination") as dst:
+    async with (
+        open_engine(settings.source.db, "source") as src, open_engine(settings.destination.db, "destination") as dst,
+        AsyncExitStack() as staging,
+    ):
         async with src.connect() as conn, dst.connect() as dst_conn:
-            plan = await recompute_plan(conn, dst_conn, lister, settings)
+
+            async def rows_of(selection: Selection) -> AsyncConnection:
+                """Across osparc releases: the migration read the rows as osparc's migrations made them."""
+                return await _staged_rows(run, conn, dst_conn, selection, staging) or conn
+
+            plan = await recompute_plan(conn, dst_conn, lister, settings, rows_of)
         if run.locks is not None and not dry_run:
             await run.locks.acquire(p.dst_uuid for p in plan.projects)
         removal = await remove_rows(
             dst, src, plan, keep_ids=settings.choices.uuid_policy == UuidPolicy.KEEP, dry_run=dry_run
         )
     return await find_objects(run.destination.client, run.destination.bucket, plan, removal, run.retry, dry_run=dry_run)
+
+
+async def _staged_rows(
+    run: MigrationRun, src: AsyncConnection, dst: AsyncConnection, selection: Selection, held: AsyncExitStack,
+) -> AsyncConnection | None:
+    """A connection to the selection's rows staged at the destination's revision (held open by
+    ``held``), when the two databases are at different osparc revisions and the host has osparc's
+    migrations; else None (the source's rows are the ones)."""
+    src_rev, dst_rev = await alembic_revision(src), await alembic_revision(dst)
+    package = run.settings.host.schema_migrations
+    if src_rev == dst_rev or src_rev is None or dst_rev is None or package is None or not selection.projects:
+        return None
+    problems: list[str] = []
+    crossing = release_path(package, src_rev, dst_rev, problems)
+    if crossing is None:
+        raise PreflightError(problems)
+    migrations, path = crossing
+    staged = await run.stage(selection.projects, migrations, path.target)
+    engine = await held.enter_async_context(open_engine(staged.db, "staging"))
+    return await held.enter_async_context(engine.connect())
 
 
 async def rollback_objects(run: MigrationRun, result: RollbackResult) -> RollbackResult:

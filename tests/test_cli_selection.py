@@ -18,7 +18,8 @@ from .conftest import Simcore
 from .faults.conftest import REPO, prefect_env
 from .test_cli import destination_state
 
-SELECTION = {"--project", "-p", "--owner", "--include-hidden", "--no-hidden", "--uuid-policy", "--copy-label"}
+SELECTION = {"--project", "-p", "--owner", "--include-hidden", "--no-hidden", "--uuid-policy", "--copy-label",
+             "--schema-migrations"}
 RECIPIENT = {"--to-user", "--product"}
 
 

@@ -91,8 +91,9 @@ def test_what_the_dockerfile_copies_exists_and_is_not_dockerignored() -> None:
 
 
 def test_extras_python_and_entrypoint_match_the_package() -> None:
-    extras = set(re.findall(r"\[(\w+)\]", " ".join(rest for word, rest in instructions() if word == "RUN")))
-    assert extras and extras <= set(PYPROJECT["project"]["optional-dependencies"])
+    extras = {e for group in re.findall(r"\[([\w,]+)\]", " ".join(rest for word, rest in instructions() if word == "RUN"))
+              for e in group.split(",")}
+    assert {"dask", "releases"} <= extras <= set(PYPROJECT["project"]["optional-dependencies"])
     version = re.search(r"ARG PYTHON_VERSION=(\d+)\.(\d+)", DOCKERFILE)
     assert version
     minimum = re.search(r">=\s*(\d+)\.(\d+)", PYPROJECT["project"]["requires-python"])

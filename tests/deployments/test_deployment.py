@@ -488,6 +488,7 @@ async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_conn
             tries["source block"] = (migrate, {"source": "attacker-0"})
             tries["settings with destination.db.host"] = (migrate, {"settings": pointed})
             tries["host.dask_address"] = (migrate, {"host": {"dask_address": f"tcp://127.0.0.1:{fake.port}"}})
+            tries["host.schema_migrations"] = (migrate, {"host": {"schema_migrations": str(tmp_path)}})  # code that would run
             tries["rollback's destination block"] = (rollback, {"destination": "attacker-0"})
             created = {
                 what: await client.create_flow_run_from_deployment(
