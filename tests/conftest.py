@@ -40,6 +40,10 @@ from projmig.sandbox.simcore import SCHEMA_SQL_ENV, asyncpg_dsn, fixture_schema_
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 from projmig.verify import verified_states
 
+from .releases_fixtures import osparc, source_server, staging_server  # noqa: E402
+
+RELEASE_FIXTURES = (osparc, source_server, staging_server)  # osparc's releases: every test module may take them
+
 # before anything imports Prefect: a PREFECT_HOME of the session's own, no telemetry
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="projmig-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

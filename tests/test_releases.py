@@ -23,11 +23,10 @@ from projmig.releases import (
 )
 from projmig.sandbox.osparc_releases import OLDER_REVISION, WORKBENCH_REVISION, seed_identities, seed_study
 
-from .releases_fixtures import SourceServer, osparc, source_server
+from .releases_fixtures import SourceServer
 
 # one worker of `make test` runs these (their servers, sources and templates are made once per worker)
 pytestmark = pytest.mark.xdist_group("osparc-releases")
-FIXTURES = (osparc, source_server)  # pytest finds the imported fixtures by their names here
 
 HEAD = "3f8c0e8d11a4"
 WORKBENCH_TO_NODES = "201aa37f4d9a"

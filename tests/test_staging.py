@@ -29,18 +29,14 @@ from .releases_fixtures import (
     build_source,
     copy_of,
     dump_and_restore,
-    osparc,
     pg_tool,
     project_rows,
-    source_server,
-    staging_server,
     table_counts,
     text_rows,
 )
 
 # one worker of `make test` runs these (their servers, sources and templates are made once per worker)
 pytestmark = pytest.mark.xdist_group("osparc-releases")
-FIXTURES = (osparc, source_server, staging_server)  # pytest finds the imported fixtures by their names here
 
 HEAD = "3f8c0e8d11a4"
 

@@ -29,7 +29,7 @@ from projmig.sandbox.simcore import Identities
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 
 from ..faults.conftest import prefect_env
-from ..releases_fixtures import SourceServer, dump_and_restore, osparc, project_rows, source_server, text_rows  # noqa: F401
+from ..releases_fixtures import SourceServer, dump_and_restore, project_rows, text_rows
 
 pytestmark = [pytest.mark.usefixtures("prefect"), pytest.mark.xdist_group("osparc-releases")]
 
