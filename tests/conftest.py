@@ -28,7 +28,7 @@ import asyncpg
 import pytest
 
 from projmig.locks import LOCK_SPACE
-from projmig.marks import COPY_MARK, mark_of, write_record
+from projmig.marks import COPY_MARK, create_recorded_upload, mark_of
 from projmig.s3 import Retrier, s3_client
 from projmig.sandbox import CephServer, Identities, S3Store, Sandbox
 from projmig.sandbox.simcore import SCHEMA_SQL_ENV, asyncpg_dsn, fixture_schema_sql, load_schema, seed
@@ -362,11 +362,8 @@ async def upload_started_by_projmig(client: Any, bucket: str, src_key: str, dst_
     """A multipart upload as an earlier run of a migration leaves it: recorded and marked as projmig
     does (:mod:`projmig.marks`), so that a rerun, cleanup or rollback takes it for the migration's."""
     mark, retry = mark_of(src_key, dst_key), Retrier(attempts=3, timeout=60, initial_wait=0.05)
-    await write_record(client, bucket, dst_key, mark, retry, uploads=set(), pending=True)
     metadata = {**extra.pop("Metadata", {}), COPY_MARK: mark}
-    upload = (await client.create_multipart_upload(Bucket=bucket, Key=dst_key, Metadata=metadata, **extra))["UploadId"]
-    await write_record(client, bucket, dst_key, mark, retry, uploads={upload}, pending=False)
-    return upload
+    return await create_recorded_upload(client, bucket, dst_key, mark, retry, Metadata=metadata, **extra)
 
 
 # -- holding a run at its insert, to start others meanwhile ---------------------------------------

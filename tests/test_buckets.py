@@ -20,7 +20,7 @@ from projmig.buckets import (
     list_uploads,
 )
 from projmig.errors import TransferError
-from projmig.marks import COPY_MARK, ledger_key, mark_of, write_record
+from projmig.marks import COPY_MARK, create_recorded_upload, ledger_key, mark_of
 from projmig.s3 import Retrier, s3_client
 from projmig.sandbox import Sandbox
 
@@ -33,10 +33,10 @@ async def test_only_this_migrations_uploads_are_aborted_and_only_its_objects_del
     dst, db = destination_bucket
     ours, other = "p/n/ours.bin", "p/n/other.bin"
     mark, elsewhere = mark_of(ours, ours), mark_of("q/n/x", ours)
-    await write_record(dst, db, ours, mark, retry, uploads=set(), pending=True)
-    await dst.create_multipart_upload(Bucket=db, Key=ours)  # stopped before writing its id down
+    await create_recorded_upload(dst, db, ours, mark, retry, Metadata={COPY_MARK: mark})
     assert (await dst.head_object(Bucket=db, Key=ledger_key(ours)))["Metadata"] == {COPY_MARK: mark}  # kept as written
-    theirs = [(await dst.create_multipart_upload(Bucket=db, Key=key))["UploadId"] for key in (other, other)]
+    # a destination user's uploads: of another key, and of the very key the migration copies
+    theirs = [(await dst.create_multipart_upload(Bucket=db, Key=key))["UploadId"] for key in (other, other, ours)]
     # another migration's mark on the same key does not make its uploads ours
     assert await abort_marked_uploads(dst, db, {ours: elsewhere, other: mark}, retry) == []
     assert await abort_marked_uploads(dst, db, {ours: mark, other: mark}, retry) == [ours]
