@@ -36,7 +36,8 @@ never inserted); when none is there and none of the objects either, rollback is 
 so. With ``uuid_policy=keep`` the destination must not be the source itself: the same database is
 detected (an advisory lock held in one is seen from the other) and so is the same bucket (a probe
 object written through the destination's client is seen through the source's), whatever names the
-configuration gives them, and rollback refuses, since there the "copy" is the original.
+configuration gives them, and rollback refuses, since there the "copy" is the original. Only a
+404 for the probe says "another bucket": a 403 or any other unclear answer refuses too.
 
 **What is removed.** In one destination transaction, tables in reverse foreign-key order (
 ``file_meta_data`` explicitly, then ``project_to_groups``, ``projects_networks``,
@@ -65,14 +66,14 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .errors import PreflightError
+from .errors import PreflightError, ProjmigError
 from .graph import SIMCORE_LOCATION
 from .insert import project_key
 from .marks import COPY_MARK, UploadRecord, copy_mark, read_mark, read_record
 from .buckets import ObjectState, list_prefix, list_uploads
 from .plan import DestinationFacts, MigrationPlan
 from .units import human_bytes
-from .s3 import Retrier, error_code, s3_client
+from .s3 import Retrier, describe_error, error_code, s3_client
 from .schema import PROJECT_TABLES, insert_order, reflect
 from .selection import Lister, plan_selection, read_selection, select_projects
 from .settings import MigrationSettings, UuidPolicy
@@ -195,11 +196,14 @@ async def recompute_plan(
 async def refuse_shared_bucket(settings: MigrationSettings, retry: Retrier) -> None:
     """uuid_policy=keep into the source bucket itself (under any name: another host name or address
     of the same endpoint, a proxy): the "copy" objects are the source's. Decided by identity: a probe
-    object written through the destination's client is looked for through the source's."""
+    object written through the destination's client is looked for through the source's. Only a
+    plain "not there" (404) tells the buckets apart: any other answer (403, an error retrying did not
+    cure) leaves the question open, and rollback refuses."""
     if settings.options.uuid_policy != UuidPolicy.KEEP:
         return
     src, dst = settings.source.s3, settings.destination.s3
     key = f"{IDENTITY_PROBE}{secrets.token_hex(16)}"
+    unclear: str | None = None
     async with s3_client(dst) as writer, s3_client(src) as reader:
         await retry(f"{dst.describe()}: write identity probe", lambda: writer.put_object(
             Bucket=dst.bucket, Key=key, Body=b"", Metadata={COPY_MARK: "identity probe"}))
@@ -209,12 +213,22 @@ async def refuse_shared_bucket(settings: MigrationSettings, retry: Retrier) -> N
                             lambda: reader.head_object(Bucket=src.bucket, Key=key))
                 shared = True
             except ClientError as exc:
-                if error_code(exc) not in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "NoSuchBucket"):
-                    raise
+                # a HEAD has no body: a missing key and a missing bucket are both a bare 404
                 shared = False
+                if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                    unclear = describe_error(exc)
+            except ProjmigError as exc:  # what retrying could not cure (TransferError)
+                shared, unclear = False, str(exc)
         finally:
             await retry(f"{dst.describe()}: remove identity probe",
                         lambda: writer.delete_object(Bucket=dst.bucket, Key=key))
+    if unclear is not None:
+        raise RollbackRefused(
+            f"cannot tell whether the destination bucket {dst.describe()} is the source bucket {src.describe()}: "
+            f"a probe object written to the destination, looked for with the source's credentials, got {unclear} "
+            "(with uuid_policy=keep into the source bucket the objects to remove would be the source's own); give the "
+            "source's credentials read rights (HeadObject) on its bucket and roll back again"
+        )
     if shared:
         raise RollbackRefused(
             f"the destination bucket {dst.describe()} is the source bucket {src.describe()} (an object written to "

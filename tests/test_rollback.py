@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from projmig import steps
 from projmig.errors import TransferError
@@ -21,12 +23,13 @@ from projmig.insert import project_key
 from projmig.plan import MigrationPlan
 from projmig.rollback import RollbackRefused
 from projmig.s3 import s3_client
+from projmig.sandbox import SeaweedServer
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.schema import PROJECT_TABLES
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 
-from .conftest import Simcore, copy_marks, expected_marks, object_digests, table_rows as snapshot
+from .conftest import Simcore, copy_marks, expected_marks, object_digests, table_rows as snapshot, unique
 from .faults.proxy import FaultProxy
 
 PROJMIG = str(Path(sys.executable).parent / "projmig")
@@ -391,3 +394,33 @@ async def test_keep_policy_rollback_through_another_name_of_the_source_bucket_is
                                               rf"the source bucket .*an object written to one is seen in the other"):
         await steps.rollback_migration(settings)
     assert await snapshot(simcore.destination_db) == rows and await object_digests(source) == objects
+
+
+async def test_a_same_bucket_probe_answered_403_refuses_rollback(fixture_simcore: Simcore, tmp_path: Path) -> None:
+    """uuid_policy=keep into the source bucket itself, rolled back with source credentials that may
+    list the bucket but not read its objects (an identity of SeaweedFS's s3.json with ``List`` only):
+    the probe's 403 leaves open whether the destination is the source bucket. Refused, with nothing
+    removed; taken for "another bucket", the source's own objects would go."""
+    simcore = fixture_simcore
+    name = unique("shared")
+    lister = {"accessKey": f"LS{secrets.token_hex(8).upper()}", "secretKey": secrets.token_urlsafe(24)}
+    server = SeaweedServer(tmp_path / "s3", access_key=f"AK{secrets.token_hex(8).upper()}", secret_key=secrets.token_urlsafe(24),
+                           extra_identities=[{"name": "lister", "credentials": [lister], "actions": [f"List:{name}"]}]).start()
+    try:
+        source = await server.create_bucket(name)
+        sample = await build_sample_project(simcore.source_db, source, owner_id=simcore.alice, spec=small(90))
+        assert source.endpoint
+        alias = source.model_copy(update={"endpoint": source.endpoint.replace("127.0.0.1", "localhost")})
+        await migrate(simcore.settings(sample.uuid, source={"s3": source}, destination={"s3": alias}))
+        rows, objects = await snapshot(simcore.destination_db), await object_digests(source)
+        list_only = source.model_copy(update={"access_key": SecretStr(lister["accessKey"]),
+                                              "secret_key": SecretStr(lister["secretKey"])})
+        async with s3_client(list_only) as client:  # what the probe meets: listing is allowed, reading is not
+            assert (await client.list_objects_v2(Bucket=name, MaxKeys=1))["KeyCount"] == 1
+
+        with pytest.raises(RollbackRefused, match=r"cannot tell whether the destination bucket .* is the source bucket "
+                                                  r".*got 403.*give the source's credentials read rights"):
+            await steps.rollback_migration(simcore.settings(sample.uuid, source={"s3": list_only}, destination={"s3": alias}))
+        assert await snapshot(simcore.destination_db) == rows and await object_digests(source) == objects
+    finally:
+        server.stop()
