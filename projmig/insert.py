@@ -1,5 +1,9 @@
 """Insert every row of a plan into the destination in one transaction: all of it, or nothing. Before
-COMMIT the rows are read back and checked against the source by :mod:`projmig.rowcheck`."""
+COMMIT the rows are read back and checked against the source by :mod:`projmig.rowcheck`, and the
+source projects are read again: a project changed since the graph's snapshot (any row of any of its
+tables, or the objects under one of its directory entries) commits nothing.
+
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import InsertError
-from .graph import Row, source_states
+from .graph import Row, listing_digest, snapshot, source_states
 from .buckets import ObjectState
 from .plan import MigrationPlan, PlannedProject
 from .rowcheck import compare, read_text_rows
 from .schema import PROJECT_TABLES, insert_order, reflect
+from .selection import Lister
 
 SHOWN_DIFFERENCES = 5  # in the error of a failed check (the rest are counted)
 COPY_FROM_ROWS = 1000  # a table's rows (of one shape) from this many on go in with COPY, not INSERT
@@ -43,17 +48,22 @@ def project_key(table: str) -> str:
     return {"projects": "uuid", "file_meta_data": "project_id"}.get(table, "project_uuid")
 
 
+LISTINGS_AT_ONCE = 8  # directory listings in flight while the insert re-reads the source
+
+
 async def insert_plan(
-    engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], *, source: AsyncEngine | None = None
+    engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], *, source: AsyncEngine,
+    source_listing: Lister,
 ) -> InsertResult:
     """``verified``: destination key -> state, as verified after copying (sizes and ETags to record).
-    ``source``: the source database, read again just before COMMIT (:func:`_refuse_changed_source`)."""
+    ``source``, ``source_listing`` (prefix -> {key: (size, ETag)} in the source bucket): the source,
+    read again just before COMMIT (:func:`_refuse_changed_source`)."""
     committing = False
     try:
         async with engine.begin() as conn:
             result = await _insert(conn, plan, verified)
-            if source is not None:
-                await _refuse_changed_source(source, [p for p in plan.projects if p.dst_uuid not in result.already_present])
+            await _refuse_changed_source(
+                source, source_listing, [p for p in plan.projects if p.dst_uuid not in result.already_present])
             committing = True  # leaving the block sends COMMIT
         return result
     except (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
@@ -132,18 +142,33 @@ async def _check_written(
         )
 
 
-async def _refuse_changed_source(source: AsyncEngine, projects: list[PlannedProject]) -> None:
-    """The source projects being inserted, as they are now, must be as the graph read them (last
-    change date, file rows): else the rows in hand are no longer the source's and nothing is
-    committed; the objects copied stay for the rerun, which migrates the project's current state."""
+async def _refuse_changed_source(source: AsyncEngine, listing: Lister, projects: list[PlannedProject]) -> None:
+    """The source projects being inserted, as they are now, must be as the graph read them (every row
+    of every project table, and the objects under each directory entry): else the rows in hand are
+    no longer the source's and nothing is committed; the objects copied stay for the rerun, which
+    migrates the project's current state. The rows are digested in one snapshot of the source, as
+    the graph's were; each directory prefix is listed again."""
     if not projects:
         return
-    async with source.connect() as conn:
+    async with snapshot(source) as conn:
         now = await source_states(conn, [p.src_uuid for p in projects])
+    slots = asyncio.Semaphore(LISTINGS_AT_ONCE)
+
+    async def listed(prefix: str) -> str:
+        async with slots:
+            found = await listing(prefix)
+        return listing_digest((key, size, etag) for key, (size, etag) in found.items())
+
+    prefixes = sorted({d for p in projects if p.source_state is not None for d in p.source_state.directories})
+    digests = dict(zip(prefixes, await asyncio.gather(*(listed(d) for d in prefixes))))
+    for p in projects:
+        state = now.get(p.src_uuid)
+        if state is not None and p.source_state is not None:
+            state.directories = {d: digests[d] for d in p.source_state.directories}
     changed = [
         f"source project {p.src_uuid} changed during the migration ({how}); rerun to migrate its current state"
         for p in projects
-        if p.source_state is not None and (how := p.source_state.changes(now.get(p.src_uuid)))
+        if (how := "no state read with the graph" if p.source_state is None else p.source_state.changes(now.get(p.src_uuid)))
     ]
     if changed:
         raise SourceChanged(f"{'; '.join(changed)} (destination transaction rolled back, nothing was inserted; "
@@ -214,7 +239,7 @@ class ProjectInsert(BaseModel):
 
 async def insert_each(
     engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], roots: list[str], *,
-    concurrency: int = 4, source: AsyncEngine | None = None,
+    source: AsyncEngine, source_listing: Lister, concurrency: int = 4,
 ) -> list[ProjectInsert]:
     """Each root's graph (the root and its hidden children) in a transaction of its own, ``concurrency``
     at once: a project that fails is rolled back alone and the others are kept."""
@@ -226,7 +251,7 @@ async def insert_each(
         async with slots:
             try:
                 return ProjectInsert(root=root, projects=uuids, result=await insert_plan(
-                    engine, plan.subset(uuids), verified, source=source))
+                    engine, plan.subset(uuids), verified, source=source, source_listing=source_listing))
             except InsertError as exc:
                 return ProjectInsert(root=root, projects=uuids, error=str(exc))
 

@@ -325,9 +325,11 @@ async def insert_rows(
     async with (
         open_engine(settings.destination.db, "destination") as engine,
         open_engine(settings.source.db, "source") as source,
+        _lister(settings, settings.source.s3) as (client, data),
     ):
         await _confirm_locks(settings)
-        return await insert_plan(engine, plan, verified, source=source)
+        return await insert_plan(engine, plan, verified, source=source,
+                                 source_listing=_source_listing(settings, client, data))
 
 
 async def insert_rows_each(
@@ -338,8 +340,10 @@ async def insert_rows_each(
     engine = create_engine(settings.destination.db, pool_size=concurrency, role="destination")
     source = create_engine(settings.source.db, pool_size=concurrency, role="source")
     try:
-        await _confirm_locks(settings)
-        return await insert_each(engine, plan, verified, roots, concurrency=concurrency, source=source)
+        async with _lister(settings, settings.source.s3) as (client, data):
+            await _confirm_locks(settings)
+            return await insert_each(engine, plan, verified, roots, concurrency=concurrency, source=source,
+                                     source_listing=_source_listing(settings, client, data))
     finally:
         await engine.dispose()
         await source.dispose()
@@ -453,6 +457,17 @@ async def rollback_migration(settings: MigrationSettings, *, dry_run: bool = Fal
         if dry_run:
             return result
         return await rollback_objects(settings, result)
+
+
+def _source_listing(settings: MigrationSettings, client: Any, data: DataPath) -> Callable[[str], Any]:
+    """prefix -> {key: (size, ETag)} in the source bucket, as the graph listed it (same data path)."""
+    retry = retrier(settings)
+
+    async def listing(prefix: str) -> dict[str, tuple[int, str]]:
+        found = await list_prefix(client, settings.source.s3.bucket, prefix, retry, data=data)
+        return {k: (v.size, v.etag) for k, v in found.items()}
+
+    return listing
 
 
 @asynccontextmanager
