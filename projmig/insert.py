@@ -3,12 +3,23 @@ COMMIT the rows are read back and checked against the source by :mod:`projmig.ro
 source projects are read again: a project changed since the graph's snapshot (any row of any of its
 tables, or the objects under one of its directory entries) commits nothing.
 
+**The insert record.** The same transaction records each project it inserts in a table of
+projmig's own in the destination database, ``projmig.inserted_projects`` (schema ``projmig``, which
+osparc's services neither read nor migrate): the destination uuid, the source project and the
+source database's identity (:func:`projmig.graph.database_identity`), the ``creation_date`` and
+``last_change_date`` written (as text, in the row check's text form), and the transaction's time.
+The record commits with the rows or not at all; rollback removes rows only of projects recorded
+there (:mod:`projmig.rollback`). The schema and table are created on the first insert, inside the
+insert transaction (the destination user needs ``CREATE`` on the database for that, or an
+administrator creates them beforehand: :data:`RECORD_DDL`); concurrent first inserts serialise on an
+advisory lock, so that neither fails on the other's ``CREATE``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -22,7 +33,7 @@ from .errors import InsertError
 from .graph import Row, listing_digest, snapshot, source_states
 from .buckets import ObjectState
 from .plan import MigrationPlan, PlannedProject
-from .rowcheck import compare, read_text_rows
+from .rowcheck import compare, read_text_rows, use_text_form
 from .schema import PROJECT_TABLES, insert_order, reflect
 from .selection import Lister
 
@@ -48,7 +59,34 @@ def project_key(table: str) -> str:
     return {"projects": "uuid", "file_meta_data": "project_id"}.get(table, "project_uuid")
 
 
+RECORD_TABLE = "projmig.inserted_projects"
+RECORD_DDL = (
+    "CREATE SCHEMA IF NOT EXISTS projmig",
+    f"""CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (
+        project_uuid varchar PRIMARY KEY,
+        source_project_uuid varchar NOT NULL,
+        source_system_identifier text NOT NULL,
+        source_database text NOT NULL,
+        creation_date text NOT NULL,
+        last_change_date text,
+        inserted_at timestamptz NOT NULL DEFAULT now()
+    )""",
+)
+# two-key advisory locks: apart from the insert's one-key locks and from locks.py's (LOCK_SPACE, project)
+RECORD_LOCK = (0x706D6968, 0)
 LISTINGS_AT_ONCE = 8  # directory listings in flight while the insert re-reads the source
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
+
+
+class InsertRecord(BaseModel):
+    """A row of :data:`RECORD_TABLE`: projmig inserted this destination project."""
+
+    project_uuid: str
+    source_project_uuid: str
+    source_database: tuple[str, str]  # (system identifier, database name)
+    creation_date: str  # the row check's text form
+    last_change_date: str | None
+    inserted_at: datetime
 
 
 async def insert_plan(
@@ -81,6 +119,84 @@ async def insert_plan(
         raise InsertError(f"destination transaction rolled back, nothing was inserted: {detail}") from exc
 
 
+async def ensure_record_table(conn: AsyncConnection) -> None:
+    """:data:`RECORD_TABLE`, created inside this transaction when it is not there yet."""
+    if await conn.scalar(text(f"SELECT to_regclass('{RECORD_TABLE}') IS NOT NULL")):
+        return
+    # a concurrent first insert may be creating it, uncommitted: wait for it, then IF NOT EXISTS sees it
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": RECORD_LOCK[0], "b": RECORD_LOCK[1]})
+    try:
+        for statement in RECORD_DDL:
+            await conn.execute(text(statement))
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise InsertError(
+            f"the destination database user may not create the schema projmig, where projmig records each project it "
+            f"inserts (rollback removes only recorded projects): grant it CREATE on the database, or have an "
+            f"administrator run {'; '.join(' '.join(s.split()) for s in RECORD_DDL)} and grant it INSERT, SELECT, "
+            "DELETE on it; nothing was inserted"
+        ) from exc
+
+
+async def _record_inserts(conn: AsyncConnection, projects: list[PlannedProject]) -> None:
+    """Record these projects, just inserted, as projmig's (:data:`RECORD_TABLE`), in this transaction."""
+    if not projects:
+        return
+    missing = [p.src_uuid for p in projects if p.source_state is None]
+    if missing:
+        raise InsertError(f"the plan carries no source state of {', '.join(missing)} to record the insert with; "
+                          "nothing inserted")
+    await use_text_form(conn)
+    await conn.execute(
+        text(
+            f"INSERT INTO {RECORD_TABLE} (project_uuid, source_project_uuid, source_system_identifier, "
+            "source_database, creation_date, last_change_date) "
+            "SELECT p.uuid, w.src, w.sysid, w.db, p.creation_date::text, p.last_change_date::text "
+            "FROM unnest(CAST(:dst AS text[]), CAST(:src AS text[]), CAST(:sysid AS text[]), CAST(:db AS text[])) "
+            "  AS w(dst, src, sysid, db) JOIN projects p ON p.uuid = w.dst "
+            # a record left by a project deleted in the destination since (osparc knows nothing of it)
+            "ON CONFLICT (project_uuid) DO UPDATE SET source_project_uuid = excluded.source_project_uuid, "
+            "  source_system_identifier = excluded.source_system_identifier, source_database = excluded.source_database, "
+            "  creation_date = excluded.creation_date, last_change_date = excluded.last_change_date, inserted_at = now()"
+        ),
+        {
+            "dst": [p.dst_uuid for p in projects],
+            "src": [p.src_uuid for p in projects],
+            "sysid": [p.source_state.database[0] for p in projects],  # type: ignore[union-attr]
+            "db": [p.source_state.database[1] for p in projects],  # type: ignore[union-attr]
+        },
+    )
+
+
+async def read_records(conn: AsyncConnection, uuids: list[str]) -> dict[str, InsertRecord]:
+    """destination uuid -> projmig's record of inserting it, for those of ``uuids`` that have one.
+    Sets the row check's text form (:func:`projmig.rowcheck.use_text_form`) on the transaction, so
+    that the dates compare as text with the projects' own."""
+    await use_text_form(conn)
+    if not await conn.scalar(text(f"SELECT to_regclass('{RECORD_TABLE}') IS NOT NULL")):
+        return {}
+    rows = await conn.execute(
+        text(f"SELECT project_uuid, source_project_uuid, source_system_identifier, source_database, creation_date, "
+             f"last_change_date, inserted_at FROM {RECORD_TABLE} WHERE project_uuid = ANY(:u)"),
+        {"u": uuids},
+    )
+    return {
+        r.project_uuid: InsertRecord(
+            project_uuid=r.project_uuid, source_project_uuid=r.source_project_uuid,
+            source_database=(r.source_system_identifier, r.source_database), creation_date=r.creation_date,
+            last_change_date=r.last_change_date, inserted_at=r.inserted_at,
+        )
+        for r in rows
+    }
+
+
+async def forget_records(conn: AsyncConnection, uuids: list[str]) -> None:
+    """Drop the records of these projects (rollback, with their rows, in its transaction)."""
+    if await conn.scalar(text(f"SELECT to_regclass('{RECORD_TABLE}') IS NOT NULL")):
+        await conn.execute(text(f"DELETE FROM {RECORD_TABLE} WHERE project_uuid = ANY(:u)"), {"u": uuids})
+
+
 async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[str, ObjectState]) -> InsertResult:
     metadata = await reflect(conn, PROJECT_TABLES)
     result = InsertResult()
@@ -98,6 +214,8 @@ async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[
         raise InsertError(f"collision: the destination got a different project {', '.join(clashes)} meanwhile; nothing inserted")
     present = set(found)
     result.already_present = [u for u in uuids if u in present]
+    if len(present) < len(uuids):  # (a rerun that inserts nothing needs no rights to record)
+        await ensure_record_table(conn)
 
     for table in insert_order(metadata):
         rows = [r for r in plan.rows.get(table.name, []) if r.get(project_key(table.name)) not in present]
@@ -118,6 +236,7 @@ async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[
                 update(projects).where(projects.c.uuid == row["uuid"]).values(last_change_date=row["last_change_date"])
             )
     await _check_written(conn, plan, present, verified)
+    await _record_inserts(conn, [p for p in plan.projects if p.dst_uuid not in present])
     return result
 
 

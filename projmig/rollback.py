@@ -1,5 +1,6 @@
-"""Roll a migration back: remove from the destination what it inserted, its rows in one transaction,
-then its objects. Refuse, removing nothing, when a destination project changed after the migration.
+"""Roll a migration back: remove from the destination what it provably wrote, its rows in one
+transaction, then its objects. Refuse, removing nothing, when a destination project is not recorded
+as this migration's insert, or changed after it.
 
 **Which rows are the migration's.** Rollback takes the migration's own configuration and recomputes
 its plan from the source with the migration's own selection (:mod:`projmig.selection`: the same
@@ -7,25 +8,24 @@ roots, hidden children with ``include_hidden``, and under ``uuid_policy=new`` th
 ids: they derive from the destination, the source uuid and ``copy_label``). Every destination
 project of that plan that is there must be what the migration inserted, unchanged since:
 
-1. its ``creation_date`` is the source project's (the insert keeps it): else it is another project
-   that only has the uuid, and rollback refuses;
-2. its ``last_change_date`` is the one the migration wrote. The insert keeps the source's value, so
-   while the source project is unchanged that is the source's current ``last_change_date``: equal
-   means unchanged, later means modified in the destination (every change in osparc moves it to
-   *now*; the ``projects_nodes`` trigger does so for every node change).
-   If the source project changed since the migration (its ``last_change_date`` is now later than
-   the destination's), the value the migration wrote is no longer known. Then the destination's own
-   record of the insert decides: the insert transaction stamped its time on the rows the destination
-   fills itself (``projects_nodes.modified`` and ``projects_metadata.modified`` by trigger, the
-   owner's ``project_to_groups.created`` by the owner-group trigger). A ``last_change_date`` later
-   than that time was written by a change after the migration: refused. Earlier: it is the older
-   source value the migration copied, and the project is the migration's. (``last_change_date`` has
-   no time zone: it is compared in the destination server's, the one its trigger writes in; a source
-   clock ahead of the destination's can only make this refuse, never remove a changed project);
-3. nothing else changed after that insert time either: no node, metadata, access right
+1. **recorded**: the insert transaction wrote a record of it into ``projmig.inserted_projects`` in
+   the destination database (:mod:`projmig.insert`: schema ``projmig``, projmig's own, which
+   osparc's services do not read), naming this source project and this source database (its
+   system identifier and name, :func:`projmig.graph.database_identity`). No record: refused, one
+   line that says how to go on. That is the answer for a project migrated by a projmig older than
+   the record (it cannot be told from a project that got there otherwise: remove it with osparc's
+   own project deletion if it must go), and for rows a restore brought: the record lives in the
+   destination database, so ``pg_dump``/``pg_restore`` of that whole database carries records and
+   rows together, but a destination restored from a dump of the *source* (same uuids, same dates),
+   or a dump of osparc's ``public`` schema only, has no record and nothing of it is removed. A
+   record naming another source project or database (another migration's insert) refuses too;
+2. its ``creation_date`` is the one recorded (else the uuid now names another project), and its
+   ``last_change_date`` is the one the insert wrote, as recorded (every change in osparc moves it to
+   *now*; the ``projects_nodes`` trigger does so for every node change). Both are compared as text
+   in the row check's text form (:func:`projmig.rowcheck.use_text_form`), as the record holds them;
+3. nothing else changed after the insert's recorded time either: no node, metadata, access right
    (``project_to_groups.created/modified``) or file row (``file_meta_data.created_at/last_modified``)
-   is stamped later. A file row the recomputed plan no longer has (deleted in the source since) is
-   still the migration's when it is older than the insert, and goes with its object;
+   is stamped later;
 4. no row the migration does not write points at the project or its nodes (folders, wallets, tags,
    pricing units, computations, conversations, hidden job projects created in the destination, or
    hidden children migrated with ``include_hidden`` when the rollback's configuration lacks it):
@@ -42,7 +42,7 @@ configuration gives them, and rollback refuses, since there the "copy" is the or
 **What is removed.** In one destination transaction, tables in reverse foreign-key order (
 ``file_meta_data`` explicitly, then ``project_to_groups``, ``projects_networks``,
 ``projects_extensions``, ``projects_to_jobs``, ``projects_metadata``, ``projects_nodes`` and last
-``projects``), every row of these projects. The checks above run in that same transaction, with the
+``projects``), every row of these projects, and their records. The checks above run in that same transaction, with the
 project rows locked, so nothing can change between the check and the delete. Then, only once the
 rows are gone (osparc never sees a file row without its object), the objects under the prefix of a
 project of the plan that are the migration's: those the file rows removed in this run name (a
@@ -67,8 +67,8 @@ from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import PreflightError, ProjmigError
-from .graph import SIMCORE_LOCATION
-from .insert import project_key
+from .graph import SIMCORE_LOCATION, database_identity
+from .insert import RECORD_TABLE, InsertRecord, forget_records, project_key, read_records
 from .marks import COPY_MARK, UploadRecord, copy_mark, read_mark, read_record
 from .buckets import ObjectState, list_prefix, list_uploads
 from .plan import DestinationFacts, MigrationPlan
@@ -249,9 +249,12 @@ class RowRemoval(BaseModel):
 async def remove_rows(
     dst: AsyncEngine, src: AsyncEngine, plan: MigrationPlan, *, keep_ids: bool, dry_run: bool
 ) -> RowRemoval:
-    """Check that the destination holds the plan's projects as the migration left them, and delete
-    every row of them in one transaction (``dry_run``: count them, delete nothing)."""
+    """Check that the destination holds the plan's projects as the migration recorded inserting them,
+    unchanged since, and delete every row of them in one transaction (``dry_run``: count them,
+    delete nothing)."""
     uuids = [p.dst_uuid for p in plan.projects]
+    async with src.connect() as conn:
+        source = await database_identity(conn)
     async with dst.connect() as conn:
         async with conn.begin():
             # the lock the insert takes: a migration inserting these projects right now finishes first
@@ -260,11 +263,12 @@ async def remove_rows(
                 {"u": uuids},
             )
             metadata = await reflect(conn, PROJECT_TABLES)
+            records = await read_records(conn, uuids)  # (and the row check's text form, for the dates)
             found = {
                 r.uuid: r
                 for r in await conn.execute(
-                    text("SELECT uuid, name, creation_date, last_change_date FROM projects WHERE uuid = ANY(:u) "
-                         "ORDER BY uuid FOR UPDATE"),
+                    text("SELECT uuid, name, creation_date::text AS creation_date, last_change_date::text AS "
+                         "last_change_date FROM projects WHERE uuid = ANY(:u) ORDER BY uuid FOR UPDATE"),
                     {"u": uuids},
                 )
             }
@@ -274,11 +278,11 @@ async def remove_rows(
                 return removal
             if keep_ids:
                 await _refuse_same_database(conn, src)
-            inserted = await _insert_times(conn, metadata, present)
             problems: dict[str, str] = {}  # uuid -> the first reason to refuse it: one line per project
             for found_problems in (
-                _check_dates(plan, found, inserted),
-                await _changed_since_insert(conn, metadata, {u: inserted[u][0] for u in present if u in inserted}),
+                _check_records(plan, found, records, source),
+                await _changed_since_insert(
+                    conn, metadata, {u: records[u].inserted_at for u in present if u in records}),
                 await _foreign_references(conn, present),
             ):
                 for uuid, problem in found_problems:
@@ -286,6 +290,8 @@ async def remove_rows(
             if problems:
                 raise RollbackRefused([problems[u] for u in present if u in problems])
             await _delete_rows(conn, metadata, present, removal, dry_run=dry_run)
+            if not dry_run:
+                await forget_records(conn, present)
     return removal
 
 
@@ -302,65 +308,43 @@ async def _refuse_same_database(conn: AsyncConnection, src: AsyncEngine) -> None
         )
 
 
-async def _insert_times(
-    conn: AsyncConnection, metadata: MetaData, uuids: list[str]
-) -> dict[str, tuple[datetime, datetime]]:
-    """uuid -> when the insert transaction ran (with time zone, and as the server writes a ``timestamp``),
-    from the rows the destination stamps itself on insert."""
-    parts = []
-    if "projects_nodes" in metadata.tables:
-        parts.append("SELECT project_uuid AS u, modified AS s FROM projects_nodes WHERE project_uuid = ANY(:u)")
-    if "projects_metadata" in metadata.tables:
-        parts.append("SELECT project_uuid, modified FROM projects_metadata WHERE project_uuid = ANY(:u)")
-    if "project_to_groups" in metadata.tables:
-        parts.append(
-            "SELECT g.project_uuid, g.created FROM project_to_groups g JOIN projects p ON p.uuid = g.project_uuid "
-            "JOIN users o ON o.id = p.prj_owner AND o.primary_gid = g.gid WHERE g.project_uuid = ANY(:u)"
-        )
-    if not parts:
-        return {}
-    rows = await conn.execute(
-        text(f"SELECT u, min(s), min(s)::timestamp FROM ({' UNION ALL '.join(parts)}) AS stamps GROUP BY u"),
-        {"u": uuids},
-    )
-    return {u: (at, local) for u, at, local in rows if at is not None}
-
-
-def _check_dates(
-    plan: MigrationPlan, found: dict[str, SqlRow[Any]], inserted: dict[str, tuple[datetime, datetime]]
+def _check_records(
+    plan: MigrationPlan, found: dict[str, SqlRow[Any]], records: dict[str, InsertRecord], source: tuple[str, str]
 ) -> list[tuple[str, str]]:
-    planned = {r["uuid"]: r for r in plan.rows.get("projects", [])}
+    """Each present project must be recorded as inserted by projmig from this source project of this
+    source database (:mod:`projmig.insert`), with the creation date it has, and still carry the last
+    change date that insert wrote."""
     problems = []
     for project in plan.projects:
         row = found.get(project.dst_uuid)
         if row is None:
             continue
         label = f"destination project {project.dst_uuid} ({row.name!r})"
-        want = planned[project.dst_uuid]
-        written, now = want.get("last_change_date"), row.last_change_date
-        insert_time = inserted.get(project.dst_uuid)
-        if row.creation_date != want.get("creation_date"):
+        record = records.get(project.dst_uuid)
+        if record is None:
             problem = (
-                f"{label} was not inserted by this migration: created {row.creation_date}, the source project "
-                f"{project.src_uuid} was created {want.get('creation_date')}"
+                f"{label} has no record of an insert by projmig (table {RECORD_TABLE}): inserted by a projmig older "
+                "than that record, restored from a dump, or not migrated at all; rollback removes only projects "
+                "projmig recorded inserting: remove it with osparc's own project deletion if it must go"
             )
-        elif now == written:
-            continue  # exactly what the migration wrote
-        elif written is not None and now > written:
-            problem = f"{label} was modified after the migration: last changed {now}, the migration wrote {written}"
-        # else the source changed since the migration: did the destination change after the insert?
-        elif insert_time is None:
+        elif record.source_project_uuid != project.src_uuid or record.source_database != source:
             problem = (
-                f"{label}: cannot tell whether it was modified after the migration (the source project changed "
-                f"since: last changed {written}, the destination's {now}; no insert time recorded)"
+                f"{label} was inserted by projmig from source project {record.source_project_uuid} of database "
+                f"{record.source_database[1]!r} (system {record.source_database[0]}), not by this migration from "
+                f"{project.src_uuid} of {source[1]!r} (system {source[0]})"
             )
-        elif now > insert_time[1]:
+        elif row.creation_date != record.creation_date:
             problem = (
-                f"{label} was modified after the migration: last changed {now}, after the migration inserted it "
-                f"({insert_time[1]})"
+                f"{label} was not inserted by this migration: created {row.creation_date}, the project projmig "
+                f"inserted under that uuid was created {record.creation_date}"
+            )
+        elif row.last_change_date != record.last_change_date:
+            problem = (
+                f"{label} was modified after the migration: last changed {row.last_change_date}, the migration wrote "
+                f"{record.last_change_date}"
             )
         else:
-            continue  # the older source value the migration copied
+            continue
         problems.append((project.dst_uuid, problem))
     return problems
 

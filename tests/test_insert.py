@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import secrets
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from projmig import steps
 from projmig.errors import InsertError
@@ -244,3 +246,67 @@ async def rows_of(db, query: str) -> list[tuple]:
     finally:
         await conn.close()
 
+
+# -- the insert record ------------------------------------------------------------------------------
+
+async def two_inserts_wait(db) -> bool:
+    """One insert held at its nodes (:func:`hold_inserts`), another waiting for it (whatever it waits on)."""
+    [[waiting]] = await rows_of(db, "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted")
+    return waiting >= 2
+
+
+async def test_two_first_inserts_at_once_create_the_record_table_once(simcore: Simcore) -> None:
+    """Two projects inserted at once into a destination projmig never wrote to: both transactions find
+    no record table; the one that creates it is held at its nodes (uncommitted), the other waits for
+    it, then both commit with their records."""
+    a, b = [await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=SampleSpec(
+        seed=130 + i, name=f"study {i}", files=2, file_size=1024, multipart_size=0, directory_objects=0,
+        hidden_children=0, soft_link=False, deployment_bound_rows=False, special_names=False)) for i in range(2)]
+    settings = simcore.settings(None, source={"project_uuids": [a.uuid, b.uuid]}, options={"project_concurrency": 2})
+    report = await steps.preflight(settings, probe_write=False)
+    plan = steps.make_plan(await steps.read_project_graph(settings, report), report)
+    await steps.copy_objects(settings, [(c, None) for c in plan.copies])
+    verified = await steps.verify_objects(settings, plan.copies)
+    dst = simcore.destination_db
+    assert await rows_of(dst, "SELECT to_regclass('projmig.inserted_projects')") == [(None,)]
+
+    holder, held = await hold_inserts(dst)
+    try:
+        inserts = asyncio.ensure_future(steps.insert_rows_each(settings, plan, verified, [a.uuid, b.uuid]))
+        await wait_until(lambda: two_inserts_wait(dst), "one insert held at its nodes, the other waiting for it")
+    finally:
+        await held.rollback()
+        await holder.close()
+    done = await inserts
+
+    assert [d.error for d in done] == [None, None]
+    records = await rows_of(dst, "SELECT project_uuid, source_project_uuid FROM projmig.inserted_projects ORDER BY 1")
+    assert records == sorted((u, u) for u in (a.uuid, b.uuid))
+
+
+async def test_a_destination_user_without_create_rights_gets_one_line_and_nothing_inserted(simcore: Simcore) -> None:
+    """The destination's database user may write osparc's tables but not create a schema: the insert
+    says what to grant (or what an administrator creates), and commits nothing."""
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=SampleSpec(
+        files=2, file_size=1024, multipart_size=0, directory_objects=0, hidden_children=0, soft_link=False,
+        deployment_bound_rows=False, special_names=False))
+    role, password = f"writer_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    dst = simcore.destination_db
+    await run_sql(dst, f"CREATE ROLE {role} LOGIN PASSWORD '{password}'; "
+                       f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; "
+                       f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    try:
+        writer = dst.model_copy(update={"user": role, "password": SecretStr(password)})
+        settings = simcore.settings(sample.uuid, destination={"db": writer})
+        report = await steps.preflight(settings, probe_write=False)
+        plan = steps.make_plan(await steps.read_project_graph(settings, report), report)
+        await steps.copy_objects(settings, [(c, None) for c in plan.copies])
+        with pytest.raises(InsertError) as refused:
+            await steps.insert_rows(settings, plan, await steps.verify_objects(settings, plan.copies))
+        line = str(refused.value)
+        assert "\n" not in line and line.startswith("the destination database user may not create the schema projmig"), line
+        assert "grant it CREATE on the database" in line and line.endswith("nothing was inserted"), line
+        assert password not in line
+        assert await rows_of(dst, "SELECT uuid FROM projects") == []
+    finally:
+        await run_sql(dst, f"DROP OWNED BY {role}; DROP ROLE {role}")

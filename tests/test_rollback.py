@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -23,7 +24,7 @@ from projmig.insert import project_key
 from projmig.plan import MigrationPlan
 from projmig.rollback import RollbackRefused
 from projmig.s3 import s3_client
-from projmig.sandbox import SeaweedServer
+from projmig.sandbox import SeaweedServer, find_pg_bindir
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.schema import PROJECT_TABLES
@@ -202,7 +203,8 @@ async def test_changed_after_the_migration_is_refused_and_nothing_is_removed(sim
 
 
 async def test_source_changed_since_the_migration(simcore: Simcore) -> None:
-    """The source moved on: the destination's own insert time tells the migration's rows from later changes."""
+    """The source moved on: the insert's record (what it wrote, and when) tells the migration's rows from
+    later changes in the destination."""
     kept, edited = [await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
                                                spec=small(40 + i, directory_objects=0)) for i in range(2)]
     await migrate(simcore.settings(None, source={"project_uuids": [kept.uuid, edited.uuid]}))
@@ -216,7 +218,7 @@ async def test_source_changed_since_the_migration(simcore: Simcore) -> None:
     await sql(simcore.source_db, "UPDATE projects_nodes SET label = 'changed in the source' WHERE project_uuid = $1", edited.uuid)
     edited_rows = await snapshot(simcore.destination_db)
 
-    with pytest.raises(RollbackRefused, match=rf"{edited.uuid} .* was modified after the migration: last changed .*, after the migration inserted it"):
+    with pytest.raises(RollbackRefused, match=rf"{edited.uuid} .* was modified after the migration: last changed .*, the migration wrote"):
         await steps.rollback_migration(simcore.settings(edited.uuid))
     assert await snapshot(simcore.destination_db) == edited_rows
 
@@ -424,3 +426,65 @@ async def test_a_same_bucket_probe_answered_403_refuses_rollback(fixture_simcore
         assert await snapshot(simcore.destination_db) == rows and await object_digests(source) == objects
     finally:
         server.stop()
+
+
+def pg_tool(name: str, db: DatabaseSettings, *args: str, stdin: bytes | None = None) -> bytes:
+    """Run PostgreSQL's own client ``name`` (pg_dump, pg_restore) against ``db``."""
+    assert db.password is not None
+    env = {**os.environ, "PGPASSWORD": db.password.get_secret_value()}
+    done = subprocess.run([str(find_pg_bindir() / name), "-h", db.host, "-p", str(db.port), "-U", db.user, *args],
+                          input=stdin, capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout
+
+
+async def test_a_destination_restored_from_a_dump_of_the_source_is_refused(simcore: Simcore) -> None:
+    """The project's rows come into the destination from a pg_dump of the source (pg_restore of the
+    project tables' data, as a restore of an old dump does), and its bucket holds copies of the
+    source's objects: the same uuids, creation and last change dates as the source's, but no record
+    of an insert by projmig. Refused, nothing removed."""
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(110))
+    tables = [arg for table in PROJECT_TABLES for arg in ("-t", table)]
+    dump = pg_tool("pg_dump", simcore.source_db, "-Fc", "--data-only", *tables, "-d", simcore.source_db.database or "")
+    # the source's owner and groups are not the destination's: foreign keys are not checked while restoring,
+    # then the owner is one of the destination's users, as an operator restoring the dump would make it
+    pg_tool("pg_restore", simcore.destination_db, "--data-only", "--disable-triggers", "-d",
+            simcore.destination_db.database or "", stdin=dump)
+    await sql(simcore.destination_db, "UPDATE projects SET prj_owner = $1", simcore.carol)
+    await sql(simcore.destination_db, "UPDATE file_meta_data SET user_id = $1", simcore.carol)
+    dst = simcore.destination_s3
+    async with s3_client(simcore.source_s3) as src, s3_client(dst) as client:
+        for key in sample.objects:  # the bucket restored alongside: plain copies, no mark
+            body = await src.get_object(Bucket=simcore.source_s3.bucket, Key=key)
+            async with body["Body"] as stream:
+                await client.put_object(Bucket=dst.bucket, Key=key, Body=await stream.read())
+    face = "SELECT uuid, creation_date, last_change_date FROM projects"
+    assert await sql(simcore.destination_db, face) == await sql(simcore.source_db, face)
+    rows, objects = await snapshot(simcore.destination_db), await object_digests(dst)
+
+    with pytest.raises(RollbackRefused) as refused:
+        await steps.rollback_migration(simcore.settings(sample.uuid))
+    [problem] = refused.value.problems
+    assert problem.startswith(f"destination project {sample.uuid} ('study 110') has no record of an insert by "
+                              "projmig (table projmig.inserted_projects)"), problem
+    assert "osparc's own project deletion" in problem and problem.endswith("; nothing was removed"), problem
+    assert await snapshot(simcore.destination_db) == rows and await object_digests(dst) == objects
+
+
+async def test_a_project_migrated_without_an_insert_record_is_refused_with_one_line(simcore: Simcore, tmp_path: Path) -> None:
+    """A projmig older than the insert record migrated the project: rollback cannot prove it is
+    projmig's and says how to go on instead."""
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(120))
+    settings = simcore.settings(sample.uuid)
+    await migrate(settings)
+    [[recorded]] = await sql(simcore.destination_db, "SELECT count(*) FROM projmig.inserted_projects WHERE project_uuid = $1",
+                             sample.uuid)
+    assert recorded == 1
+    await sql(simcore.destination_db, "DROP SCHEMA projmig CASCADE")  # as an older projmig left it
+    rows, objects = await snapshot(simcore.destination_db), await object_digests(simcore.destination_s3)
+
+    result = projmig("rollback", "--config", write_config(tmp_path, simcore.config(sample.uuid)))
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: destination project {sample.uuid} ('study 120') has no record of an insert by projmig"), line
+    assert await snapshot(simcore.destination_db) == rows and await object_digests(simcore.destination_s3) == objects
