@@ -39,18 +39,22 @@ object written through the destination's client is seen through the source's), w
 configuration gives them, and rollback refuses, since there the "copy" is the original. Only a
 404 for the probe says "another bucket": a 403 or any other unclear answer refuses too.
 
-**What is removed.** In one destination transaction, tables in reverse foreign-key order (
-``file_meta_data`` explicitly, then ``project_to_groups``, ``projects_networks``,
-``projects_extensions``, ``projects_to_jobs``, ``projects_metadata``, ``projects_nodes`` and last
-``projects``), every row of these projects, and their records. The checks above run in that same transaction, with the
-project rows locked, so nothing can change between the check and the delete. Then, only once the
-rows are gone (osparc never sees a file row without its object), the objects under the prefix of a
-project of the plan that are the migration's: those the file rows removed in this run name (a
-directory entry: every object under its prefix; a soft link's target is never removed through the
-link) and those that carry this migration's mark (:mod:`projmig.marks`). Batched ``DeleteObjects``
-(1,000 keys a request), retried like every S3 call; the unfinished multipart uploads this migration
-started are aborted. If deleting objects fails, a rerun finds no rows and deletes the marked objects
-that are left.
+**What is removed.** In one destination transaction, tables in reverse foreign-key order
+(``file_meta_data``, ``project_to_groups``, ``projects_networks``, ``projects_extensions``,
+``projects_to_jobs``, ``projects_metadata``, ``projects_nodes`` and last ``projects``), every row of
+these projects, and their records. The checks above run in that same transaction, with the project
+rows locked, so nothing can change between the check and the delete. Then, only once the rows are
+gone (osparc never sees a file row without its object): the unfinished multipart uploads this
+migration started (listed in its ledger objects, :mod:`projmig.marks`) are aborted, and of the
+objects under the prefix of each project of the plan, exactly those that carry this migration's
+mark are deleted, each mark read just before its delete (a HEAD) and the delete conditional on the
+ETag that HEAD gave (:func:`projmig.buckets.delete_marked`): a file a row named, or one under a
+directory entry, that a destination user has written over or added is kept. Where the server
+honours DeleteObjects' per-key ETag (asked once per rollback, :func:`projmig.buckets.conditional_deletes`:
+SeaweedFS 4.x and AWS do) the marked objects go in batches of 1,000 and one written over since its
+HEAD is kept; where it ignores it (Ceph RGW 16.2) each goes by its own ``DeleteObject`` right after
+its HEAD, with ``If-Match`` in vain, one round trip apart. Calls are retried like every S3 call. If
+deleting fails, a rerun finds no rows and deletes the marked objects that are left.
 """
 
 from __future__ import annotations
@@ -67,10 +71,19 @@ from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import PreflightError, ProjmigError
-from .graph import SIMCORE_LOCATION, database_identity
+from .graph import database_identity
 from .insert import RECORD_TABLE, InsertRecord, forget_records, project_key, read_records
-from .marks import COPY_MARK, UploadRecord, copy_mark, read_mark, read_record
-from .buckets import ObjectState, list_prefix, list_uploads
+from .marks import COPY_MARK, UploadRecord, copy_mark, project_of, read_mark, read_record
+from .buckets import (
+    MARK_READS_AT_ONCE,
+    MarkedDeletion,
+    ObjectState,
+    abort_upload,
+    conditional_deletes,
+    delete_marked,
+    list_prefix,
+    list_uploads,
+)
 from .plan import DestinationFacts, MigrationPlan
 from .units import human_bytes
 from .s3 import Retrier, describe_error, error_code, s3_client
@@ -79,7 +92,6 @@ from .selection import Lister, plan_selection, read_selection, select_projects
 from .settings import MigrationSettings, UuidPolicy
 
 IDENTITY_PROBE = ".projmig-identity-"  # + random hex: written to the destination, looked for in the source
-MARK_READS_AT_ONCE = 16  # HEADs in flight when reading the marks of objects no removed row names
 
 class RollbackRefused(PreflightError):
     """The destination holds something this migration did not write, or changed since: nothing removed."""
@@ -101,7 +113,9 @@ class RollbackResult(BaseModel):
     dry_run: bool = False
     projects: list[RollbackProject] = Field(default_factory=list)
     rows: dict[str, int] = Field(default_factory=dict)  # table -> rows removed (dry run: that would be)
-    objects: dict[str, int] = Field(default_factory=dict)  # destination key -> size: to remove
+    # destination key -> size: found under the projects' prefixes (a dry run: those that carry the
+    # mark), then those removed
+    objects: dict[str, int] = Field(default_factory=dict)
     uploads: list[tuple[str, str]] = Field(default_factory=list)  # (key, upload id) unfinished, ours
     objects_left: int = 0  # under the projects' prefixes but not written by this migration: kept
     objects_removed: int = 0
@@ -118,6 +132,11 @@ class RollbackResult(BaseModel):
     @property
     def bytes(self) -> int:
         return sum(self.objects.values())
+
+    def object_marks(self) -> dict[str, str]:
+        """Each object found -> the mark it must carry to be removed: that of its project's copy."""
+        mark = {p.dst_uuid.lower(): copy_mark(p.src_uuid, p.dst_uuid) for p in self.projects}
+        return {key: mark[project_of(key).lower()] for key in self.objects if project_of(key).lower() in mark}
 
     @property
     def nothing(self) -> bool:
@@ -242,8 +261,6 @@ async def refuse_shared_bucket(settings: MigrationSettings, retry: Retrier) -> N
 class RowRemoval(BaseModel):
     present: list[str] = Field(default_factory=list)  # destination uuids found (and removed)
     rows: dict[str, int] = Field(default_factory=dict)
-    file_keys: list[str] = Field(default_factory=list)  # objects named by the removed file rows
-    file_prefixes: list[str] = Field(default_factory=list)  # directory entries: every object under these
 
 
 async def remove_rows(
@@ -427,16 +444,9 @@ async def _delete_rows(
 ) -> None:
     """Every row of these projects, children first (file_meta_data ... projects). Dry run: the same
     rows, selected and counted."""
-    file_columns = "file_id, object_name, is_directory, is_soft_link, location_id"
     for table in reversed(insert_order(metadata)):
         where = f"WHERE {project_key(table.name)} = ANY(:u)"
-        if table.name == "file_meta_data":
-            sql = (f"SELECT {file_columns} FROM file_meta_data {where}" if dry_run
-                   else f"DELETE FROM file_meta_data {where} RETURNING {file_columns}")
-            files = (await conn.execute(text(sql), {"u": uuids})).all()
-            n = len(files)
-            _collect_file_objects(files, uuids, removal)
-        elif dry_run:
+        if dry_run:
             n = await conn.scalar(text(f"SELECT count(*) FROM {table.name} {where}"), {"u": uuids})
         else:
             n = (await conn.execute(text(f"DELETE FROM {table.name} {where}"), {"u": uuids})).rowcount
@@ -445,31 +455,16 @@ async def _delete_rows(
     removal.rows = {t: removal.rows[t] for t in PROJECT_TABLES if t in removal.rows}
 
 
-def _collect_file_objects(files: list[SqlRow[Any]], uuids: list[str], removal: RowRemoval) -> None:
-    prefixes = tuple(f"{u}/" for u in uuids)
-    for row in files:
-        name = row.object_name or row.file_id
-        if row.is_soft_link or str(row.location_id or SIMCORE_LOCATION) != SIMCORE_LOCATION:
-            continue  # a link's target is its own entry's object; other locations are not in the bucket
-        if not name.startswith(prefixes):
-            continue
-        if row.is_directory:
-            removal.file_prefixes.append(name.rstrip("/") + "/")
-        else:
-            removal.file_keys.append(name)
-
-
 # --- the objects ----------------------------------------------------------------------------------
 
 
 async def find_objects(
     client: Any, bucket: str, plan: MigrationPlan, removal: RowRemoval, retry: Retrier, *, dry_run: bool
 ) -> RollbackResult:
-    """What of the migration is in the destination bucket, from one listing per project prefix: the
-    objects named by the rows removed in this run, and the objects and open uploads that carry the
-    mark of this migration (:mod:`projmig.marks`; one HEAD per object the rows do not name)."""
-    named = set(removal.file_keys)
-    directories = tuple(removal.file_prefixes)
+    """What of the migration may be in the destination bucket, from one listing per project prefix,
+    and the open uploads this migration started there (:mod:`projmig.marks`). A dry run reads each
+    object's mark (one HEAD each) to say exactly what would go; a real run leaves that to
+    :func:`remove_objects`, which reads each mark just before deleting."""
     objects: dict[str, int] = {}
     uploads: list[tuple[str, str]] = []
     left = 0
@@ -482,10 +477,9 @@ async def find_objects(
     for project in plan.projects:
         prefix, ours = f"{project.dst_uuid}/", copy_mark(project.src_uuid, project.dst_uuid)
         listing: dict[str, ObjectState] = await list_prefix(client, bucket, prefix, retry)
-        unnamed = [k for k in listing if k not in named and not (directories and k.startswith(directories))]
-        marks = dict(zip(unnamed, await asyncio.gather(*(mark(k) for k in unnamed))))
+        marks = dict(zip(listing, await asyncio.gather(*(mark(k) for k in listing)))) if dry_run else {}
         for key, state in listing.items():
-            if key not in marks or marks[key] == ours:
+            if not dry_run or marks[key] == ours:
                 objects[key] = state.size
             else:
                 left += 1
@@ -510,3 +504,21 @@ async def find_objects(
         uploads=uploads,
         objects_left=left,
     )
+
+
+async def remove_objects(client: Any, bucket: str, result: RollbackResult, retry: Retrier) -> RollbackResult:
+    """Abort the migration's unfinished uploads :func:`find_objects` found (before the ledger objects
+    that make them the migration's go), then delete each object it found that carries the migration's
+    mark, read just before, the delete conditional on the ETag read
+    (:func:`projmig.buckets.delete_marked`; batched where the server honours the condition). Returns
+    ``result`` with the objects removed, and those kept counted."""
+    aborted = sum([await abort_upload(client, bucket, key, upload_id, retry) for key, upload_id in result.uploads])
+    marks = result.object_marks()
+    deleted = MarkedDeletion(removed={}, kept=0)
+    if marks:
+        conditional = await conditional_deletes(client, bucket, retry)
+        deleted = await delete_marked(client, bucket, marks, retry, conditional=conditional)
+    return result.model_copy(update={
+        "objects": deleted.removed, "objects_removed": len(deleted.removed),
+        "objects_left": result.objects_left + deleted.kept, "uploads_aborted": aborted,
+    })

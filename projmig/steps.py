@@ -25,7 +25,7 @@ from .errors import PreflightError, TransferError
 from .locks import ProjectLocks, project_locks
 from .graph import ProjectGraph, snapshot
 from .insert import InsertResult, ProjectInsert, insert_each, insert_plan
-from .buckets import ObjectState, abort_marked_uploads, abort_upload, abort_uploads, delete_objects, list_prefix
+from .buckets import ObjectState, abort_marked_uploads, abort_uploads, list_prefix
 from .budget import ByteBudget
 from .copier import CopyOutcome, ObjectCopier, refuse_oversized
 from .objects import compare_with_destination
@@ -37,6 +37,7 @@ from .rollback import (
     find_objects,
     recompute_plan,
     refuse_shared_bucket,
+    remove_objects,
     remove_rows,
 )
 from .s3 import Retrier, s3_client
@@ -435,16 +436,12 @@ async def rollback_rows(settings: MigrationSettings, *, dry_run: bool = False) -
 async def rollback_objects(settings: MigrationSettings, result: RollbackResult) -> RollbackResult:
     """Delete the objects :func:`rollback_rows` found (batched DeleteObjects) and abort the unfinished
     uploads of the migration's keys."""
-    retry = retrier(settings)
-    bucket = settings.destination.s3.bucket
     try:
         async with s3_client(settings.destination.s3) as client:
-            removed = await delete_objects(client, bucket, list(result.objects), retry)
-            aborted = sum([await abort_upload(client, bucket, key, upload_id, retry) for key, upload_id in result.uploads])
+            return await remove_objects(client, settings.destination.s3.bucket, result, retrier(settings))
     except TransferError as exc:
         rows = "the rows are removed; " if result.removed_projects and not result.dry_run else ""
         raise TransferError(f"{exc} ({rows}rerun the rollback to remove the objects left)", transient=exc.transient) from exc
-    return result.model_copy(update={"objects_removed": removed, "uploads_aborted": aborted})
 
 
 async def rollback_migration(settings: MigrationSettings, *, dry_run: bool = False) -> RollbackResult:
