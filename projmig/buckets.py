@@ -240,7 +240,8 @@ async def _exists(client: Any, bucket: str, key: str, retry: Retrier) -> bool:
 @dataclass
 class MarkedDeletion:
     removed: dict[str, int]  # key -> size, as its HEAD said just before
-    kept: int  # without the mark when read, gone meanwhile, or written over between the read and the delete
+    kept: int  # without the mark when read, or written over between the read and the delete
+    gone: int = 0  # not there when read (deleted meanwhile, e.g. by an earlier attempt)
 
 
 async def delete_marked(
@@ -256,11 +257,13 @@ async def delete_marked(
     does, leaves one round trip between the read and the delete in which a write would be lost)."""
     slots = asyncio.Semaphore(at_once)
     removed: dict[str, int] = {}
-    kept = 0
+    gone: set[str] = set()
 
     async def read(key: str) -> tuple[str, int, str] | None:
         async with slots:
             head = await _head(client, bucket, key, retry)
+        if head is None:
+            gone.add(key)
         if head is None or (head.get("Metadata") or {}).get(COPY_MARK) != marks[key]:
             return None
         return key, head["ContentLength"], head["ETag"]
@@ -282,12 +285,11 @@ async def delete_marked(
             changed = await _delete_batches(client, bucket, list(etags), retry, etags)
             went = {key: size for key, size, _ in ours if key not in changed}
             removed.update(went)
-            kept += len(batch) - len(went)
     else:
         done = await asyncio.gather(*(read_and_delete(k) for k in keys))
         removed = {d[0]: d[1] for d in done if d is not None}
-        kept = len(keys) - len(removed)
-    return MarkedDeletion(removed=dict(sorted(removed.items())), kept=kept)
+    kept = len(keys) - len(removed) - len(gone)
+    return MarkedDeletion(removed=dict(sorted(removed.items())), kept=kept, gone=len(gone))
 
 
 async def _head(client: Any, bucket: str, key: str, retry: Retrier) -> dict[str, Any] | None:
