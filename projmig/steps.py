@@ -434,8 +434,8 @@ async def rollback_rows(settings: MigrationSettings, *, dry_run: bool = False) -
 
 
 async def rollback_objects(settings: MigrationSettings, result: RollbackResult) -> RollbackResult:
-    """Delete the objects :func:`rollback_rows` found (batched DeleteObjects) and abort the unfinished
-    uploads of the migration's keys."""
+    """Abort the unfinished uploads of the migration's keys and delete, of the objects :func:`rollback_rows`
+    found, those that carry the migration's mark as read just before (:func:`projmig.rollback.remove_objects`)."""
     try:
         async with s3_client(settings.destination.s3) as client:
             return await remove_objects(client, settings.destination.s3.bucket, result, retrier(settings))
