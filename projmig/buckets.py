@@ -9,14 +9,20 @@
   the migration's (:func:`abort_marked_uploads`, :mod:`projmig.marks`), how old they must be, which
   locks are held (:mod:`projmig.steps`).
 - Only what carries a migration's mark is aborted or deleted on its behalf: an unfinished upload of
-  a key its ledger object lists (:func:`abort_marked_uploads`), an object that fails its ETag check
-  while it still carries the mark (:func:`delete_if_marked`), a rollback's objects
-  (:mod:`projmig.rollback` chooses them).
+  a key its ledger object lists (:func:`abort_marked_uploads`), and an object only when it carries
+  the mark as read just before its delete, which is conditional on the ETag that read gave
+  (:func:`delete_marked`): an object that fails its ETag check (:func:`delete_if_marked`), a
+  rollback's objects (:mod:`projmig.rollback`). Where the server honours DeleteObjects' per-key
+  ``<ETag>`` (:func:`conditional_deletes`: SeaweedFS 4.x, AWS) an object written over between the
+  read and the delete is kept; where it ignores the condition (Ceph RGW 16.2, tested) the delete
+  follows its read by one round trip.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,11 +30,16 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .errors import TransferError
-from .marks import drop_record, ledger_key, ledger_prefix, project_of, read_mark, read_record
-from .s3 import Retrier, describe_error, is_transient, upload_gone
+from .marks import COPY_MARK, drop_record, ledger_key, ledger_prefix, project_of, read_record
+from .s3 import Retrier, describe_error, error_code, is_transient, upload_gone
 from .s3data import BotoData, DataPath, Listed
 
 DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 maximum)
+MARK_READS_AT_ONCE = 16  # HEADs (and single deletes) in flight when deleting only what carries a mark
+CONDITION_PROBE = ".projmig-condition-"  # + random hex: the probe of conditional_deletes
+PRECONDITION_FAILED = frozenset({"PreconditionFailed", "412"})
+# how a server says it does not know a conditional delete (AWS before 2025: 501 NotImplemented)
+CONDITION_UNSUPPORTED = frozenset({"NotImplemented", "501", "MalformedXML", "InvalidArgument", "InvalidRequest"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +164,21 @@ def _started_after(upload: dict[str, Any], when: datetime | None) -> bool:
     return when is not None and initiated is not None and initiated > when
 
 
-async def delete_objects(client: Any, bucket: str, keys: list[str], retry: Retrier) -> int:
-    """Delete ``keys`` with batched DeleteObjects; keys a server reports transient errors for are retried."""
-    deleted = 0
+async def delete_objects(
+    client: Any, bucket: str, keys: list[str], retry: Retrier, *, etags: Mapping[str, str] | None = None
+) -> int:
+    """Delete ``keys`` with batched DeleteObjects; keys a server reports transient errors for are
+    retried. ``etags``: each key only while it has this ETag (DeleteObjects' per-key ``<ETag>``
+    condition, for a server that honours it: :func:`conditional_deletes`); a key that no longer has
+    it is kept and not counted. Returns how many keys were deleted (or were not there)."""
+    return len(keys) - len(await _delete_batches(client, bucket, keys, retry, etags))
+
+
+async def _delete_batches(
+    client: Any, bucket: str, keys: list[str], retry: Retrier, etags: Mapping[str, str] | None
+) -> set[str]:
+    """:func:`delete_objects`; returns the keys the server kept because their ETag was not ``etags``'."""
+    changed: set[str] = set()
     for start in range(0, len(keys), DELETE_BATCH):
         pending = set(keys[start:start + DELETE_BATCH])
         what = f"s3://{bucket}/{keys[start]}" if len(pending) == 1 else f"{len(pending)} objects from s3://{bucket}"
@@ -163,10 +186,13 @@ async def delete_objects(client: Any, bucket: str, keys: list[str], retry: Retri
 
         async def attempt() -> None:
             batch = sorted(pending)
-            resp = await client.delete_objects(
-                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
-            )
+            objects = [{"Key": k, "ETag": etags[k]} if etags is not None else {"Key": k} for k in batch]
+            resp = await client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
             errors = {e["Key"]: e for e in resp.get("Errors", [])}
+            if etags is not None:
+                refused = {k for k, e in errors.items() if e.get("Code") in PRECONDITION_FAILED}
+                changed.update(refused)
+                errors = {k: e for k, e in errors.items() if k not in refused}
             pending.intersection_update(errors)
             if not errors:
                 return
@@ -181,13 +207,119 @@ async def delete_objects(client: Any, bucket: str, keys: list[str], retry: Retri
             await retry(where, attempt)
         except ClientError as exc:  # not worth retrying (e.g. access denied)
             raise TransferError(f"{where}: {describe_error(exc)}") from exc
-        deleted += len(keys[start:start + DELETE_BATCH])
-    return deleted
+    return changed
+
+
+async def conditional_deletes(client: Any, bucket: str, retry: Retrier) -> bool:
+    """Whether this server deletes under DeleteObjects' per-key ``<ETag>`` condition only while it
+    holds: a probe object (``.projmig-condition-<random>``, removed again) is asked to go under a
+    wrong ETag, and must still be there. SeaweedFS 4.x keeps it (412 PreconditionFailed, as AWS since
+    2025); Ceph RGW 16 ignores the condition and deletes it. A server that refuses the element itself
+    has no conditional deletes either; any other error is the caller's."""
+    key = f"{CONDITION_PROBE}{secrets.token_hex(16)}"
+    await retry(f"s3://{bucket}: write condition probe", lambda: client.put_object(
+        Bucket=bucket, Key=key, Body=b"", Metadata={COPY_MARK: "condition probe"}))
+    try:
+        try:
+            resp = await retry(f"s3://{bucket}: delete condition probe under a wrong ETag", lambda: client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": key, "ETag": f'"{"0" * 32}"'}], "Quiet": True}))
+        except ClientError as exc:
+            if error_code(exc) in CONDITION_UNSUPPORTED:
+                return False
+            raise TransferError(f"delete s3://{bucket}/{key}: {describe_error(exc)}") from exc
+        refused = {e.get("Code") for e in resp.get("Errors", [])}
+        return bool(refused & PRECONDITION_FAILED) and await _exists(client, bucket, key, retry)
+    finally:
+        await retry(f"s3://{bucket}: remove condition probe", lambda: client.delete_object(Bucket=bucket, Key=key))
+
+
+async def _exists(client: Any, bucket: str, key: str, retry: Retrier) -> bool:
+    return await _head(client, bucket, key, retry) is not None
+
+
+@dataclass
+class MarkedDeletion:
+    removed: dict[str, int]  # key -> size, as its HEAD said just before
+    kept: int  # without the mark when read, or written over between the read and the delete
+    gone: int = 0  # not there when read (deleted meanwhile, e.g. by an earlier attempt)
+
+
+async def delete_marked(
+    client: Any, bucket: str, marks: Mapping[str, str], retry: Retrier, *, conditional: bool,
+    at_once: int = MARK_READS_AT_ONCE,
+) -> MarkedDeletion:
+    """Delete each key of ``marks`` only if it carries its mark (key -> mark, :mod:`projmig.marks`),
+    read just before: a HEAD gives the mark and the ETag, and the delete is conditional on that ETag.
+
+    ``conditional`` (:func:`conditional_deletes`): the marked keys of each batch of 1,000 go in one
+    DeleteObjects, each under its ETag; the server keeps a key written over since its HEAD. Else each
+    key is deleted right after its own HEAD with ``If-Match`` (a server that ignores it, as Ceph RGW 16
+    does, leaves one round trip between the read and the delete in which a write would be lost)."""
+    slots = asyncio.Semaphore(at_once)
+    removed: dict[str, int] = {}
+    gone: set[str] = set()
+
+    async def read(key: str) -> tuple[str, int, str] | None:
+        async with slots:
+            head = await _head(client, bucket, key, retry)
+        if head is None:
+            gone.add(key)
+        if head is None or (head.get("Metadata") or {}).get(COPY_MARK) != marks[key]:
+            return None
+        return key, head["ContentLength"], head["ETag"]
+
+    async def read_and_delete(key: str) -> tuple[str, int] | None:
+        found = await read(key)
+        if found is None:
+            return None
+        async with slots:
+            deleted = await _delete_if_match(client, bucket, key, found[2], retry)
+        return (key, found[1]) if deleted else None
+
+    keys = sorted(marks)
+    if conditional:
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start:start + DELETE_BATCH]
+            ours = [f for f in await asyncio.gather(*(read(k) for k in batch)) if f is not None]
+            etags = {key: etag for key, _, etag in ours}
+            changed = await _delete_batches(client, bucket, list(etags), retry, etags)
+            went = {key: size for key, size, _ in ours if key not in changed}
+            removed.update(went)
+    else:
+        done = await asyncio.gather(*(read_and_delete(k) for k in keys))
+        removed = {d[0]: d[1] for d in done if d is not None}
+    kept = len(keys) - len(removed) - len(gone)
+    return MarkedDeletion(removed=dict(sorted(removed.items())), kept=kept, gone=len(gone))
+
+
+async def _head(client: Any, bucket: str, key: str, retry: Retrier) -> dict[str, Any] | None:
+    try:
+        return await retry(f"HEAD {key}", lambda: client.head_object(Bucket=bucket, Key=key))
+    except ClientError as exc:
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise TransferError(f"HEAD s3://{bucket}/{key}: {describe_error(exc)}") from exc
+
+
+async def _delete_if_match(client: Any, bucket: str, key: str, etag: str, retry: Retrier) -> bool:
+    """DeleteObject under ``If-Match``: False when the server says the object changed (412) or is
+    gone; a server that does not know the header gets the plain delete."""
+    where = f"delete s3://{bucket}/{key}"
+    try:
+        await retry(where, lambda: client.delete_object(Bucket=bucket, Key=key, IfMatch=etag))
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in PRECONDITION_FAILED or code in ("404", "NoSuchKey"):
+            return False
+        if code not in CONDITION_UNSUPPORTED:
+            raise TransferError(f"{where}: {describe_error(exc)}") from exc
+        try:
+            await retry(where, lambda: client.delete_object(Bucket=bucket, Key=key))
+        except ClientError as again:
+            raise TransferError(f"{where}: {describe_error(again)}") from again
+    return True
 
 
 async def delete_if_marked(client: Any, bucket: str, key: str, mark: str, retry: Retrier) -> bool:
-    """Delete ``key`` only if it carries ``mark``; whether it did."""
-    if await read_mark(client, bucket, key, retry) != mark:
-        return False
-    await delete_objects(client, bucket, [key], retry)
-    return True
+    """Delete ``key`` only if it carries ``mark`` (read just before, the delete under its ETag); whether it did."""
+    return bool((await delete_marked(client, bucket, {key: mark}, retry, conditional=False)).removed)

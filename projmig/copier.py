@@ -35,7 +35,7 @@ from .budget import ByteBudget
 from .buckets import ObjectState, delete_if_marked, etag_of
 from .errors import PreflightError, ProjmigError, TransferError, VerificationError
 from .graph import SourceObject
-from .marks import COPY_MARK, drop_record, mark_of, without_marks, write_record
+from .marks import COPY_MARK, create_recorded_upload, drop_record, mark_of, without_marks
 from .multipart import (
     PartTransfer,
     abort_quietly,
@@ -333,15 +333,7 @@ class ObjectCopier:
         extra = _carried_headers(head, mark)
         if not same_layout:
             extra["Metadata"][MARKER] = item.etag
-        # recorded before and after: a run stopped in between still finds the upload to be its own
-        await write_record(self.dst, self.dst_bucket, item.dst_key, mark, self.retry, uploads=set(), pending=True)
-        created = await self.retry(
-            f"{item.dst_key}: create multipart upload",
-            lambda: self.dst.create_multipart_upload(Bucket=self.dst_bucket, Key=item.dst_key, **extra),
-        )
-        upload_id: str = created["UploadId"]
-        await write_record(self.dst, self.dst_bucket, item.dst_key, mark, self.retry, uploads={upload_id}, pending=False)
-        return upload_id
+        return await create_recorded_upload(self.dst, self.dst_bucket, item.dst_key, mark, self.retry, **extra)
 
     async def _check_read_back(self, item: ObjectCopy, read_sha256: str) -> None:
         """The destination object, read back whole, has the SHA-256 of the source bytes read."""

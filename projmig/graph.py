@@ -3,14 +3,16 @@ hidden child job projects (recursively), and the objects each file entry names.
 
 The rows are read in one ``REPEATABLE READ READ ONLY`` transaction (:func:`snapshot`): every table of
 every project as of one moment, never a project half-way through an edit. What later tells whether a
-source project changed since (:class:`SourceState`, read again just before the insert commits) is
-read in the same snapshot."""
+source project changed since (:class:`SourceState`: a digest of its rows per table, read in the same
+snapshot, and of the listing of each directory entry, from the listing the objects to copy come
+from) is read again just before the insert commits."""
 
 from __future__ import annotations
 
+import hashlib
 from bisect import bisect_left
 from collections import deque
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from sys import intern
@@ -22,7 +24,7 @@ from sqlalchemy import JSON, Date, DateTime, MetaData, Table, Text, cast, func, 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import PreflightError
-from .rowcheck import TextTables, read_text_rows
+from .rowcheck import TextTables, read_text_rows, table_digests
 from .schema import DEPLOYMENT_BOUND_TABLES, PROJECT_TABLES, reflect
 
 Row = dict[str, Any]
@@ -55,34 +57,64 @@ class FileEntry:
 
 
 class SourceState(BaseModel):
-    """What says that a source project changed: its ``last_change_date`` (moved by every change of
-    the project and, by trigger, of its nodes) and its file rows (``file_id``, size, ETag), both as
-    the source database writes them (a digest of the rows' text)."""
+    """What says that a source project changed: every row of it in every project table, as a digest
+    per table of the rows' text (:func:`projmig.rowcheck.table_digests`, the row check's text form),
+    and the objects under each of its directory entries, as a digest of their listing (key, size,
+    ETag). ``last_change`` is there to be named in the message; ``database``, the identity of the
+    database the project was read from, is what the insert records (:mod:`projmig.insert`)."""
 
+    database: tuple[str, str]  # (system identifier, database name): :func:`database_identity`
     last_change: str | None
-    files: str
+    tables: dict[str, str]  # project table -> digest of the project's rows there
+    directories: dict[str, str] = Field(default_factory=dict)  # directory entry's prefix -> digest of its listing
 
     def changes(self, now: SourceState | None) -> str | None:
         """How ``now`` differs from this state, in words (None: it does not)."""
         if now is None:
             return "deleted"
         parts = []
+        if now.database != self.database:
+            parts.append("read from another database")
         if now.last_change != self.last_change:
             parts.append(f"last change {now.last_change}")
-        if now.files != self.files:
-            parts.append(f"file rows changed; last change {now.last_change}" if not parts else "file rows changed")
+        tables = [t for t in dict.fromkeys([*self.tables, *now.tables]) if self.tables.get(t) != now.tables.get(t)]
+        if tables:
+            parts.append(f"rows changed in {', '.join(tables)}")
+        directories = [d for d in self.directories if now.directories.get(d) != self.directories[d]]
+        if directories:
+            parts.append(f"objects changed under directory {', '.join(directories)}")
         return ", ".join(parts) or None
 
 
+async def database_identity(conn: AsyncConnection) -> tuple[str, str]:
+    """(the cluster's system_identifier, the database's name): what a database is, whatever its address."""
+    row = (await conn.execute(text(
+        "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
+    ))).one()
+    return row[0], row[1]
+
+
 async def source_states(conn: AsyncConnection, uuids: Collection[str]) -> dict[str, SourceState]:
-    rows = await conn.execute(text(
-        "SELECT p.uuid, p.last_change_date::text, "
-        "  (SELECT md5(coalesce(string_agg(format('%L|%L|%L', f.file_id, f.file_size, f.entity_tag), E'\\n' "
-        "                                  ORDER BY f.file_id), '')) "
-        "     FROM file_meta_data f WHERE f.project_id = p.uuid) "
-        "FROM projects p WHERE p.uuid = ANY(:u)"
-    ), {"u": list(uuids)})
-    return {uuid: SourceState(last_change=changed, files=files) for uuid, changed, files in rows}
+    """The state of each of these projects that exists, as of ``conn``'s snapshot; the directories'
+    listings are the caller's (:func:`listing_digest`)."""
+    database = await database_identity(conn)
+    rows = await conn.execute(
+        text("SELECT uuid, last_change_date::text FROM projects WHERE uuid = ANY(:u)"), {"u": list(uuids)}
+    )
+    changed = dict(rows.all())
+    digests = await table_digests(conn, list(changed))
+    return {
+        uuid: SourceState(database=database, last_change=last_change, tables=digests[uuid])
+        for uuid, last_change in changed.items()
+    }
+
+
+def listing_digest(listing: Iterable[tuple[str, int, str]]) -> str:
+    """One digest of the objects (key, size, ETag) a listing found, in any order."""
+    digest = hashlib.sha256()
+    for key, size, etag in sorted(listing):
+        digest.update(f"{key}\0{size}\0{etag}\n".encode())
+    return digest.hexdigest()
 
 
 @asynccontextmanager
@@ -266,6 +298,12 @@ async def read_graph(
         project = project_rows["projects"][0]
         listing = await list_prefix(f"{uuid}/")
         files, referenced = _file_entries(project_rows.get("file_meta_data", []), listing)
+        state = graph.source_states.get(uuid)
+        if state is not None:  # a directory outside the project's prefix has nothing copied to watch
+            state.directories = {
+                directory_prefix(e.object_name): listing_digest((o.key, o.size, o.etag) for o in e.objects)
+                for e in files if e.kind == "directory" and e.object_name and e.object_name.startswith(f"{uuid}/")
+            }
         unreferenced = {k: v for k, v in listing.items() if k not in referenced}
         graph.unreferenced_objects += len(unreferenced)
         graph.unreferenced_bytes += sum(size for size, _ in unreferenced.values())
@@ -320,7 +358,7 @@ def _file_entries(rows: list[Row], listing: dict[str, tuple[int, str]]) -> tuple
             entries.append(FileEntry(file_id=file_id, kind="external", object_name=object_name))
             continue
         if row.get("is_directory"):
-            prefix = object_name.rstrip("/") + "/"
+            prefix = directory_prefix(object_name)
             keys = keys if keys is not None else sorted(listing)
             objects = [
                 SourceObject(key=k, size=listing[k][0], etag=listing[k][1]) for k in _under(keys, prefix)
@@ -344,6 +382,11 @@ def _file_entries(rows: list[Row], listing: dict[str, tuple[int, str]]) -> tuple
                       objects=[SourceObject(key=object_name, size=size, etag=etag)])
         )
     return entries, referenced
+
+
+def directory_prefix(object_name: str) -> str:
+    """The prefix a directory entry stands for: every object under it."""
+    return object_name.rstrip("/") + "/"
 
 
 def _under(keys: list[str], prefix: str) -> list[str]:

@@ -1,11 +1,26 @@
 """Insert every row of a plan into the destination in one transaction: all of it, or nothing. Before
-COMMIT the rows are read back and checked against the source by :mod:`projmig.rowcheck`."""
+COMMIT the rows are read back and checked against the source by :mod:`projmig.rowcheck`, and the
+source projects are read again: a project changed since the graph's snapshot (any row of any of its
+tables, or the objects under one of its directory entries) commits nothing.
+
+**The insert record.** The same transaction records each project it inserts in a table of
+projmig's own in the destination database, ``projmig.inserted_projects`` (schema ``projmig``, which
+osparc's services neither read nor migrate): the destination uuid, the source project and the
+source database's identity (:func:`projmig.graph.database_identity`), the ``creation_date`` and
+``last_change_date`` written (as text, in the row check's text form), and the transaction's time.
+The record commits with the rows or not at all; rollback removes rows only of projects recorded
+there (:mod:`projmig.rollback`). The schema and table are created on the first insert, inside the
+insert transaction (the destination user needs ``CREATE`` on the database for that, or an
+administrator creates them beforehand: :data:`RECORD_DDL`); concurrent first inserts serialise on an
+advisory lock, so that neither fails on the other's ``CREATE``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -16,11 +31,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import InsertError
-from .graph import Row, source_states
+from .graph import Row, listing_digest, snapshot, source_states
 from .buckets import ObjectState
 from .plan import MigrationPlan, PlannedProject
-from .rowcheck import compare, read_text_rows
+from .rowcheck import compare, read_text_rows, use_text_form
 from .schema import PROJECT_TABLES, insert_order, reflect
+from .selection import Lister
 
 SHOWN_DIFFERENCES = 5  # in the error of a failed check (the rest are counted)
 COPY_FROM_ROWS = 1000  # a table's rows (of one shape) from this many on go in with COPY, not INSERT
@@ -44,17 +60,49 @@ def project_key(table: str) -> str:
     return {"projects": "uuid", "file_meta_data": "project_id"}.get(table, "project_uuid")
 
 
+RECORD_TABLE = "projmig.inserted_projects"
+RECORD_DDL = (
+    "CREATE SCHEMA IF NOT EXISTS projmig",
+    f"""CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (
+        project_uuid varchar PRIMARY KEY,
+        source_project_uuid varchar NOT NULL,
+        source_system_identifier text NOT NULL,
+        source_database text NOT NULL,
+        creation_date text NOT NULL,
+        last_change_date text,
+        inserted_at timestamptz NOT NULL DEFAULT now()
+    )""",
+)
+# two-key advisory locks: apart from the insert's one-key locks and from locks.py's (LOCK_SPACE, project)
+RECORD_LOCK = (0x706D6968, 0)
+LISTINGS_AT_ONCE = 8  # directory listings in flight while the insert re-reads the source
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
+
+
+class InsertRecord(BaseModel):
+    """A row of :data:`RECORD_TABLE`: projmig inserted this destination project."""
+
+    project_uuid: str
+    source_project_uuid: str
+    source_database: tuple[str, str]  # (system identifier, database name)
+    creation_date: str  # the row check's text form
+    last_change_date: str | None
+    inserted_at: datetime
+
+
 async def insert_plan(
-    engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], *, source: AsyncEngine | None = None
+    engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], *, source: AsyncEngine,
+    source_listing: Lister,
 ) -> InsertResult:
     """``verified``: destination key -> state, as verified after copying (sizes and ETags to record).
-    ``source``: the source database, read again just before COMMIT (:func:`_refuse_changed_source`)."""
+    ``source``, ``source_listing`` (prefix -> {key: (size, ETag)} in the source bucket): the source,
+    read again just before COMMIT (:func:`_refuse_changed_source`)."""
     committing = False
     try:
         async with engine.begin() as conn:
             result = await _insert(conn, plan, verified)
-            if source is not None:
-                await _refuse_changed_source(source, [p for p in plan.projects if p.dst_uuid not in result.already_present])
+            await _refuse_changed_source(
+                source, source_listing, [p for p in plan.projects if p.dst_uuid not in result.already_present])
             committing = True  # leaving the block sends COMMIT
         return result
     except (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
@@ -70,6 +118,84 @@ async def insert_plan(
                 f"(a rerun finds out and finishes the migration): {detail}"
             ) from exc
         raise InsertError(f"destination transaction rolled back, nothing was inserted: {detail}") from exc
+
+
+async def ensure_record_table(conn: AsyncConnection) -> None:
+    """:data:`RECORD_TABLE`, created inside this transaction when it is not there yet."""
+    if await conn.scalar(text(f"SELECT to_regclass('{RECORD_TABLE}') IS NOT NULL")):
+        return
+    # a concurrent first insert may be creating it, uncommitted: wait for it, then IF NOT EXISTS sees it
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": RECORD_LOCK[0], "b": RECORD_LOCK[1]})
+    try:
+        for statement in RECORD_DDL:
+            await conn.execute(text(statement))
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise InsertError(
+            f"the destination database user may not create the schema projmig, where projmig records each project it "
+            f"inserts (rollback removes only recorded projects): grant it CREATE on the database, or have an "
+            f"administrator run {'; '.join(' '.join(s.split()) for s in RECORD_DDL)} and grant it INSERT, SELECT, "
+            "DELETE on it; nothing was inserted"
+        ) from exc
+
+
+async def _record_inserts(conn: AsyncConnection, projects: list[PlannedProject]) -> None:
+    """Record these projects, just inserted, as projmig's (:data:`RECORD_TABLE`), in this transaction."""
+    if not projects:
+        return
+    missing = [p.src_uuid for p in projects if p.source_state is None]
+    if missing:
+        raise InsertError(f"the plan carries no source state of {', '.join(missing)} to record the insert with; "
+                          "nothing inserted")
+    await use_text_form(conn)
+    await conn.execute(
+        text(
+            f"INSERT INTO {RECORD_TABLE} (project_uuid, source_project_uuid, source_system_identifier, "
+            "source_database, creation_date, last_change_date) "
+            "SELECT p.uuid, w.src, w.sysid, w.db, p.creation_date::text, p.last_change_date::text "
+            "FROM unnest(CAST(:dst AS text[]), CAST(:src AS text[]), CAST(:sysid AS text[]), CAST(:db AS text[])) "
+            "  AS w(dst, src, sysid, db) JOIN projects p ON p.uuid = w.dst "
+            # a record left by a project deleted in the destination since (osparc knows nothing of it)
+            "ON CONFLICT (project_uuid) DO UPDATE SET source_project_uuid = excluded.source_project_uuid, "
+            "  source_system_identifier = excluded.source_system_identifier, source_database = excluded.source_database, "
+            "  creation_date = excluded.creation_date, last_change_date = excluded.last_change_date, inserted_at = now()"
+        ),
+        {
+            "dst": [p.dst_uuid for p in projects],
+            "src": [p.src_uuid for p in projects],
+            "sysid": [p.source_state.database[0] for p in projects],  # type: ignore[union-attr]
+            "db": [p.source_state.database[1] for p in projects],  # type: ignore[union-attr]
+        },
+    )
+
+
+async def read_records(conn: AsyncConnection, uuids: list[str]) -> dict[str, InsertRecord]:
+    """destination uuid -> projmig's record of inserting it, for those of ``uuids`` that have one.
+    Sets the row check's text form (:func:`projmig.rowcheck.use_text_form`) on the transaction, so
+    that the dates compare as text with the projects' own."""
+    await use_text_form(conn)
+    if not await conn.scalar(text(f"SELECT to_regclass('{RECORD_TABLE}') IS NOT NULL")):
+        return {}
+    rows = await conn.execute(
+        text(f"SELECT project_uuid, source_project_uuid, source_system_identifier, source_database, creation_date, "
+             f"last_change_date, inserted_at FROM {RECORD_TABLE} WHERE project_uuid = ANY(:u)"),
+        {"u": uuids},
+    )
+    return {
+        r.project_uuid: InsertRecord(
+            project_uuid=r.project_uuid, source_project_uuid=r.source_project_uuid,
+            source_database=(r.source_system_identifier, r.source_database), creation_date=r.creation_date,
+            last_change_date=r.last_change_date, inserted_at=r.inserted_at,
+        )
+        for r in rows
+    }
+
+
+async def forget_records(conn: AsyncConnection, uuids: list[str]) -> None:
+    """Drop the records of these projects (rollback, with their rows, in its transaction)."""
+    if await conn.scalar(text(f"SELECT to_regclass('{RECORD_TABLE}') IS NOT NULL")):
+        await conn.execute(text(f"DELETE FROM {RECORD_TABLE} WHERE project_uuid = ANY(:u)"), {"u": uuids})
 
 
 async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[str, ObjectState]) -> InsertResult:
@@ -89,6 +215,8 @@ async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[
         raise InsertError(f"collision: the destination got a different project {', '.join(clashes)} meanwhile; nothing inserted")
     present = set(found)
     result.already_present = [u for u in uuids if u in present]
+    if len(present) < len(uuids):  # (a rerun that inserts nothing needs no rights to record)
+        await ensure_record_table(conn)
 
     for table in insert_order(metadata):
         rows = [r for r in plan.rows.get(table.name, []) if r.get(project_key(table.name)) not in present]
@@ -109,6 +237,7 @@ async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[
                 update(projects).where(projects.c.uuid == row["uuid"]).values(last_change_date=row["last_change_date"])
             )
     await _check_written(conn, plan, present, verified)
+    await _record_inserts(conn, [p for p in plan.projects if p.dst_uuid not in present])
     return result
 
 
@@ -133,18 +262,33 @@ async def _check_written(
         )
 
 
-async def _refuse_changed_source(source: AsyncEngine, projects: list[PlannedProject]) -> None:
-    """The source projects being inserted, as they are now, must be as the graph read them (last
-    change date, file rows): else the rows in hand are no longer the source's and nothing is
-    committed; the objects copied stay for the rerun, which migrates the project's current state."""
+async def _refuse_changed_source(source: AsyncEngine, listing: Lister, projects: list[PlannedProject]) -> None:
+    """The source projects being inserted, as they are now, must be as the graph read them (every row
+    of every project table, and the objects under each directory entry): else the rows in hand are
+    no longer the source's and nothing is committed; the objects copied stay for the rerun, which
+    migrates the project's current state. The rows are digested in one snapshot of the source, as
+    the graph's were; each directory prefix is listed again."""
     if not projects:
         return
-    async with source.connect() as conn:
+    async with snapshot(source) as conn:
         now = await source_states(conn, [p.src_uuid for p in projects])
+    slots = asyncio.Semaphore(LISTINGS_AT_ONCE)
+
+    async def listed(prefix: str) -> str:
+        async with slots:
+            found = await listing(prefix)
+        return listing_digest((key, size, etag) for key, (size, etag) in found.items())
+
+    prefixes = sorted({d for p in projects if p.source_state is not None for d in p.source_state.directories})
+    digests = dict(zip(prefixes, await asyncio.gather(*(listed(d) for d in prefixes))))
+    for p in projects:
+        state = now.get(p.src_uuid)
+        if state is not None and p.source_state is not None:
+            state.directories = {d: digests[d] for d in p.source_state.directories}
     changed = [
         f"source project {p.src_uuid} changed during the migration ({how}); rerun to migrate its current state"
         for p in projects
-        if p.source_state is not None and (how := p.source_state.changes(now.get(p.src_uuid)))
+        if (how := "no state read with the graph" if p.source_state is None else p.source_state.changes(now.get(p.src_uuid)))
     ]
     if changed:
         raise SourceChanged(f"{'; '.join(changed)} (destination transaction rolled back, nothing was inserted; "
@@ -217,7 +361,7 @@ class RootInsert:
 
 async def insert_each(
     engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], roots: list[str], *,
-    concurrency: int = 4, source: AsyncEngine | None = None,
+    source: AsyncEngine, source_listing: Lister, concurrency: int = 4,
 ) -> list[RootInsert]:
     """Each root's graph (the root and its hidden children) in a transaction of its own, ``concurrency``
     at once: a project that fails is rolled back alone and the others are kept."""
@@ -228,7 +372,8 @@ async def insert_each(
         uuids = [p.dst_uuid for p in groups[root]]
         async with slots:
             try:
-                return RootInsert(root, uuids, result=await insert_plan(engine, plan.subset(uuids), verified, source=source))
+                return RootInsert(root, uuids, result=await insert_plan(
+                    engine, plan.subset(uuids), verified, source=source, source_listing=source_listing))
             except InsertError as exc:
                 return RootInsert(root, uuids, error=exc)
 

@@ -11,31 +11,42 @@ new object without the mark) is left alone.
 **Unfinished multipart uploads.** S3 shows no metadata of an upload before it is completed
 (``ListMultipartUploads`` and ``ListParts`` give its key, id, start time and initiator), so the
 mark of an upload is kept in a small *ledger object* per key, ``<copy>/.projmig-uploads/<sha256 of
-the key>``, carrying the mark and listing the upload ids this migration started for the key. It is
-written just before an upload is created (``pending``) and again with the new id once it is; an
-upload started after a pending record (same server clock) by a run stopped in between counts as
-listed. An open upload is this migration's when the ledger object of its key carries this
-migration's mark and lists it; only such uploads are continued, aborted after a failure, aborted by
-``projmig cleanup`` or by rollback. The ledger object goes once the key has no open upload of
-projmig left.
+the key>``, carrying the mark and listing the upload ids this migration started for the key. An
+open upload is this migration's only when the ledger object of its key carries this migration's
+mark **and lists its id**: nothing else (not its start time, not its initiator, which a destination
+user of the same credentials shares) makes an upload projmig's. Only such uploads are continued,
+aborted after a failure, aborted by ``projmig cleanup`` or by rollback. The ledger object goes once
+the key has no open upload of projmig left.
+
+:func:`create_recorded_upload` writes the id down right after ``CreateMultipartUpload`` answers,
+before any part is sent, and aborts the upload when that write fails. Two windows remain where an
+upload of ours exists unrecorded: the process dies between the answer and the ledger write, or the
+answer to a create is lost and the retried create starts a second upload. Such an upload holds no
+part and is never touched by projmig (it cannot prove it is its own); it is left to whatever cleans
+the bucket's abandoned uploads: a lifecycle rule ``AbortIncompleteMultipartUpload`` on the bucket
+(AWS, Ceph), or osparc's storage service, which aborts the uploads it does not know. (A ledger
+object written by an older projmig with ``"pending": true`` claimed every upload of its key started
+after it, a destination user's too; that field is now ignored.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .s3 import Retrier, error_code
+from .s3 import Retrier, describe_error, error_code
+
+log = logging.getLogger("projmig.marks")
 
 COPY_MARK = "projmig-copy"  # user metadata name (x-amz-meta-projmig-copy)
 LEDGER_DIR = ".projmig-uploads"
-CLOCK_STEP = timedelta(seconds=1)  # Last-Modified has whole seconds
 
 
 def copy_mark(source_project: str, copy_project: str) -> str:
@@ -92,16 +103,9 @@ class UploadRecord:
 
     mark: str | None
     uploads: set[str] = field(default_factory=set)
-    pending_since: datetime | None = None  # an upload was being created (its id not written yet) as of then
 
     def owns(self, upload: dict[str, Any], mark: str) -> bool:
-        if self.mark != mark:
-            return False
-        if upload["UploadId"] in self.uploads:
-            return True
-        # created after the record said so, by a run stopped before it wrote the id down
-        initiated = upload.get("Initiated")
-        return self.pending_since is not None and initiated is not None and initiated >= self.pending_since - CLOCK_STEP
+        return self.mark == mark and upload["UploadId"] in self.uploads
 
 
 async def read_record(client: Any, bucket: str, dst_key: str, retry: Retrier) -> UploadRecord | None:
@@ -119,26 +123,44 @@ async def read_record(client: Any, bucket: str, dst_key: str, retry: Retrier) ->
             return None
         raise
     try:
-        content = json.loads(body)
-        uploads, pending = set(content.get("uploads", [])), bool(content.get("pending"))
-    except (ValueError, AttributeError):  # not a record of ours
+        uploads = {str(u) for u in json.loads(body).get("uploads", [])}
+    except (ValueError, AttributeError, TypeError):  # not a record of ours
         return UploadRecord(mark=None)
-    return UploadRecord(
-        mark=(resp.get("Metadata") or {}).get(COPY_MARK), uploads=uploads,
-        pending_since=resp.get("LastModified") if pending else None,
-    )
+    return UploadRecord(mark=(resp.get("Metadata") or {}).get(COPY_MARK), uploads=uploads)
 
 
 async def write_record(
-    client: Any, bucket: str, dst_key: str, mark: str, retry: Retrier, *, uploads: set[str], pending: bool
+    client: Any, bucket: str, dst_key: str, mark: str, retry: Retrier, *, uploads: set[str]
 ) -> None:
-    """``pending``: before an upload is created; then again with its id once it is."""
     key = ledger_key(dst_key)
-    body = json.dumps({"key": dst_key, "uploads": sorted(uploads), "pending": pending}).encode()
+    body = json.dumps({"key": dst_key, "uploads": sorted(uploads)}).encode()
     await retry(
         f"{dst_key}: record upload",
         lambda: client.put_object(Bucket=bucket, Key=key, Body=body, Metadata={COPY_MARK: mark}),
     )
+
+
+async def create_recorded_upload(
+    client: Any, bucket: str, dst_key: str, mark: str, retry: Retrier, **create: Any
+) -> str:
+    """A new multipart upload of ``dst_key`` (``create``: CreateMultipartUpload's other arguments),
+    its id in the key's ledger object before the caller sends a part. If the id cannot be written
+    down, the upload is aborted here: an upload nobody can prove to be projmig's must not stay."""
+    created = await retry(
+        f"{dst_key}: create multipart upload",
+        lambda: client.create_multipart_upload(Bucket=bucket, Key=dst_key, **create),
+    )
+    upload_id: str = created["UploadId"]
+    try:
+        await write_record(client, bucket, dst_key, mark, retry, uploads={upload_id})
+    except BaseException:
+        try:  # shielded: a cancelled run still takes its unrecorded upload with it
+            await asyncio.shield(retry(f"{dst_key}: abort unrecorded upload", lambda: client.abort_multipart_upload(
+                Bucket=bucket, Key=dst_key, UploadId=upload_id)))
+        except Exception as exc:
+            log.warning("%s: could not abort unrecorded upload: %s", dst_key, describe_error(exc))
+        raise
+    return upload_id
 
 
 async def drop_record(client: Any, bucket: str, dst_key: str, retry: Retrier) -> None:

@@ -1,5 +1,6 @@
-"""Roll a migration back: remove from the destination what it inserted, its rows in one transaction,
-then its objects. Refuse, removing nothing, when a destination project changed after the migration.
+"""Roll a migration back: remove from the destination what it provably wrote, its rows in one
+transaction, then its objects. Refuse, removing nothing, when a destination project is not recorded
+as this migration's insert, or changed after it.
 
 **Which rows are the migration's.** Rollback takes the migration's own configuration and recomputes
 its plan from the source with the migration's own selection (:mod:`projmig.selection`: the same
@@ -7,25 +8,24 @@ roots, hidden children with ``include_hidden``, and under ``uuid_policy=new`` th
 ids: they derive from the destination, the source uuid and ``copy_label``). Every destination
 project of that plan that is there must be what the migration inserted, unchanged since:
 
-1. its ``creation_date`` is the source project's (the insert keeps it): else it is another project
-   that only has the uuid, and rollback refuses;
-2. its ``last_change_date`` is the one the migration wrote. The insert keeps the source's value, so
-   while the source project is unchanged that is the source's current ``last_change_date``: equal
-   means unchanged, later means modified in the destination (every change in osparc moves it to
-   *now*; the ``projects_nodes`` trigger does so for every node change).
-   If the source project changed since the migration (its ``last_change_date`` is now later than
-   the destination's), the value the migration wrote is no longer known. Then the destination's own
-   record of the insert decides: the insert transaction stamped its time on the rows the destination
-   fills itself (``projects_nodes.modified`` and ``projects_metadata.modified`` by trigger, the
-   owner's ``project_to_groups.created`` by the owner-group trigger). A ``last_change_date`` later
-   than that time was written by a change after the migration: refused. Earlier: it is the older
-   source value the migration copied, and the project is the migration's. (``last_change_date`` has
-   no time zone: it is compared in the destination server's, the one its trigger writes in; a source
-   clock ahead of the destination's can only make this refuse, never remove a changed project);
-3. nothing else changed after that insert time either: no node, metadata, access right
+1. **recorded**: the insert transaction wrote a record of it into ``projmig.inserted_projects`` in
+   the destination database (:mod:`projmig.insert`: schema ``projmig``, projmig's own, which
+   osparc's services do not read), naming this source project and this source database (its
+   system identifier and name, :func:`projmig.graph.database_identity`). No record: refused, one
+   line that says how to go on. That is the answer for a project migrated by a projmig older than
+   the record (it cannot be told from a project that got there otherwise: remove it with osparc's
+   own project deletion if it must go), and for rows a restore brought: the record lives in the
+   destination database, so ``pg_dump``/``pg_restore`` of that whole database carries records and
+   rows together, but a destination restored from a dump of the *source* (same uuids, same dates),
+   or a dump of osparc's ``public`` schema only, has no record and nothing of it is removed. A
+   record naming another source project or database (another migration's insert) refuses too;
+2. its ``creation_date`` is the one recorded (else the uuid now names another project), and its
+   ``last_change_date`` is the one the insert wrote, as recorded (every change in osparc moves it to
+   *now*; the ``projects_nodes`` trigger does so for every node change). Both are compared as text
+   in the row check's text form (:func:`projmig.rowcheck.use_text_form`), as the record holds them;
+3. nothing else changed after the insert's recorded time either: no node, metadata, access right
    (``project_to_groups.created/modified``) or file row (``file_meta_data.created_at/last_modified``)
-   is stamped later. A file row the recomputed plan no longer has (deleted in the source since) is
-   still the migration's when it is older than the insert, and goes with its object;
+   is stamped later;
 4. no row the migration does not write points at the project or its nodes (folders, wallets, tags,
    pricing units, computations, conversations, hidden job projects created in the destination, or
    hidden children migrated with ``include_hidden`` when the rollback's configuration lacks it):
@@ -36,20 +36,25 @@ never inserted); when none is there and none of the objects either, rollback is 
 so. With ``uuid_policy=keep`` the destination must not be the source itself: the same database is
 detected (an advisory lock held in one is seen from the other) and so is the same bucket (a probe
 object written through the destination's client is seen through the source's), whatever names the
-configuration gives them, and rollback refuses, since there the "copy" is the original.
+configuration gives them, and rollback refuses, since there the "copy" is the original. Only a
+404 for the probe says "another bucket": a 403 or any other unclear answer refuses too.
 
-**What is removed.** In one destination transaction, tables in reverse foreign-key order (
-``file_meta_data`` explicitly, then ``project_to_groups``, ``projects_networks``,
-``projects_extensions``, ``projects_to_jobs``, ``projects_metadata``, ``projects_nodes`` and last
-``projects``), every row of these projects. The checks above run in that same transaction, with the
-project rows locked, so nothing can change between the check and the delete. Then, only once the
-rows are gone (osparc never sees a file row without its object), the objects under the prefix of a
-project of the plan that are the migration's: those the file rows removed in this run name (a
-directory entry: every object under its prefix; a soft link's target is never removed through the
-link) and those that carry this migration's mark (:mod:`projmig.marks`). Batched ``DeleteObjects``
-(1,000 keys a request), retried like every S3 call; the unfinished multipart uploads this migration
-started are aborted. If deleting objects fails, a rerun finds no rows and deletes the marked objects
-that are left.
+**What is removed.** In one destination transaction, tables in reverse foreign-key order
+(``file_meta_data``, ``project_to_groups``, ``projects_networks``, ``projects_extensions``,
+``projects_to_jobs``, ``projects_metadata``, ``projects_nodes`` and last ``projects``), every row of
+these projects, and their records. The checks above run in that same transaction, with the project
+rows locked, so nothing can change between the check and the delete. Then, only once the rows are
+gone (osparc never sees a file row without its object): the unfinished multipart uploads this
+migration started (listed in its ledger objects, :mod:`projmig.marks`) are aborted, and of the
+objects under the prefix of each project of the plan, exactly those that carry this migration's
+mark are deleted, each mark read just before its delete (a HEAD) and the delete conditional on the
+ETag that HEAD gave (:func:`projmig.buckets.delete_marked`): a file a row named, or one under a
+directory entry, that a destination user has written over or added is kept. Where the server
+honours DeleteObjects' per-key ETag (asked once per rollback, :func:`projmig.buckets.conditional_deletes`:
+SeaweedFS 4.x and AWS do) the marked objects go in batches of 1,000 and one written over since its
+HEAD is kept; where it ignores it (Ceph RGW 16.2) each goes by its own ``DeleteObject`` right after
+its HEAD, with ``If-Match`` in vain, one round trip apart. Calls are retried like every S3 call. If
+deleting fails, a rerun finds no rows and deletes the marked objects that are left.
 """
 
 from __future__ import annotations
@@ -66,20 +71,28 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .errors import PreflightError
-from .graph import SIMCORE_LOCATION
-from .insert import project_key
-from .marks import COPY_MARK, UploadRecord, copy_mark, read_mark, read_record
-from .buckets import ObjectState, list_prefix, list_uploads
+from .errors import PreflightError, ProjmigError
+from .graph import database_identity
+from .insert import RECORD_TABLE, InsertRecord, forget_records, project_key, read_records
+from .marks import COPY_MARK, UploadRecord, copy_mark, project_of, read_mark, read_record
+from .buckets import (
+    MARK_READS_AT_ONCE,
+    MarkedDeletion,
+    ObjectState,
+    abort_upload,
+    conditional_deletes,
+    delete_marked,
+    list_prefix,
+    list_uploads,
+)
 from .plan import DestinationFacts, MigrationPlan
 from .units import human_bytes
-from .s3 import Retrier, error_code, s3_client
+from .s3 import Retrier, describe_error, error_code, s3_client
 from .schema import PROJECT_TABLES, insert_order, reflect
 from .selection import Lister, Selection, plan_selection, read_selection, select_projects
 from .settings import MigrationSettings, UuidPolicy
 
 IDENTITY_PROBE = ".projmig-identity-"  # + random hex: written to the destination, looked for in the source
-MARK_READS_AT_ONCE = 16  # HEADs in flight when reading the marks of objects no removed row names
 
 class RollbackRefused(PreflightError):
     """The destination holds something this migration did not write, or changed since: nothing removed."""
@@ -101,7 +114,9 @@ class RollbackResult(BaseModel):
     dry_run: bool = False
     projects: list[RollbackProject] = Field(default_factory=list)
     rows: dict[str, int] = Field(default_factory=dict)  # table -> rows removed (dry run: that would be)
-    objects: dict[str, int] = Field(default_factory=dict)  # destination key -> size: to remove
+    # destination key -> size: found under the projects' prefixes (a dry run: those that carry the
+    # mark), then those removed
+    objects: dict[str, int] = Field(default_factory=dict)
     uploads: list[tuple[str, str]] = Field(default_factory=list)  # (key, upload id) unfinished, ours
     objects_left: int = 0  # under the projects' prefixes but not written by this migration: kept
     objects_removed: int = 0
@@ -118,6 +133,11 @@ class RollbackResult(BaseModel):
     @property
     def bytes(self) -> int:
         return sum(self.objects.values())
+
+    def object_marks(self) -> dict[str, str]:
+        """Each object found -> the mark it must carry to be removed: that of its project's copy."""
+        mark = {p.dst_uuid.lower(): copy_mark(p.src_uuid, p.dst_uuid) for p in self.projects}
+        return {key: mark[project_of(key).lower()] for key in self.objects if project_of(key).lower() in mark}
 
     @property
     def nothing(self) -> bool:
@@ -198,11 +218,14 @@ async def recompute_plan(
 async def refuse_shared_bucket(settings: MigrationSettings, retry: Retrier) -> None:
     """uuid_policy=keep into the source bucket itself (under any name: another host name or address
     of the same endpoint, a proxy): the "copy" objects are the source's. Decided by identity: a probe
-    object written through the destination's client is looked for through the source's."""
+    object written through the destination's client is looked for through the source's. Only a
+    plain "not there" (404) tells the buckets apart: any other answer (403, an error retrying did not
+    cure) leaves the question open, and rollback refuses."""
     if settings.choices.uuid_policy != UuidPolicy.KEEP:
         return
     src, dst = settings.source.s3, settings.destination.s3
     key = f"{IDENTITY_PROBE}{secrets.token_hex(16)}"
+    unclear: str | None = None
     async with s3_client(dst) as writer, s3_client(src) as reader:
         await retry(f"{dst.describe()}: write identity probe", lambda: writer.put_object(
             Bucket=dst.bucket, Key=key, Body=b"", Metadata={COPY_MARK: "identity probe"}))
@@ -212,12 +235,22 @@ async def refuse_shared_bucket(settings: MigrationSettings, retry: Retrier) -> N
                             lambda: reader.head_object(Bucket=src.bucket, Key=key))
                 shared = True
             except ClientError as exc:
-                if error_code(exc) not in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "NoSuchBucket"):
-                    raise
+                # a HEAD has no body: a missing key and a missing bucket are both a bare 404
                 shared = False
+                if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                    unclear = describe_error(exc)
+            except ProjmigError as exc:  # what retrying could not cure (TransferError)
+                shared, unclear = False, str(exc)
         finally:
             await retry(f"{dst.describe()}: remove identity probe",
                         lambda: writer.delete_object(Bucket=dst.bucket, Key=key))
+    if unclear is not None:
+        raise RollbackRefused(
+            f"cannot tell whether the destination bucket {dst.describe()} is the source bucket {src.describe()}: "
+            f"a probe object written to the destination, looked for with the source's credentials, got {unclear} "
+            "(with uuid_policy=keep into the source bucket the objects to remove would be the source's own); give the "
+            "source's credentials read rights (HeadObject) on its bucket and roll back again"
+        )
     if shared:
         raise RollbackRefused(
             f"the destination bucket {dst.describe()} is the source bucket {src.describe()} (an object written to "
@@ -231,16 +264,17 @@ async def refuse_shared_bucket(settings: MigrationSettings, retry: Retrier) -> N
 class RowRemoval(BaseModel):
     present: list[str] = Field(default_factory=list)  # destination uuids found (and removed)
     rows: dict[str, int] = Field(default_factory=dict)
-    file_keys: list[str] = Field(default_factory=list)  # objects named by the removed file rows
-    file_prefixes: list[str] = Field(default_factory=list)  # directory entries: every object under these
 
 
 async def remove_rows(
     dst: AsyncEngine, src: AsyncEngine, plan: MigrationPlan, *, keep_ids: bool, dry_run: bool
 ) -> RowRemoval:
-    """Check that the destination holds the plan's projects as the migration left them, and delete
-    every row of them in one transaction (``dry_run``: count them, delete nothing)."""
+    """Check that the destination holds the plan's projects as the migration recorded inserting them,
+    unchanged since, and delete every row of them in one transaction (``dry_run``: count them,
+    delete nothing)."""
     uuids = [p.dst_uuid for p in plan.projects]
+    async with src.connect() as conn:
+        source = await database_identity(conn)
     async with dst.connect() as conn:
         async with conn.begin():
             # the lock the insert takes: a migration inserting these projects right now finishes first
@@ -249,11 +283,12 @@ async def remove_rows(
                 {"u": uuids},
             )
             metadata = await reflect(conn, PROJECT_TABLES)
+            records = await read_records(conn, uuids)  # (and the row check's text form, for the dates)
             found = {
                 r.uuid: r
                 for r in await conn.execute(
-                    text("SELECT uuid, name, creation_date, last_change_date FROM projects WHERE uuid = ANY(:u) "
-                         "ORDER BY uuid FOR UPDATE"),
+                    text("SELECT uuid, name, creation_date::text AS creation_date, last_change_date::text AS "
+                         "last_change_date FROM projects WHERE uuid = ANY(:u) ORDER BY uuid FOR UPDATE"),
                     {"u": uuids},
                 )
             }
@@ -263,11 +298,11 @@ async def remove_rows(
                 return removal
             if keep_ids:
                 await _refuse_same_database(conn, src)
-            inserted = await _insert_times(conn, metadata, present)
             problems: dict[str, str] = {}  # uuid -> the first reason to refuse it: one line per project
             for found_problems in (
-                _check_dates(plan, found, inserted),
-                await _changed_since_insert(conn, metadata, {u: inserted[u][0] for u in present if u in inserted}),
+                _check_records(plan, found, records, source),
+                await _changed_since_insert(
+                    conn, metadata, {u: records[u].inserted_at for u in present if u in records}),
                 await _foreign_references(conn, present),
             ):
                 for uuid, problem in found_problems:
@@ -275,6 +310,8 @@ async def remove_rows(
             if problems:
                 raise RollbackRefused([problems[u] for u in present if u in problems])
             await _delete_rows(conn, metadata, present, removal, dry_run=dry_run)
+            if not dry_run:
+                await forget_records(conn, present)
     return removal
 
 
@@ -291,65 +328,43 @@ async def _refuse_same_database(conn: AsyncConnection, src: AsyncEngine) -> None
         )
 
 
-async def _insert_times(
-    conn: AsyncConnection, metadata: MetaData, uuids: list[str]
-) -> dict[str, tuple[datetime, datetime]]:
-    """uuid -> when the insert transaction ran (with time zone, and as the server writes a ``timestamp``),
-    from the rows the destination stamps itself on insert."""
-    parts = []
-    if "projects_nodes" in metadata.tables:
-        parts.append("SELECT project_uuid AS u, modified AS s FROM projects_nodes WHERE project_uuid = ANY(:u)")
-    if "projects_metadata" in metadata.tables:
-        parts.append("SELECT project_uuid, modified FROM projects_metadata WHERE project_uuid = ANY(:u)")
-    if "project_to_groups" in metadata.tables:
-        parts.append(
-            "SELECT g.project_uuid, g.created FROM project_to_groups g JOIN projects p ON p.uuid = g.project_uuid "
-            "JOIN users o ON o.id = p.prj_owner AND o.primary_gid = g.gid WHERE g.project_uuid = ANY(:u)"
-        )
-    if not parts:
-        return {}
-    rows = await conn.execute(
-        text(f"SELECT u, min(s), min(s)::timestamp FROM ({' UNION ALL '.join(parts)}) AS stamps GROUP BY u"),
-        {"u": uuids},
-    )
-    return {u: (at, local) for u, at, local in rows if at is not None}
-
-
-def _check_dates(
-    plan: MigrationPlan, found: dict[str, SqlRow[Any]], inserted: dict[str, tuple[datetime, datetime]]
+def _check_records(
+    plan: MigrationPlan, found: dict[str, SqlRow[Any]], records: dict[str, InsertRecord], source: tuple[str, str]
 ) -> list[tuple[str, str]]:
-    planned = {r["uuid"]: r for r in plan.rows.get("projects", [])}
+    """Each present project must be recorded as inserted by projmig from this source project of this
+    source database (:mod:`projmig.insert`), with the creation date it has, and still carry the last
+    change date that insert wrote."""
     problems = []
     for project in plan.projects:
         row = found.get(project.dst_uuid)
         if row is None:
             continue
         label = f"destination project {project.dst_uuid} ({row.name!r})"
-        want = planned[project.dst_uuid]
-        written, now = want.get("last_change_date"), row.last_change_date
-        insert_time = inserted.get(project.dst_uuid)
-        if row.creation_date != want.get("creation_date"):
+        record = records.get(project.dst_uuid)
+        if record is None:
             problem = (
-                f"{label} was not inserted by this migration: created {row.creation_date}, the source project "
-                f"{project.src_uuid} was created {want.get('creation_date')}"
+                f"{label} has no record of an insert by projmig (table {RECORD_TABLE}): inserted by a projmig older "
+                "than that record, restored from a dump, or not migrated at all; rollback removes only projects "
+                "projmig recorded inserting: remove it with osparc's own project deletion if it must go"
             )
-        elif now == written:
-            continue  # exactly what the migration wrote
-        elif written is not None and now > written:
-            problem = f"{label} was modified after the migration: last changed {now}, the migration wrote {written}"
-        # else the source changed since the migration: did the destination change after the insert?
-        elif insert_time is None:
+        elif record.source_project_uuid != project.src_uuid or record.source_database != source:
             problem = (
-                f"{label}: cannot tell whether it was modified after the migration (the source project changed "
-                f"since: last changed {written}, the destination's {now}; no insert time recorded)"
+                f"{label} was inserted by projmig from source project {record.source_project_uuid} of database "
+                f"{record.source_database[1]!r} (system {record.source_database[0]}), not by this migration from "
+                f"{project.src_uuid} of {source[1]!r} (system {source[0]})"
             )
-        elif now > insert_time[1]:
+        elif row.creation_date != record.creation_date:
             problem = (
-                f"{label} was modified after the migration: last changed {now}, after the migration inserted it "
-                f"({insert_time[1]})"
+                f"{label} was not inserted by this migration: created {row.creation_date}, the project projmig "
+                f"inserted under that uuid was created {record.creation_date}"
+            )
+        elif row.last_change_date != record.last_change_date:
+            problem = (
+                f"{label} was modified after the migration: last changed {row.last_change_date}, the migration wrote "
+                f"{record.last_change_date}"
             )
         else:
-            continue  # the older source value the migration copied
+            continue
         problems.append((project.dst_uuid, problem))
     return problems
 
@@ -432,16 +447,9 @@ async def _delete_rows(
 ) -> None:
     """Every row of these projects, children first (file_meta_data ... projects). Dry run: the same
     rows, selected and counted."""
-    file_columns = "file_id, object_name, is_directory, is_soft_link, location_id"
     for table in reversed(insert_order(metadata)):
         where = f"WHERE {project_key(table.name)} = ANY(:u)"
-        if table.name == "file_meta_data":
-            sql = (f"SELECT {file_columns} FROM file_meta_data {where}" if dry_run
-                   else f"DELETE FROM file_meta_data {where} RETURNING {file_columns}")
-            files = (await conn.execute(text(sql), {"u": uuids})).all()
-            n = len(files)
-            _collect_file_objects(files, uuids, removal)
-        elif dry_run:
+        if dry_run:
             n = await conn.scalar(text(f"SELECT count(*) FROM {table.name} {where}"), {"u": uuids})
         else:
             n = (await conn.execute(text(f"DELETE FROM {table.name} {where}"), {"u": uuids})).rowcount
@@ -450,31 +458,16 @@ async def _delete_rows(
     removal.rows = {t: removal.rows[t] for t in PROJECT_TABLES if t in removal.rows}
 
 
-def _collect_file_objects(files: list[SqlRow[Any]], uuids: list[str], removal: RowRemoval) -> None:
-    prefixes = tuple(f"{u}/" for u in uuids)
-    for row in files:
-        name = row.object_name or row.file_id
-        if row.is_soft_link or str(row.location_id or SIMCORE_LOCATION) != SIMCORE_LOCATION:
-            continue  # a link's target is its own entry's object; other locations are not in the bucket
-        if not name.startswith(prefixes):
-            continue
-        if row.is_directory:
-            removal.file_prefixes.append(name.rstrip("/") + "/")
-        else:
-            removal.file_keys.append(name)
-
-
 # --- the objects ----------------------------------------------------------------------------------
 
 
 async def find_objects(
     client: Any, bucket: str, plan: MigrationPlan, removal: RowRemoval, retry: Retrier, *, dry_run: bool
 ) -> RollbackResult:
-    """What of the migration is in the destination bucket, from one listing per project prefix: the
-    objects named by the rows removed in this run, and the objects and open uploads that carry the
-    mark of this migration (:mod:`projmig.marks`; one HEAD per object the rows do not name)."""
-    named = set(removal.file_keys)
-    directories = tuple(removal.file_prefixes)
+    """What of the migration may be in the destination bucket, from one listing per project prefix,
+    and the open uploads this migration started there (:mod:`projmig.marks`). A dry run reads each
+    object's mark (one HEAD each) to say exactly what would go; a real run leaves that to
+    :func:`remove_objects`, which reads each mark just before deleting."""
     objects: dict[str, int] = {}
     uploads: list[tuple[str, str]] = []
     left = 0
@@ -487,10 +480,9 @@ async def find_objects(
     for project in plan.projects:
         prefix, ours = f"{project.dst_uuid}/", copy_mark(project.src_uuid, project.dst_uuid)
         listing: dict[str, ObjectState] = await list_prefix(client, bucket, prefix, retry)
-        unnamed = [k for k in listing if k not in named and not (directories and k.startswith(directories))]
-        marks = dict(zip(unnamed, await asyncio.gather(*(mark(k) for k in unnamed))))
+        marks = dict(zip(listing, await asyncio.gather(*(mark(k) for k in listing)))) if dry_run else {}
         for key, state in listing.items():
-            if key not in marks or marks[key] == ours:
+            if not dry_run or marks[key] == ours:
                 objects[key] = state.size
             else:
                 left += 1
@@ -515,3 +507,21 @@ async def find_objects(
         uploads=uploads,
         objects_left=left,
     )
+
+
+async def remove_objects(client: Any, bucket: str, result: RollbackResult, retry: Retrier) -> RollbackResult:
+    """Abort the migration's unfinished uploads :func:`find_objects` found (before the ledger objects
+    that make them the migration's go), then delete each object it found that carries the migration's
+    mark, read just before, the delete conditional on the ETag read
+    (:func:`projmig.buckets.delete_marked`; batched where the server honours the condition). Returns
+    ``result`` with the objects removed, and those kept counted."""
+    aborted = sum([await abort_upload(client, bucket, key, upload_id, retry) for key, upload_id in result.uploads])
+    marks = result.object_marks()
+    deleted = MarkedDeletion(removed={}, kept=0)
+    if marks:
+        conditional = await conditional_deletes(client, bucket, retry)
+        deleted = await delete_marked(client, bucket, marks, retry, conditional=conditional)
+    return result.model_copy(update={
+        "objects": deleted.removed, "objects_removed": len(deleted.removed),
+        "objects_left": result.objects_left + deleted.kept, "uploads_aborted": aborted,
+    })

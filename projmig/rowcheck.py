@@ -10,6 +10,9 @@ Columns the destination fills itself (sequences, triggers) are named in :data:`S
 and reported as such, never silently skipped.
 
 The insert runs it on the rows it wrote, before COMMIT; ``projmig verify`` runs it on both databases.
+The same text form, hashed per project and table (:func:`table_digests`), is what tells whether a
+source project changed between the graph's snapshot and the insert's COMMIT
+(:class:`projmig.graph.SourceState`).
 """
 
 from __future__ import annotations
@@ -126,21 +129,59 @@ class RowCheck(BaseModel):
     notes: list[str] = Field(default_factory=list)  # what was not compared, and why
 
 
-async def read_text_rows(conn: AsyncConnection, project_uuids: list[str]) -> TextTables:
-    """Every row of these projects in every project table, each column as ``::text`` (NULL as None).
-
-    Sets the transaction's TimeZone, DateStyle and float output (``set_config(..., true)``), so that
-    both databases write the same value as the same text."""
+async def use_text_form(conn: AsyncConnection) -> None:
+    """Make this transaction write every value as the row check reads it: TimeZone, DateStyle and
+    float output fixed (``set_config(..., true)``), so that both databases, and one database at two
+    moments, write the same value as the same text."""
     await conn.execute(text(
         "SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true), "
         "set_config('IntervalStyle', 'postgres', true), set_config('extra_float_digits', '1', true)"
     ))
+
+
+async def _columns(conn: AsyncConnection, table: str) -> list[tuple[str, str]]:
+    """(name, type name) of the table's columns in order; none when the table does not exist."""
+    return [tuple(r) for r in (await conn.execute(text(  # type: ignore[misc]
+        "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+    ), {"t": table})).all()]
+
+
+NO_ROWS = ""  # the digest of a table where a project has no row
+
+
+async def table_digests(conn: AsyncConnection, project_uuids: list[str]) -> dict[str, dict[str, str]]:
+    """project -> table -> one digest of all its rows in that project table, in the row check's text
+    form (every column's ``::text``, NULL apart from any text, :func:`use_text_form`): equal digests,
+    equal rows. Each row is hashed, the row hashes are hashed in the order of the row's key (then
+    its own hash), so the server returns 32 bytes a row to aggregate, not the rows."""
+    await use_text_form(conn)
+    found: dict[str, dict[str, str]] = {u: {} for u in project_uuids}
+    for table in TABLES:
+        columns = await _columns(conn, table)
+        if not columns:
+            continue
+        row = "md5(concat_ws(',', " + ", ".join(f"quote_nullable({_quote(n)}::text)" for n, _ in columns) + "))"
+        keys = ", ".join(f'{_quote(k)}::text COLLATE "C"' for k in TABLES[table])
+        project = _quote(PROJECT_COLUMN.get(table, "project_uuid"))
+        digests = await conn.execute(
+            text(f"SELECT {project}, md5(string_agg({row}, '' ORDER BY {keys}, {row} COLLATE \"C\")) "
+                 f"FROM {_quote(table)} WHERE {project} = ANY(:u) GROUP BY {project}"),
+            {"u": project_uuids},
+        )
+        got = dict(digests.all())
+        for uuid in project_uuids:
+            found[uuid][table] = got.get(uuid, NO_ROWS)
+    return found
+
+
+async def read_text_rows(conn: AsyncConnection, project_uuids: list[str]) -> TextTables:
+    """Every row of these projects in every project table, each column as ``::text`` (NULL as None),
+    in the text form of :func:`use_text_form`."""
+    await use_text_form(conn)
     found = TextTables()
     for table in TABLES:
-        columns = (await conn.execute(text(
-            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-            "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
-        ), {"t": table})).all()
+        columns = await _columns(conn, table)
         if not columns:
             continue
         names = [name for name, _ in columns]

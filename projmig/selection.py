@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .graph import ProjectGraph, SourceState, hidden_descendants, projects_of_user, read_graph
+from .graph import ProjectGraph, SourceState, database_identity, hidden_descendants, projects_of_user, read_graph
 from .plan import DestinationFacts, MigrationPlan, build_plan
 from .remap import copy_namespace, destination_identity, legacy_destination_identity, new_project_uuid, root_of
 from .settings import MigrationSettings, UuidPolicy
@@ -123,14 +123,6 @@ async def copy_namespaces(dst: AsyncConnection, settings: MigrationSettings, roo
         if new_project_uuid(namespaces[root], root) not in there and new_project_uuid(earlier[root], root) in there:
             namespaces[root] = earlier[root]
     return namespaces
-
-
-async def database_identity(conn: AsyncConnection) -> tuple[str, str]:
-    """(the cluster's system_identifier, the database's name): what a database is, whatever its address."""
-    row = (await conn.execute(text(
-        "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
-    ))).one()
-    return row[0], row[1]
 
 
 def _copy_ids(namespaces: dict[str, str], children: list[tuple[str, str]]) -> dict[str, str]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .buckets import ObjectState, abort_marked_uploads, abort_upload, abort_uploads, delete_objects, list_prefix
+from .buckets import ObjectState, abort_marked_uploads, abort_uploads, list_prefix
 from .choices import UuidPolicy
 from .copier import CopyOutcome, refuse_oversized
 from .db import alembic_revision, create_engine, open_engine
@@ -28,7 +28,7 @@ from .marks import mark_of
 from .objects import compare_with_destination
 from .plan import MigrationPlan, ObjectCopy
 from .preflight import PreflightReport, release_path, run_preflight
-from .rollback import RollbackResult, find_objects, recompute_plan, refuse_shared_bucket, remove_rows
+from .rollback import RollbackResult, find_objects, recompute_plan, refuse_shared_bucket, remove_objects, remove_rows
 from .rowcheck import Difference, compare as compare_row_texts, read_text_rows
 from .run import MigrationRun, Side, Transfers
 from .selection import Selection, plan_selection, read_selection
@@ -47,16 +47,27 @@ async def preflight(run: MigrationRun, *, probe_write: bool = True, owner: bool 
     return await run_preflight(run, probe_write=probe_write, owner=owner, stage=stage)
 
 
+def source_listing(run: MigrationRun) -> Callable[[str], Awaitable[dict[str, tuple[int, str]]]]:
+    """prefix -> {key: (size, ETag)} in the source bucket: how the graph lists a project or a directory
+    entry, and how the insert lists them again before COMMIT (the same data path, so that they compare)."""
+    source = run.source
+
+    async def listing(prefix: str) -> dict[str, tuple[int, str]]:
+        found = await list_prefix(source.client, source.bucket, prefix, run.retry, data=source.data)
+        return {k: (v.size, v.etag) for k, v in found.items()}
+
+    return listing
+
+
 async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph:
     """The selected projects' rows (one snapshot of the source) and their objects (each project's
     prefix listed once, while the database is read); missing source data fails the run here."""
-    source = run.source
     slots = asyncio.Semaphore(LISTINGS_AT_ONCE)
+    listed = source_listing(run)
 
     async def listing(prefix: str) -> dict[str, tuple[int, str]]:
         async with slots:
-            found = await list_prefix(source.client, source.bucket, prefix, run.retry, data=source.data)
-        return {k: (v.size, v.etag) for k, v in found.items()}
+            return await listed(prefix)
 
     early = {f"{u}/": asyncio.ensure_future(listing(f"{u}/")) for u in report.selection.projects}
 
@@ -158,7 +169,8 @@ async def insert_roots(
     source = create_engine(run.settings.source.db, pool_size=concurrency, role="source")
     try:
         await run.confirm_locks()
-        return await insert_each(engine, plan, verified, roots, concurrency=concurrency, source=source)
+        return await insert_each(engine, plan, verified, roots, concurrency=concurrency, source=source,
+                                 source_listing=source_listing(run))
     finally:
         await engine.dispose()
         await source.dispose()
@@ -223,11 +235,7 @@ async def rollback_rows(run: MigrationRun, *, dry_run: bool = False) -> Rollback
     the migration's objects in the destination (deleted by :func:`rollback_objects`)."""
     settings = run.settings
     await refuse_shared_bucket(settings, run.retry)
-    source = run.source
-
-    async def lister(prefix: str) -> dict[str, tuple[int, str]]:
-        found = await list_prefix(source.client, source.bucket, prefix, run.retry, data=source.data)
-        return {k: (v.size, v.etag) for k, v in found.items()}
+    lister = source_listing(run)
 
     async with (
         open_engine(settings.source.db, "source") as src, open_engine(settings.destination.db, "destination") as dst,
@@ -269,16 +277,14 @@ async def _staged_rows(
 
 
 async def rollback_objects(run: MigrationRun, result: RollbackResult) -> RollbackResult:
-    """Delete the objects :func:`rollback_rows` found (batched DeleteObjects) and abort the unfinished
-    uploads of the migration's keys."""
+    """Abort the unfinished uploads of the migration's keys and delete, of the objects :func:`rollback_rows`
+    found, those that carry the migration's mark as read just before (:func:`projmig.rollback.remove_objects`)."""
     dst = run.destination
     try:
-        removed = await delete_objects(dst.client, dst.bucket, list(result.objects), run.retry)
-        aborted = sum([await abort_upload(dst.client, dst.bucket, key, upload_id, run.retry) for key, upload_id in result.uploads])
+        return await remove_objects(dst.client, dst.bucket, result, run.retry)
     except TransferError as exc:
         rows = "the rows are removed; " if result.removed_projects and not result.dry_run else ""
         raise TransferError(f"{exc} ({rows}rerun the rollback to remove the objects left)", transient=exc.transient) from exc
-    return result.model_copy(update={"objects_removed": removed, "uploads_aborted": aborted})
 
 
 __all__ = [

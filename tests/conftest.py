@@ -31,7 +31,7 @@ from projmig import steps
 from projmig.buckets import ObjectState
 from projmig.insert import InsertResult
 from projmig.locks import LOCK_SPACE
-from projmig.marks import COPY_MARK, mark_of, write_record
+from projmig.marks import COPY_MARK, create_recorded_upload, mark_of
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.run import MigrationRun
 from projmig.s3 import Retrier, s3_client
@@ -373,11 +373,8 @@ async def upload_started_by_projmig(client: Any, bucket: str, src_key: str, dst_
     """A multipart upload as an earlier run of a migration leaves it: recorded and marked as projmig
     does (:mod:`projmig.marks`), so that a rerun, cleanup or rollback takes it for the migration's."""
     mark, retry = mark_of(src_key, dst_key), Retrier(attempts=3, timeout=60, initial_wait=0.05)
-    await write_record(client, bucket, dst_key, mark, retry, uploads=set(), pending=True)
     metadata = {**extra.pop("Metadata", {}), COPY_MARK: mark}
-    upload = (await client.create_multipart_upload(Bucket=bucket, Key=dst_key, Metadata=metadata, **extra))["UploadId"]
-    await write_record(client, bucket, dst_key, mark, retry, uploads={upload}, pending=False)
-    return upload
+    return await create_recorded_upload(client, bucket, dst_key, mark, retry, Metadata=metadata, **extra)
 
 
 # -- holding a run at its insert, to start others meanwhile ---------------------------------------
@@ -433,3 +430,14 @@ async def insert_rows(run: MigrationRun, plan: MigrationPlan, verified: dict[str
         for table, n in root.result.inserted.items():
             total.inserted[table] = total.inserted.get(table, 0) + n
     return total
+
+
+async def migrate_by_steps(settings: MigrationSettings) -> MigrationPlan:
+    """A migration's steps one by one, without Prefect (the pipeline runs them the same way)."""
+    async with MigrationRun.open(settings) as run:
+        report = await steps.preflight(run, probe_write=False)
+        plan = steps.make_plan(await steps.read_graph(run, report), report)
+        _, todo = await steps.compare(run, plan.copies)
+        await steps.copy_objects(run.transfers, todo)
+        await insert_rows(run, plan, await verified_objects(run, plan.copies))
+    return plan

@@ -5,6 +5,7 @@ only what carries this migration's mark where that is the condition."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,17 +15,20 @@ from projmig.buckets import (
     abort_marked_uploads,
     abort_upload,
     abort_uploads,
+    conditional_deletes,
     delete_if_marked,
+    delete_marked,
     delete_objects,
     list_prefix,
     list_uploads,
 )
 from projmig.errors import TransferError
-from projmig.marks import COPY_MARK, ledger_key, mark_of, write_record
+from projmig.marks import COPY_MARK, create_recorded_upload, ledger_key, mark_of
 from projmig.s3 import Retrier, s3_client
 from projmig.sandbox import Sandbox
 
 from .conftest import SEAWEEDFS, unique
+from .faults.proxy import FaultProxy
 
 retry = Retrier(attempts=3, timeout=60, initial_wait=0.05)
 
@@ -33,10 +37,10 @@ async def test_only_this_migrations_uploads_are_aborted_and_only_its_objects_del
     dst, db = destination_bucket
     ours, other = "p/n/ours.bin", "p/n/other.bin"
     mark, elsewhere = mark_of(ours, ours), mark_of("q/n/x", ours)
-    await write_record(dst, db, ours, mark, retry, uploads=set(), pending=True)
-    await dst.create_multipart_upload(Bucket=db, Key=ours)  # stopped before writing its id down
+    await create_recorded_upload(dst, db, ours, mark, retry, Metadata={COPY_MARK: mark})
     assert (await dst.head_object(Bucket=db, Key=ledger_key(ours)))["Metadata"] == {COPY_MARK: mark}  # kept as written
-    theirs = [(await dst.create_multipart_upload(Bucket=db, Key=key))["UploadId"] for key in (other, other)]
+    # a destination user's uploads: of another key, and of the very key the migration copies
+    theirs = [(await dst.create_multipart_upload(Bucket=db, Key=key))["UploadId"] for key in (other, other, ours)]
     # another migration's mark on the same key does not make its uploads ours
     assert await abort_marked_uploads(dst, db, {ours: elsewhere, other: mark}, retry) == []
     assert await abort_marked_uploads(dst, db, {ours: mark, other: mark}, retry) == [ours]
@@ -97,3 +101,62 @@ async def test_more_keys_than_one_delete_objects_request_takes(sandbox: Sandbox)
         async for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket):
             left.update(o["Key"] for o in page.get("Contents", []))
     assert left == {kept}
+
+
+async def test_each_server_is_asked_whether_it_honours_a_conditional_delete(
+    request: pytest.FixtureRequest, destination_bucket
+) -> None:
+    """DeleteObjects with a per-key ETag that does not match: SeaweedFS keeps the object (412
+    PreconditionFailed, as AWS does since 2025), Ceph RGW 16.2 deletes it anyway. The probe object
+    goes either way."""
+    dst, db = destination_bucket
+    seaweedfs = request.node.callspec.params["destination_bucket"] == SEAWEEDFS
+    assert await conditional_deletes(dst, db, retry) is seaweedfs
+    assert await list_prefix(dst, db, "", retry) == {}
+
+
+@pytest.mark.fault_proxy
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batched"])
+async def test_an_object_written_over_between_its_mark_read_and_its_delete_is_kept(fixture_simcore, batched: bool) -> None:
+    """Deleting what carries a mark reads the mark (HEAD) and deletes under the ETag that read gave: a
+    destination user who writes over the object in between keeps their object, where the server
+    honours the condition (SeaweedFS here; DeleteObject's If-Match one by one, DeleteObjects' per-key
+    ETag batched)."""
+    s3 = fixture_simcore.destination_s3
+    bucket, mark = s3.bucket, mark_of("p/n/x", "p/n/x")
+    victim, other = "p/n/a.bin", "p/n/b.bin"
+    async with s3_client(s3) as client:
+        for key in (victim, other):
+            await client.put_object(Bucket=bucket, Key=key, Body=b"copied by projmig", Metadata={COPY_MARK: mark})
+    theirs = b"written by a destination user"
+    written: list[str] = []
+
+    def write_over() -> None:  # in the proxy's thread: before the delete reaches the server
+        if written:
+            return
+        written.append(victim)
+
+        async def put() -> None:
+            async with s3_client(s3) as client:
+                await client.put_object(Bucket=bucket, Key=victim, Body=theirs)
+
+        thread = threading.Thread(target=asyncio.run, args=(put(),))
+        thread.start()
+        thread.join()
+
+    with FaultProxy("127.0.0.1", fixture_simcore.sandbox.destination.s3.s3_port, name="destination-s3", http=True) as proxy:
+        proxy.after(match=f"DELETE /{bucket}/{victim} ".encode(), do=write_over)  # DeleteObject
+        proxy.after(match=f"<Key>{victim}</Key>".encode(), do=write_over)  # DeleteObjects
+        async with s3_client(s3.model_copy(update={"endpoint": proxy.endpoint})) as client:
+            if batched:
+                outcome = await delete_marked(client, bucket, {victim: mark, other: mark}, retry, conditional=True)
+                removed, kept = set(outcome.removed), outcome.kept
+            else:
+                removed = {k for k in (victim, other) if await delete_if_marked(client, bucket, k, mark, retry)}
+                kept = 2 - len(removed)
+    assert written == [victim] and removed == {other} and kept == 1
+    async with s3_client(s3) as client:
+        body = await client.get_object(Bucket=bucket, Key=victim)
+        async with body["Body"] as stream:
+            assert await stream.read() == theirs
+        assert set(await list_prefix(client, bucket, "p/", retry)) == {victim}

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from projmig import commands, steps
 from projmig.errors import TransferError
@@ -22,12 +25,13 @@ from projmig.plan import MigrationPlan
 from projmig.rollback import RollbackRefused
 from projmig.run import MigrationRun
 from projmig.s3 import s3_client
+from projmig.sandbox import SeaweedServer, find_pg_bindir
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.schema import PROJECT_TABLES
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 
-from .conftest import Simcore, copy_marks, expected_marks, insert_rows, object_digests, table_rows as snapshot, verified_objects
+from .conftest import Simcore, copy_marks, expected_marks, insert_rows, object_digests, table_rows as snapshot, unique, verified_objects
 from .faults.proxy import FaultProxy
 
 PROJMIG = str(Path(sys.executable).parent / "projmig")
@@ -201,7 +205,8 @@ async def test_changed_after_the_migration_is_refused_and_nothing_is_removed(sim
 
 
 async def test_source_changed_since_the_migration(simcore: Simcore) -> None:
-    """The source moved on: the destination's own insert time tells the migration's rows from later changes."""
+    """The source moved on: the insert's record (what it wrote, and when) tells the migration's rows from
+    later changes in the destination."""
     kept, edited = [await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
                                                spec=small(40 + i, directory_objects=0)) for i in range(2)]
     await migrate(simcore.settings(None, source={"project_uuids": [kept.uuid, edited.uuid]}))
@@ -215,7 +220,7 @@ async def test_source_changed_since_the_migration(simcore: Simcore) -> None:
     await sql(simcore.source_db, "UPDATE projects_nodes SET label = 'changed in the source' WHERE project_uuid = $1", edited.uuid)
     edited_rows = await snapshot(simcore.destination_db)
 
-    with pytest.raises(RollbackRefused, match=rf"{edited.uuid} .* was modified after the migration: last changed .*, after the migration inserted it"):
+    with pytest.raises(RollbackRefused, match=rf"{edited.uuid} .* was modified after the migration: last changed .*, the migration wrote"):
         await commands.rollback(simcore.settings(edited.uuid))
     assert await snapshot(simcore.destination_db) == edited_rows
 
@@ -325,17 +330,30 @@ async def test_object_deletion_is_retried_and_a_rerun_finishes_it(fixture_simcor
     simcore = fixture_simcore  # about S3 behaviour: one schema is enough
     sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(60))
     settings = simcore.settings(sample.uuid)
-    deletes = lambda method, target: method == "POST" and "?delete" in target  # noqa: E731 (DeleteObjects)
+
+    def deletes() -> Any:
+        """DeleteObjects requests after the first (the probe of whether the server honours their
+        per-key ETag condition: projmig.buckets.conditional_deletes)."""
+        seen: list[str] = []
+
+        def match(method: str, target: str) -> bool:
+            if method == "POST" and "?delete" in target:
+                seen.append(target)
+            return len(seen) > 1 and method == "POST" and "?delete" in target
+
+        return match
+
     with FaultProxy("127.0.0.1", simcore.sandbox.destination.s3.s3_port, name="destination-s3", http=True) as proxy:
         via_proxy = simcore.settings(
             sample.uuid, destination={"s3": simcore.destination_s3.model_copy(update={"endpoint": proxy.endpoint})})
         await migrate(settings)
-        proxy.fail_requests(2, 503, "SlowDown", match=deletes)  # throttled twice: retried
+        proxy.fail_requests(2, 503, "SlowDown", match=deletes())  # throttled twice: retried
         result = await commands.rollback(via_proxy)
         assert result.objects_removed == len(sample.objects) and not await keys(simcore.destination_s3)
+        assert sum(f.startswith("503 SlowDown for POST") for f in proxy.faults) == 2, proxy.faults
 
         await migrate(settings)
-        proxy.fail_requests(100, 403, "AccessDenied", match=deletes)  # not worth retrying: fails at once
+        proxy.fail_requests(100, 403, "AccessDenied", match=deletes())  # not worth retrying: fails at once
         with pytest.raises(TransferError, match=r"delete \d+ objects from s3://.*: AccessDenied.*the rows are removed; "
                                                 r"rerun the rollback to remove the objects left"):
             await commands.rollback(via_proxy)
@@ -394,3 +412,123 @@ async def test_keep_policy_rollback_through_another_name_of_the_source_bucket_is
                                               rf"the source bucket .*an object written to one is seen in the other"):
         await commands.rollback(settings)
     assert await snapshot(simcore.destination_db) == rows and await object_digests(source) == objects
+
+
+async def test_a_same_bucket_probe_answered_403_refuses_rollback(fixture_simcore: Simcore, tmp_path: Path) -> None:
+    """uuid_policy=keep into the source bucket itself, rolled back with source credentials that may
+    list the bucket but not read its objects (an identity of SeaweedFS's s3.json with ``List`` only):
+    the probe's 403 leaves open whether the destination is the source bucket. Refused, with nothing
+    removed; taken for "another bucket", the source's own objects would go."""
+    simcore = fixture_simcore
+    name = unique("shared")
+    lister = {"accessKey": f"LS{secrets.token_hex(8).upper()}", "secretKey": secrets.token_urlsafe(24)}
+    server = SeaweedServer(tmp_path / "s3", access_key=f"AK{secrets.token_hex(8).upper()}", secret_key=secrets.token_urlsafe(24),
+                           extra_identities=[{"name": "lister", "credentials": [lister], "actions": [f"List:{name}"]}]).start()
+    try:
+        source = await server.create_bucket(name)
+        sample = await build_sample_project(simcore.source_db, source, owner_id=simcore.alice, spec=small(90))
+        assert source.endpoint
+        alias = source.model_copy(update={"endpoint": source.endpoint.replace("127.0.0.1", "localhost")})
+        await migrate(simcore.settings(sample.uuid, source={"s3": source}, destination={"s3": alias}))
+        rows, objects = await snapshot(simcore.destination_db), await object_digests(source)
+        list_only = source.model_copy(update={"access_key": SecretStr(lister["accessKey"]),
+                                              "secret_key": SecretStr(lister["secretKey"])})
+        async with s3_client(list_only) as client:  # what the probe meets: listing is allowed, reading is not
+            assert (await client.list_objects_v2(Bucket=name, MaxKeys=1))["KeyCount"] == 1
+
+        with pytest.raises(RollbackRefused, match=r"cannot tell whether the destination bucket .* is the source bucket "
+                                                  r".*got 403.*give the source's credentials read rights"):
+            await commands.rollback(simcore.settings(sample.uuid, source={"s3": list_only}, destination={"s3": alias}))
+        assert await snapshot(simcore.destination_db) == rows and await object_digests(source) == objects
+    finally:
+        server.stop()
+
+
+async def test_unmarked_objects_under_a_migrated_prefix_survive_rollback(provider_simcore: Simcore) -> None:
+    """A destination user's objects under the migrated project's prefix, written straight to S3 (no
+    row changes): one inside a directory entry's prefix, one written over a file a removed row names.
+    Rollback removes the rows and the migration's marked objects, and keeps theirs (each mark is read
+    just before its delete)."""
+    simcore = provider_simcore  # into Ceph too, which ignores a conditional delete's If-Match
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
+                                        spec=small(100, directory_objects=3))
+    settings = simcore.settings(sample.uuid)
+    await migrate(settings)
+    dst = simcore.destination_s3
+    [directory] = [r[0] for r in await sql(simcore.destination_db, "SELECT file_id FROM file_meta_data WHERE is_directory")]
+    inside = f"{directory}/sub0/uploaded by a user.dat"
+    overwritten = sorted(k for k in sample.objects if "/outputs/output_" in k)[0]
+    async with s3_client(dst) as client:
+        await client.put_object(Bucket=dst.bucket, Key=inside, Body=b"the user's own file")
+        await client.put_object(Bucket=dst.bucket, Key=overwritten, Body=b"the user's own bytes")
+    theirs = await object_digests(dst, f"{sample.uuid}/")
+    theirs = {k: v for k, v in theirs.items() if k in (inside, overwritten)}
+
+    result = await commands.rollback(settings)
+
+    assert [p.dst_uuid for p in result.removed_projects] == [sample.uuid] and result.objects_left == 2
+    assert result.objects_removed == len(sample.objects) - 1 and set(result.objects) == set(sample.objects) - {overwritten}
+    assert await object_digests(dst) == theirs
+    assert await sql(simcore.destination_db, "SELECT uuid FROM projects") == []
+
+
+def pg_tool(name: str, db: DatabaseSettings, *args: str, stdin: bytes | None = None) -> bytes:
+    """Run PostgreSQL's own client ``name`` (pg_dump, pg_restore) against ``db``."""
+    assert db.password is not None
+    env = {**os.environ, "PGPASSWORD": db.password.get_secret_value()}
+    done = subprocess.run([str(find_pg_bindir() / name), "-h", db.host, "-p", str(db.port), "-U", db.user, *args],
+                          input=stdin, capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout
+
+
+async def test_a_destination_restored_from_a_dump_of_the_source_is_refused(simcore: Simcore) -> None:
+    """The project's rows come into the destination from a pg_dump of the source (pg_restore of the
+    project tables' data, as a restore of an old dump does), and its bucket holds copies of the
+    source's objects: the same uuids, creation and last change dates as the source's, but no record
+    of an insert by projmig. Refused, nothing removed."""
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(110))
+    tables = [arg for table in PROJECT_TABLES for arg in ("-t", table)]
+    dump = pg_tool("pg_dump", simcore.source_db, "-Fc", "--data-only", *tables, "-d", simcore.source_db.database or "")
+    # the source's owner and groups are not the destination's: foreign keys are not checked while restoring,
+    # then the owner is one of the destination's users, as an operator restoring the dump would make it
+    pg_tool("pg_restore", simcore.destination_db, "--data-only", "--disable-triggers", "-d",
+            simcore.destination_db.database or "", stdin=dump)
+    await sql(simcore.destination_db, "UPDATE projects SET prj_owner = $1", simcore.carol)
+    await sql(simcore.destination_db, "UPDATE file_meta_data SET user_id = $1", simcore.carol)
+    dst = simcore.destination_s3
+    async with s3_client(simcore.source_s3) as src, s3_client(dst) as client:
+        for key in sample.objects:  # the bucket restored alongside: plain copies, no mark
+            body = await src.get_object(Bucket=simcore.source_s3.bucket, Key=key)
+            async with body["Body"] as stream:
+                await client.put_object(Bucket=dst.bucket, Key=key, Body=await stream.read())
+    face = "SELECT uuid, creation_date, last_change_date FROM projects"
+    assert await sql(simcore.destination_db, face) == await sql(simcore.source_db, face)
+    rows, objects = await snapshot(simcore.destination_db), await object_digests(dst)
+
+    with pytest.raises(RollbackRefused) as refused:
+        await commands.rollback(simcore.settings(sample.uuid))
+    [problem] = refused.value.problems
+    assert problem.startswith(f"destination project {sample.uuid} ('study 110') has no record of an insert by "
+                              "projmig (table projmig.inserted_projects)"), problem
+    assert "osparc's own project deletion" in problem and problem.endswith("; nothing was removed"), problem
+    assert await snapshot(simcore.destination_db) == rows and await object_digests(dst) == objects
+
+
+async def test_a_project_migrated_without_an_insert_record_is_refused_with_one_line(simcore: Simcore, tmp_path: Path) -> None:
+    """A projmig older than the insert record migrated the project: rollback cannot prove it is
+    projmig's and says how to go on instead."""
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=small(120))
+    settings = simcore.settings(sample.uuid)
+    await migrate(settings)
+    [[recorded]] = await sql(simcore.destination_db, "SELECT count(*) FROM projmig.inserted_projects WHERE project_uuid = $1",
+                             sample.uuid)
+    assert recorded == 1
+    await sql(simcore.destination_db, "DROP SCHEMA projmig CASCADE")  # as an older projmig left it
+    rows, objects = await snapshot(simcore.destination_db), await object_digests(simcore.destination_s3)
+
+    result = projmig("rollback", "--config", write_config(tmp_path, simcore.config(sample.uuid)))
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: destination project {sample.uuid} ('study 120') has no record of an insert by projmig"), line
+    assert await snapshot(simcore.destination_db) == rows and await object_digests(simcore.destination_s3) == objects

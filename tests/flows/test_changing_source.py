@@ -94,3 +94,43 @@ async def test_a_source_changed_between_copy_and_insert_commits_nothing_and_the_
     for column in ("last_change_date", "name"):
         [[a], [b]] = [await query(db, f"SELECT {column}::text FROM projects WHERE uuid = $1", sample.uuid) for db in (src, dst)]
         assert a == b, column
+
+
+async def test_a_new_object_under_a_directory_entry_during_the_run_commits_nothing(simcore: Simcore, tmp_path: Path) -> None:
+    """osparc writes a file into a directory entry's prefix without touching any row (the entry stands
+    for whatever is under its prefix): the insert lists each directory prefix again before COMMIT."""
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=SampleSpec(
+        files=2, file_size=4 * 1024, directory_objects=3, multipart_size=0, hidden_children=0,
+        deployment_bound_rows=False, special_names=False))
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps(simcore.config(sample.uuid)))
+    dst = simcore.destination_db
+    [directory] = [r["file_id"] for r in await query(
+        simcore.source_db, "SELECT file_id FROM file_meta_data WHERE project_id = $1 AND is_directory", sample.uuid)]
+    new_key, new_bytes = f"{directory}/sub9/written during the run.dat", b"a new result\n" * 100
+    rows_before = await query(simcore.source_db, "SELECT file_id, file_size, last_modified FROM file_meta_data ORDER BY 1")
+
+    holder, held = await hold_inserts(dst)
+    try:
+        run = MigrationProcess(config)
+        await wait_until(lambda: an_insert_is_held(dst), "the run at its insert")
+        async with s3_client(simcore.source_s3) as client:
+            await client.put_object(Bucket=simcore.source_s3.bucket, Key=new_key, Body=new_bytes)
+    finally:
+        await held.rollback()
+        await holder.close()
+    code, out = await run.wait()
+
+    assert await query(simcore.source_db, "SELECT file_id, file_size, last_modified FROM file_meta_data ORDER BY 1") == rows_before
+    assert code == 1, out
+    [line] = [line for line in out.strip().splitlines() if line.strip()]
+    assert line.startswith(f"error: source project {sample.uuid} changed during the migration (objects changed under "
+                           f"directory {directory}/)"), line
+    assert "nothing was inserted" in line, line
+    assert await query(dst, "SELECT uuid FROM projects") == []
+
+    again = subprocess.run([sys.executable, "-m", "flows.cli", "migrate", "--config", str(config)], cwd=REPO,
+                           env=prefect_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.strip().splitlines()[-1].startswith("migrated 1 project: 1 objects copied"), again.stdout
+    assert (await object_digests(simcore.destination_s3))[new_key] == hashlib.sha256(new_bytes).hexdigest()
