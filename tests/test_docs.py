@@ -118,7 +118,8 @@ def prose(page: Path) -> str:
 
 
 def code_spans(page: Path) -> list[str]:
-    return re.findall(r"`([^`\n]+)`", prose(page))
+    """The page's inline code, each span on one line (a span may wrap)."""
+    return [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose(page))]
 
 
 def code_lines(page: Path) -> list[str]:
