@@ -1,10 +1,12 @@
-"""The README's generated parts: the configuration reference (from the pydantic models of
-:mod:`projmig.settings`) and the table rules (from :data:`projmig.schema.TABLE_RULES`).
+"""The manual's generated parts: the configuration reference in ``docs/configuration.md`` (from the
+pydantic models of :mod:`projmig.settings` and :mod:`projmig.choices`) and the table rules in
+``docs/table-rules.md`` (from :data:`projmig.schema.TABLE_RULES`).
 
-    python -m projmig.docs            # rewrite them in README.md
-    python -m projmig.docs --check    # exit 1 when README.md is out of date
+    python -m projmig.docs                  # rewrite them in docs/
+    python -m projmig.docs --check          # exit 1 when a page is out of date
+    python -m projmig.docs --docs DIR ...   # the pages in DIR instead of the repository's docs/
 
-Each part lives between two markers in the README (``<!-- projmig.docs:NAME begin -->`` and
+Each part lives between two markers in its page (``<!-- projmig.docs:NAME begin -->`` and
 ``<!-- projmig.docs:NAME end -->``); the text around them is never touched.
 """
 
@@ -28,7 +30,7 @@ from .schema import TABLE_RULES
 from .choices import CHOICES, RunChoices
 from .settings import DatabaseSettings, HostSettings, MigrationOptions, MigrationSettings, S3Settings
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 # (section as written in cfg.json, model, the paths that use it)
 SECTIONS: list[tuple[str, type[BaseModel], list[str]]] = [
@@ -130,7 +132,8 @@ def table_rules() -> str:
     return "\n".join(lines)
 
 
-PARTS = {"config": configuration_reference, "table-rules": table_rules}
+# each generated part: the page it lives in (under docs/), and what makes it
+PARTS = {"config": ("configuration.md", configuration_reference), "table-rules": ("table-rules.md", table_rules)}
 
 
 def _block(name: str) -> re.Pattern[str]:
@@ -140,35 +143,36 @@ def _block(name: str) -> re.Pattern[str]:
     )
 
 
-def render(text: str) -> str:
-    """``text`` (a README) with every generated part brought up to date."""
-    for name, make in PARTS.items():
-        pattern = _block(name)
-        if not pattern.search(text):
-            raise ValueError(f"README has no <!-- projmig.docs:{name} begin --> ... end --> markers")
-        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(3), text)
-    return text
+def render(name: str, text: str) -> str:
+    """``text`` (the part's page) with the generated part ``name`` brought up to date."""
+    pattern = _block(name)
+    if not pattern.search(text):
+        raise ValueError(f"no <!-- projmig.docs:{name} begin --> ... end --> markers")
+    return pattern.sub(lambda m: m.group(1) + PARTS[name][1]() + "\n" + m.group(3), text)
 
 
-def stale_parts(text: str) -> list[str]:
-    """The generated parts of ``text`` that differ from what the code says now."""
-    return [name for name in PARTS if _block(name).search(text) is None
-            or _block(name).search(text).group(2) != PARTS[name]() + "\n"]  # type: ignore[union-attr]
+def is_stale(name: str, text: str) -> bool:
+    """The generated part ``name`` of ``text`` is missing or differs from what the code says now."""
+    found = _block(name).search(text)
+    return found is None or found.group(2) != PARTS[name][1]() + "\n"
 
 
 def main(argv: list[str]) -> int:
-    path = Path(argv[argv.index("--readme") + 1]) if "--readme" in argv else README
-    text = path.read_text()
-    if "--check" in argv:
-        stale = stale_parts(text)
-        for name in stale:
-            print(f"{path}: the generated part '{name}' is out of date: run `python -m projmig.docs`", file=sys.stderr)
-        return 1 if stale else 0
-    new = render(text)
-    if new != text:
-        path.write_text(new)
-        print(f"{path}: updated")
-    return 0
+    docs = Path(argv[argv.index("--docs") + 1]) if "--docs" in argv else DOCS
+    status = 0
+    for name, (page, _) in PARTS.items():
+        path = docs / page
+        text = path.read_text()
+        if "--check" in argv:
+            if is_stale(name, text):
+                print(f"{path}: the generated part '{name}' is out of date: run `python -m projmig.docs`", file=sys.stderr)
+                status = 1
+            continue
+        new = render(name, text)
+        if new != text:
+            path.write_text(new)
+            print(f"{path}: updated")
+    return status
 
 
 if __name__ == "__main__":

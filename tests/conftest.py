@@ -364,7 +364,7 @@ async def copy_marks(s3: S3Settings, keys: Iterable[str]) -> dict[str, str | Non
 
 
 def expected_marks(keys: Iterable[str]) -> dict[str, str]:
-    """What the README says each object copied under uuid_policy=keep carries: ``source=<its
+    """What docs/failures.md ("The mark") says each object copied under uuid_policy=keep carries: ``source=<its
     project>;copy=<its project>``."""
     return {key: f"source={key.split('/', 1)[0]};copy={key.split('/', 1)[0]}" for key in keys}
 

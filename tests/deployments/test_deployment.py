@@ -52,7 +52,7 @@ from ..faults.conftest import duplicate_rows, open_uploads
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
-DST_DB_BLOCK = "destination-db-password"  # the README's name
+DST_DB_BLOCK = "destination-db-password"  # the name docs/deployments.md gives it
 DST_S3_BLOCK = "projmig-test-destination-s3-secret-key"
 
 
@@ -64,7 +64,7 @@ class PrefectServer:
     def env(self, **extra: str) -> dict[str, str]:
         """A client process's environment: this server's API, a home of its own, nothing of the test session's."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and not k.startswith("PROJMIG_")}
-        return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `python`, `prefect`: the README's
+        return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `python`, `prefect`: as docs/deployments.md runs them
                 "PREFECT_API_URL": self.url, "PREFECT_HOME": str(self.home / "client"),
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
 
@@ -139,10 +139,10 @@ def secrets_of(simcore: Simcore) -> list[str]:
     return [box.source.pg_password, box.destination.pg_password, box.source.s3_secret_key, box.destination.s3_secret_key]
 
 
-async def save_secret_blocks(server: PrefectServer, simcore: Simcore, readme: bool = False) -> None:
+async def save_secret_blocks(server: PrefectServer, simcore: Simcore, from_docs: bool = False) -> None:
     blocks = [(DST_DB_BLOCK, simcore.destination_db.password), (DST_S3_BLOCK, simcore.destination_s3.secret_key)]
-    if readme:  # the README's command for the database password, as an operator runs it
-        (command,) = [line for line in (REPO / "README.md").read_text().splitlines() if "Secret(value=os.environ" in line]
+    if from_docs:  # docs/deployments.md's command for the database password, as an operator runs it
+        (command,) = [line for line in (REPO / "docs" / "deployments.md").read_text().splitlines() if "Secret(value=os.environ" in line]
         saved = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120,
                                env=server.env(DST_DB_PASSWORD=blocks[0][1].get_secret_value()))  # type: ignore[union-attr]
         assert saved.returncode == 0, saved.stdout + saved.stderr
@@ -190,7 +190,7 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
     sample = await sample_project(fixture_simcore)
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(deployment_config(fixture_simcore)))
-    await save_secret_blocks(prefect_server, fixture_simcore, readme=True)
+    await save_secret_blocks(prefect_server, fixture_simcore, from_docs=True)
 
     log = tmp_path / "serve.log"
     served = start([str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", "sandbox"],
@@ -259,7 +259,7 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
 
 @asynccontextmanager
 async def two_workers(server: PrefectServer, simcore: Simcore, tmp_path: Path, pool: str) -> AsyncIterator[tuple[Any, list[Path]]]:
-    """The README's commands: a process work pool, the deployment registered for it (named after the
+    """docs/deployments.md's commands: a process work pool, the deployment registered for it (named after the
     pool), two workers with ``--limit 1`` (online when this yields the deployment); stopped after."""
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(deployment_config(simcore)))
@@ -424,7 +424,7 @@ async def wait_final(client: PrefectClient, run_id: Any, timeout: float = 240) -
 async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_connections(
     prefect_server: PrefectServer, fixture_simcore: Simcore, tmp_path: Path
 ) -> None:
-    """The README's `prefect deploy --all` with the repository's prefect.yaml, a process worker, and
+    """docs/deployments.md's `prefect deploy --all` with the repository's prefect.yaml, a process worker, and
     runs that try to point the worker elsewhere (another database host, endpoint, bucket, secret
     reference, a whole settings object, a Dask scheduler): each refused with one line before any
     connection; a run naming only its project migrates it."""

@@ -92,7 +92,7 @@ EDGES: dict[str, list[tuple[str, dict[str, str]]]] = {
     ],
 }
 
-# what the README's table rules remap (and the destination sets): checked separately below
+# what docs/table-rules.md's rules remap (and the destination sets): checked separately below
 REMAPPED = {
     "projects": {"id", "prj_owner", "workspace_id", "trashed_by"},
     "projects_nodes": {"project_node_id", "modified"},
@@ -269,7 +269,7 @@ async def test_every_column_arrives_as_the_source_has_it(
                     differences.append(f"{table} {name!r} {column}: source {_show(value)}, destination {_show(got)}")
     assert not differences, "\n".join(differences)
 
-    # the remapped columns, as the README's table rules say
+    # the remapped columns, as docs/table-rules.md's rules say
     carol = simcore.destination_ids.users["carol"]
     root = destination["projects"]["root"]
     assert root["prj_owner"] == root["trashed_by"] == (False, str(carol.id))
