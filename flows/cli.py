@@ -113,6 +113,23 @@ def errors_as_lines() -> Iterator[None]:
         if isinstance(exc, TransferError) and exc.transient:
             say(err, "Rerun the same command to continue where it stopped.")
         raise typer.Exit(1)
+    except KeyboardInterrupt:
+        # what was copied stays (verified, marked), nothing was committed half: a rerun continues
+        say(err, "interrupted; rerun to continue", label="error:", style="bold red")
+        raise typer.Exit(130)
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as exc:  # not one of projmig's own errors: still one line, never a traceback
+        say(err, f"unexpected {type(exc).__name__}: {first_line(exc)}", label="error:", style="bold red")
+        raise typer.Exit(1)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error, or of the database's error under SQLAlchemy's wrapper (whose own
+    text goes on with the statement and its parameters), at most 300 characters."""
+    cause = getattr(exc, "orig", None) or exc
+    text = (str(cause).strip().splitlines() or [""])[0]
+    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 def load(config: Path, choices: dict[str, Any], *, owner: bool = True) -> MigrationSettings:

@@ -106,13 +106,27 @@ def _recorded_url(home: Path) -> str | None:
         return None
 
 
+# what the background server takes of the environment of the command that starts it: it lives on
+# after that command, and any local user can ask its API, so nothing of the command's own (passwords
+# and keys given as PROJMIG_* or as credential references' variables, a proxy) goes with it
+SERVER_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PG_BINDIR")
+
+
+def server_environment(home: Path) -> dict[str, str]:
+    """The background Prefect server's environment: a few of the system's variables, its home, and
+    the server's own settings (``PREFECT_SERVER_*``, ``PREFECT_HOME``); no client setting, no secret."""
+    env = {name: value for name, value in os.environ.items()
+           if name in SERVER_ENVIRONMENT or name.startswith("PREFECT_SERVER_")}
+    return {**env, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false"}
+
+
 def _start(home: Path) -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
+    env = server_environment(home)
     with (home / "projmig-api.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],

@@ -1,5 +1,6 @@
-"""Migrating between two schema revisions (``options.allow_schema_drift``): can the destination
-take the rows, and what happens to the columns the two sides do not share?
+"""Can the destination take the rows, and what happens to the columns the two sides do not share?
+Checked for every migration: between two schema revisions (``options.allow_schema_drift``), and at
+one revision too, where a destination altered by hand would otherwise lose a column's data silently.
 
 The rule, per table a project touches (compared column by column, from reflection):
 
@@ -87,10 +88,12 @@ async def check_drift(
                 check.notes.append(f"{diff.table}.{name}: defaulted to NULL (only in the destination)")
         for change in diff.type_changes:
             check.problems.append(f"schema drift: {diff.table}.{change.split(':')[0]} has another type ({change.split(': ', 1)[1]})")
-    if not check.diffs:
+    if not check.diffs and revisions[0] != revisions[1]:
         check.notes.append(
             f"revisions differ ({revisions[0]} -> {revisions[1]}) but every table a project touches has the same columns"
         )
+    elif check.diffs and revisions[0] == revisions[1]:
+        check.problems = [f"{p} (both databases at revision {revisions[0]}: one altered by hand?)" for p in check.problems]
     return check
 
 

@@ -150,7 +150,6 @@ async def _check_databases(
     src_rev, dst_rev = await alembic_revision(src), await alembic_revision(dst)
     drift: list[ColumnDiff] = []
     drift_notes: list[str] = []
-    drifting = False
     crossing: tuple[OsparcMigrations, MigrationPath] | None = None
     if src_rev is None or dst_rev is None:
         missing = [r for r, v in (("source", src_rev), ("destination", dst_rev)) if v is None]
@@ -164,16 +163,10 @@ async def _check_databases(
                 "host.schema_migrations to osparc-simcore's packages/postgres-database to migrate across the releases "
                 "with osparc's own migrations, or set options.allow_schema_drift to migrate where the columns allow it)"
             )
-        else:
-            drifting = True  # columns compared, and the rows to move checked, once they are known
 
     # what to move, and under which ids
     selection = await select_projects(settings, src, dst, problems)
     projects = selection.projects
-    if drifting and projects:
-        checked = await check_drift(src, dst, projects, revisions=(src_rev or "", dst_rev or ""))
-        problems += checked.problems
-        drift, drift_notes = checked.diffs, checked.notes
 
     # where the projects' rows are read: the source, or across releases their staging (at the
     # destination's revision, what osparc's migrations make of them)
@@ -201,6 +194,13 @@ async def _check_databases(
             rows = await staging.enter_async_context(engine.connect())
 
     try:
+        comparable = src_rev == dst_rev or release is not None or settings.options.allow_schema_drift
+        if rows is not None and projects and src_rev is not None and dst_rev is not None and comparable:
+            # every table a project touches, column by column, even at one revision (a destination
+            # altered by hand would lose a column's data silently): where the rows would not fit, refused
+            checked = await check_drift(rows, dst, projects, revisions=(dst_rev if release else src_rev, dst_rev))
+            problems += checked.problems
+            drift, drift_notes = checked.diffs, checked.notes
         # who receives it
         facts, products = await _destination_facts(settings, rows, dst, projects, problems if owner else [])
         if run.locks is not None and projects and not problems:

@@ -14,6 +14,8 @@ reports) without revealing anything.
 from __future__ import annotations
 
 import json
+import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -28,14 +30,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 from sqlalchemy.engine import URL
 
 from .choices import CHOICES, RunChoices, UuidPolicy
 from .credentials import Credential, SecretLoader, SecretRef, resolve_refs, reveal, reveal_or_ref
 from .dsn import DsnError, SslMode, parse_dsn
 from .errors import ConfigError
-from .limits import MAX_OBJECT_SIZE, MAX_PART_SIZE, MIN_PART_SIZE, MiB
+from .limits import MAX_OBJECT_SIZE, MAX_PART_SIZE, MIN_PART_SIZE, GiB, MiB
 
 __all__ = ["RunChoices", "UuidPolicy"]  # (re-exported: the settings hold a run's choices)
 
@@ -242,11 +244,11 @@ class MigrationOptions(StrictModel):
     )
     part_concurrency: int = Field(8, ge=1, le=64, description="parts of one large object in flight at once")
     memory_limit: int = Field(
-        192 * MiB, ge=16 * MiB, description="bytes of object data held in memory at once, across all copy tasks"
+        192 * MiB, ge=16 * MiB, le=64 * GiB, description="bytes of object data held in memory at once, across all copy tasks"
     )
     task_concurrency: int = Field(4, ge=1, le=64, description="copy task runs at once (each a batch or a large file)")
-    batch_max_files: int = Field(256, ge=1, description="small files per copy task run")
-    batch_max_bytes: int = Field(256 * MiB, ge=1, description="bytes per copy task run of small files")
+    batch_max_files: int = Field(256, ge=1, le=100_000, description="small files per copy task run")
+    batch_max_bytes: int = Field(256 * MiB, ge=1, le=64 * GiB, description="bytes per copy task run of small files")
     s3_call_timeout: float = Field(
         300.0, gt=0, description="deadline of one S3 call in seconds (a part, a small object)"
     )
@@ -380,7 +382,22 @@ class MigrationSettings(BaseSettings):
             # an error is named where the file has the value: in the old shape, its old place
             given = {new: old for old, new in LEGACY_PLACES if _has(data, old)}
             raise ConfigError(format_validation_error(exc, origin, given)) from None
+        except SettingsError as exc:  # a PROJMIG_ variable holding a section that is not JSON (never quoted: a secret?)
+            field = re.search(r'field "(\w+)"', str(exc))
+            prefix = f"PROJMIG_{field.group(1).upper()}" if field else "PROJMIG_"
+            names = sorted(name for name, value in os.environ.items()
+                           if name.upper().startswith(prefix) and value.lstrip()[:1] in ("{", "[") and not _json(value))
+            raise ConfigError([f"environment: {name}: not valid JSON (a section given as one variable is a JSON object, "
+                               f"or set its fields one by one: {name}__<FIELD>)" for name in names or [prefix]]) from None
         return settings.require_something_to_move(origin) if require_projects else settings
+
+
+def _json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _has(data: dict[str, Any], path: str) -> bool:

@@ -4,6 +4,7 @@ and exit code 2, and writes nothing to the destination."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -173,3 +174,32 @@ async def test_plan_and_verify_commands(fixture_simcore: Simcore, tmp_path: Path
     verified = projmig("verify", "--config", str(cfg))
     assert verified.returncode == 1
     assert f"differs: {key}" in verified.stdout
+
+
+async def test_an_unexpected_database_error_and_a_malformed_environment_value_are_one_line_each(
+    fixture_simcore: Simcore, tmp_path: Path
+) -> None:
+    """Not every failure is one projmig foresaw: a source whose schema is not what its revision says
+    (a column renamed by hand) fails the plan with one line naming the database's error, no traceback;
+    a PROJMIG_ variable holding a section that is not JSON is one line naming the variable, not its value."""
+    sample = await build_sample_project(fixture_simcore.source_db, fixture_simcore.source_s3, owner_id=fixture_simcore.alice,
+                                        spec=SampleSpec(files=2, multipart_size=0, directory_objects=0, hidden_children=0))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(fixture_simcore.config(sample.uuid)))
+    conn = await asyncpg.connect(asyncpg_dsn(fixture_simcore.source_db))
+    try:
+        await conn.execute("ALTER TABLE projects RENAME COLUMN creation_date TO created_on")
+    finally:
+        await conn.close()
+
+    broken = projmig("plan", "--config", str(cfg))
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    (line,) = broken.stderr.strip().splitlines()
+    assert line.startswith("error: unexpected ") and 'column "creation_date" does not exist' in line, line
+
+    secretish = '{"bucket": "b", "secret_key": "do-not-print-me'
+    malformed = subprocess.run([PROJMIG, "plan", "--config", str(cfg)], capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "PROJMIG_DESTINATION__S3": secretish})
+    assert malformed.returncode == 2
+    assert malformed.stderr == ("error: environment: PROJMIG_DESTINATION__S3: not valid JSON (a section given as one "
+                                "variable is a JSON object, or set its fields one by one: PROJMIG_DESTINATION__S3__<FIELD>)\n")

@@ -39,8 +39,11 @@ async def test_the_first_command_starts_a_local_server_and_the_next_reuse_it(fix
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(fixture_simcore.config(sample.uuid)))
     home = tmp_path / "prefect-home"
+    # the command's own environment holds secrets (a credential reference's variable) and projmig settings
+    secret = "a password only the command may see"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PROJMIG_"))},
-           "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+           "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "SOURCE_DB_PASSWORD": secret, "PROJMIG_OPTIONS__COPY_CONCURRENCY": "3", "HTTPS_PROXY": "http://127.0.0.1:9"}
     pid = None
     try:
         first = subprocess.run([str(BIN / "projmig"), "migrate", "--config", str(cfg)], capture_output=True, text=True,
@@ -50,6 +53,11 @@ async def test_the_first_command_starts_a_local_server_and_the_next_reuse_it(fix
         record = json.loads((home / RECORD).read_text())
         pid = record["pid"]
         assert healthy(record["api_url"]) and (home / "server.pid").read_text() == str(pid)
+        # the server outlives the command, and any local user may ask its API: it took none of that
+        server_env = dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)
+        assert secret not in server_env.values()
+        assert not {name for name in server_env if name.startswith("PROJMIG_") or name.endswith("_PROXY")}, sorted(server_env)
+        assert server_env["PREFECT_HOME"] == str(home)
 
         again = subprocess.run([str(BIN / "projmig"), "migrate", "--config", str(cfg)], capture_output=True, text=True,
                                timeout=400, env=env)

@@ -51,8 +51,9 @@ async def test_destination_at_another_revision(simcore: Simcore) -> None:
     with pytest.raises(PreflightError) as strict:
         await commands.plan(settings)
     assert strict.value.problems == [
-        "schema revision mismatch: source is at 3f8c0e8d11a4, destination at f00dfeed0001 (upgrade one side, or set "
-        "options.allow_schema_drift to migrate where the columns allow it)"
+        "schema revision mismatch: source is at 3f8c0e8d11a4, destination at f00dfeed0001 (set host.schema_migrations "
+        "to osparc-simcore's packages/postgres-database to migrate across the releases with osparc's own migrations, "
+        "or set options.allow_schema_drift to migrate where the columns allow it)"
     ]
 
     drifting = simcore.settings(sample.uuid, source={"include_hidden": True}, options={"allow_schema_drift": True})
@@ -83,3 +84,26 @@ async def test_destination_at_another_revision(simcore: Simcore) -> None:
     assert [r["review_note"] for r in notes] == [None, None]
     verified = await commands.verify(drifting, deep=False)
     assert verified.equal, [str(d) for d in verified.differences]
+
+
+async def test_a_destination_altered_by_hand_at_the_same_revision_is_refused_where_data_would_be_lost(simcore: Simcore) -> None:
+    """Both databases at one revision, but the destination's projects_nodes lost a column by hand: a
+    project whose nodes use it is refused (its data would be dropped without a word); once no row
+    moved holds a value there, the migration goes on and its report says the column was dropped."""
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=SampleSpec(
+        files=2, multipart_size=0, directory_objects=0, hidden_children=0))
+    await execute(simcore.destination_db, "ALTER TABLE projects_nodes DROP COLUMN boot_options")
+    node = sample.node_ids[0]
+    await execute(simcore.source_db, f"""UPDATE projects_nodes SET boot_options = '{{"mode": "x"}}' WHERE node_id = '{node}'""")
+    settings = simcore.settings(sample.uuid)
+
+    with pytest.raises(PreflightError) as refused:
+        await commands.plan(settings)
+    assert refused.value.problems == [
+        "schema drift: projects_nodes.boot_options is not in the destination and holds data in 1 of the rows to move "
+        "(it would be lost) (both databases at revision 3f8c0e8d11a4: one altered by hand?)"
+    ]
+
+    await execute(simcore.source_db, f"UPDATE projects_nodes SET boot_options = NULL WHERE node_id = '{node}'")
+    checked, plan = await commands.plan(settings)
+    assert plan.schema_drift == ["projects_nodes.boot_options: dropped (not in the destination; empty in every row moved)"]

@@ -137,3 +137,13 @@ def test_nothing_to_move_is_an_error() -> None:
     del cfg["source"]["project_uuid"]
     with pytest.raises(ConfigError, match="give project_uuid, project_uuids or source_owner_user_id"):
         MigrationSettings.parse(cfg)
+
+
+def test_the_memory_options_have_upper_bounds() -> None:
+    """A configuration (or a run's options) cannot ask for unbounded memory: each option a bound, one line each."""
+    data = template()
+    data["options"].update(memory_limit=2**50, batch_max_files=10**9, batch_max_bytes=2**50)
+    with pytest.raises(ConfigError) as refused:
+        MigrationSettings.parse(data)
+    assert [p.split(": ")[1] for p in refused.value.problems] == ["options.memory_limit", "options.batch_max_files",
+                                                                   "options.batch_max_bytes"]

@@ -266,6 +266,12 @@ class MigrationProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.killed = True
 
+    def interrupt(self) -> None:
+        """Ctrl-C (SIGINT), as an operator stops the command."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+            self.killed = True
+
     async def wait(self, timeout: float = 300) -> tuple[int, str]:
         loop = asyncio.get_running_loop()
         out, _ = await loop.run_in_executor(None, lambda: self.proc.communicate(timeout=timeout))

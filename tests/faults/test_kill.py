@@ -16,7 +16,7 @@ from projmig.s3 import s3_client
 from projmig.run import MigrationRun
 
 from ..conftest import CEPH_PAIRS, SEAWEEDFS
-from .conftest import MiB, Faulty, Kill, all_or_nothing, duplicate_rows, open_uploads, row_counts
+from .conftest import MiB, Faulty, Kill, MigrationProcess, all_or_nothing, duplicate_rows, open_uploads, row_counts
 
 pytestmark = pytest.mark.usefixtures("prefect")
 
@@ -101,3 +101,23 @@ async def _graph(settings):
     async with MigrationRun.open(settings, lock=False) as run:
         report = await steps.preflight(run, probe_write=False)
         return await steps.read_graph(run, report), report
+
+
+async def test_ctrl_c_is_one_line_and_a_rerun_finishes(faulty: Faulty, tmp_path) -> None:
+    """Ctrl-C in the middle of a copy: the command says so in one line (exit 130, no traceback), keeps
+    what it copied, commits nothing; the rerun finishes the migration."""
+    sample = await faulty.sample(files=4, directory_objects=2, multipart_size=BIG, multipart_part_size=PART, hidden_children=0)
+    config = faulty.config_file(tmp_path / "cfg.json", sample.uuid, part_concurrency=1)
+    direct = faulty.direct(sample.uuid)
+    process = MigrationProcess(config)
+    faulty.proxies.dst_s3.after(up=BIG // 2, do=process.interrupt)
+
+    code, out = await process.wait()
+
+    assert process.killed and code == 130, out
+    assert out.strip().splitlines()[-1] == "error: interrupted; rerun to continue", out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert await row_counts(direct, sample.all_projects) == {t: 0 for t in await row_counts(direct, sample.all_projects)}
+    report = await migrate_project(faulty.settings(sample.uuid, part_concurrency=1))
+    assert report.status == "migrated" and report.objects_skipped > 0, report.headline()
+    assert (await commands.verify(direct, deep=True)).equal
