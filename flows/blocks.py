@@ -41,5 +41,5 @@ async def load_deployment_block(name: str, role: str) -> OsparcDeployment:
         return await OsparcDeployment.aload(name)
     except ValueError as exc:
         if "Unable to find" in str(exc):
-            raise ConfigError(f"{role}: no OsparcDeployment block named {name!r} (create it: see the README's Prefect section)") from None
+            raise ConfigError(f"{role}: no OsparcDeployment block named {name!r} (create it: see docs/deployments.md)") from None
         raise ConfigError(f"{role}: OsparcDeployment block {name!r} cannot be read ({type(exc).__name__})") from None

@@ -1,9 +1,9 @@
-"""Fresh ids for a copy (``options.uuid_policy = "new"``): every project and node of the graph gets a
+"""Fresh ids for a copy (``choices.uuid_policy = "new"``): every project and node of the graph gets a
 new uuid, and every reference to an old one is rewritten, so the copy can sit next to its original
 (even in the same deployment) and never points back at it.
 
 Deterministic: a new id is ``uuid5(namespace, old id)``, and the namespace of a root project is
-derived from the destination, the root's source uuid and ``options.copy_label``. Rerunning the same
+derived from the destination, the root's source uuid and ``choices.copy_label``. Rerunning the same
 migration computes the same ids and resumes (an earlier run's rows and objects are found again);
 a second, deliberate copy into the same destination needs another ``copy_label``. The destination
 is named by what it is, not by how a configuration spells it (:func:`destination_identity`: the

@@ -1,7 +1,8 @@
 """What both databases look like: revision, the tables a project touches, their columns and FK order.
 
 Also the one list of rules for every table that references a project: copied (with which
-remaps) or left behind, and why. The README's table of rules is this module's ``TABLE_RULES``.
+remaps) or left behind, and why: ``TABLE_RULES``, from which ``python -m projmig.docs`` generates
+the table of rules in docs/table-rules.md.
 """
 
 from __future__ import annotations
