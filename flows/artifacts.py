@@ -13,6 +13,8 @@ from projmig.rollback import RollbackResult
 
 async def publish_report(report: MigrationReport) -> None:
     await create_table_artifact(key="projmig-projects", table=report.project_rows(), description=report.headline())
+    if report.users:  # owners in accounts of their own: a row per user
+        await create_table_artifact(key="projmig-users", table=report.user_rows(), description=report.headline())
     await create_markdown_artifact(key="projmig-report", markdown=report.to_markdown(), description=report.headline())
 
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 
-from projmig.choices import CHOICES, RunChoices
+from projmig.choices import CHOICES, RunChoices, read_pairs
 from projmig.errors import ConfigError, PreflightError, ProjmigError, TransferError
 from projmig.settings import HostSettings, MigrationSettings, format_validation_error, template
 from projmig.units import human_bytes
@@ -65,6 +65,9 @@ def choosing(command: str) -> Callable[[F], F]:
         @functools.wraps(fn)
         def with_choices(*args: Any, **kwargs: Any) -> Any:
             given = {n: value for n in names if (value := kwargs.pop(n)) not in (None, False, [])}
+            with errors_as_lines():
+                for name in [n for n in given if n in CHOICES and CHOICES[n].file]:
+                    given[name] = read_pairs(given[name])
             return fn(*args, **kwargs, choices=given)
 
         with_choices.__signature__ = signature.replace(parameters=kept + added)  # type: ignore[attr-defined]
@@ -81,9 +84,17 @@ def _is_flag(name: str) -> bool:
 def _option(name: str) -> Any:
     field = RunChoices.model_fields[name]
     kind: Any = field.annotation
-    if not _is_flag(name) and typing.get_origin(kind) is not list:
+    if CHOICES[name].file:
+        kind = typing.Optional[Path]  # noqa: UP007 (a runtime type: unset is None)
+    elif _literal(kind):  # (typer takes an Enum's or a str's values, not a Literal's: checked by the model)
+        kind = typing.Optional[str]  # noqa: UP007
+    elif not _is_flag(name) and typing.get_origin(kind) is not list:
         kind = typing.Optional[kind]  # noqa: UP007 (a runtime type: unset is None)
     return Annotated[kind, typer.Option(*CHOICES[name].flags, help=f"{field.description} (choices.{name})")]
+
+
+def _literal(kind: Any) -> bool:
+    return any(typing.get_origin(a) is typing.Literal for a in (kind, *typing.get_args(kind)))
 
 
 def _default(name: str) -> Any:
@@ -142,7 +153,7 @@ def load(config: Path, choices: dict[str, Any], *, owner: bool = True) -> Migrat
         settings = settings.with_choices(choices).require_something_to_move(str(config))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "options")) from None
-    if owner and settings.choices.destination_user_id is None:
+    if owner and settings.choices.destination_user_id is None and not settings.choices.matches_users:
         raise ConfigError(f"{config}: choices.destination_user_id: give the destination user who will own the projects (--to-user)")
     return settings
 
@@ -168,6 +179,12 @@ def plan(config: ConfigOption, choices: dict[str, Any]) -> None:
         report, migration = await commands.plan(await settings_of(config, choices))
         for line in report.release.lines() if report.release else []:
             say(out, line)
+        for match in report.matches:
+            account = match.destination.describe() if match.destination else f"no account: {match.problem}"
+            theirs = sum(1 for r in report.selection.roots if report.selection.owners.get(r) == match.source.id)
+            say(out, f"user {match.source.describe()} -> {account} ({theirs} studies)")
+        for root, why in report.selection.skipped.items():
+            say(out, f"skipped {root}: {why}")
         for line in migration.summary_lines():
             say(out, line)
         if report.already_migrated:

@@ -70,6 +70,9 @@ def _project_table(report: MigrationReport) -> Table:
 
 
 def _print_details(report: MigrationReport, out: Console) -> None:
+    for user in report.user_rows():
+        say(out, f"user {user['user']} -> {user['account']}: {user['studies']} studies, {user['objects']} objects, "
+                 f"{human_bytes(user['bytes'])}: {user['status']}")  # type: ignore[arg-type]
     if report.rows_planned:
         say(out, "rows inserted: " + ", ".join(f"{t} {report.rows_inserted.get(t, 0)}/{n}" for t, n in report.rows_planned.items()))
     if report.seconds:

@@ -76,7 +76,7 @@ async def flow_run_settings(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "parameters")) from None
     chosen.require_something_to_move("parameters")
-    if owner_required and chosen.choices.destination_user_id is None:
+    if owner_required and chosen.choices.destination_user_id is None and not chosen.choices.matches_users:
         raise ConfigError("destination_user_id: give the destination user who will own the projects")
     return await resolve_credentials(chosen)
 

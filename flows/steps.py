@@ -76,7 +76,10 @@ class TaskSteps(Steps):
     async def insert_roots(
         self, run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
     ) -> list[RootInsert]:
-        return await tasks.insert_rows(run, quote(plan), quote(verified), roots)
+        owner = next((p.owner_id for p in plan.projects if p.src_uuid in roots), None)
+        named = tasks.insert_rows.with_options(task_run_name=f"insert {len(roots)} projects of user {owner}") \
+            if plan.projects and len({p.owner_id for p in plan.projects}) > 1 else tasks.insert_rows
+        return await named(run, quote(plan), quote(verified), roots)
 
     async def abort_uploads(self, run: MigrationRun, copies: list[ObjectCopy]) -> list[str]:
         return await tasks.abort_uploads(run, quote(copies))

@@ -115,8 +115,9 @@ def configuration_reference() -> str:
                 meaning = f"{meaning} (read, never written back)"
             if model is RunChoices:
                 choice = CHOICES[name]
-                flags = f"CLI `{choice.flags[0]}`; " if choice.flags else ""
-                meaning = f"{meaning} ({flags}old place: `{choice.legacy}`)"
+                where = [f"CLI `{choice.flags[0]}`" + (" FILE" if choice.file else "") if choice.flags else "",
+                         f"old place: `{choice.legacy}`" if choice.legacy else ""]
+                meaning = f"{meaning} ({'; '.join(w for w in where if w)})" if any(where) else meaning
             env = env_name(paths, name)
             lines.append(
                 f"| `{name}` | {type_name(field.annotation)} | {default_text(field)} | {_cell(meaning)} "

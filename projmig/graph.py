@@ -24,6 +24,7 @@ from sqlalchemy import JSON, Date, DateTime, MetaData, Table, Text, cast, func, 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import PreflightError
+from .placement import Placement
 from .rowcheck import TextTables, read_text_rows, table_digests
 from .schema import DEPLOYMENT_BOUND_TABLES, PROJECT_TABLES, reflect
 
@@ -151,9 +152,14 @@ class ProjectGraph(BaseModel):
     json_columns: dict[str, list[str]] = Field(default_factory=dict)  # table -> its json/jsonb columns
     text_rows: TextTables = Field(default_factory=TextTables)  # the same rows as PostgreSQL's text (for the row check)
     source_states: dict[str, SourceState] = Field(default_factory=dict)  # project -> its state when read
+    placements: dict[str, Placement] = Field(default_factory=dict)  # root -> the folder and tags it lands in
 
     def project(self, uuid: str) -> ProjectRecord:
         return next(p for p in self.projects if p.uuid == uuid)
+
+    def root_owners(self) -> dict[str, tuple[int | None, int | None]]:
+        """root -> (its source owner, their primary group)."""
+        return {p.uuid: (p.owner_id, p.owner_gid) for p in self.projects if p.uuid in self.roots}
 
     @property
     def missing(self) -> list[FileEntry]:
@@ -180,6 +186,21 @@ async def projects_of_user(conn: AsyncConnection, user_id: int) -> list[str]:
         {"uid": user_id},
     )
     return [r[0] for r in rows]
+
+
+async def projects_of_active_users(conn: AsyncConnection) -> list[str]:
+    """Every non-trashed, non-hidden project of every active source user (a whole deployment), user by user."""
+    rows = await conn.execute(text(
+        "SELECT p.uuid FROM projects p JOIN users u ON u.id = p.prj_owner "
+        "WHERE u.status = 'ACTIVE' AND p.trashed IS NULL AND NOT p.hidden ORDER BY u.id, p.creation_date, p.uuid"
+    ))
+    return [r[0] for r in rows]
+
+
+async def project_owners(conn: AsyncConnection, uuids: list[str]) -> dict[str, int | None]:
+    """project uuid -> its owner's user id (``prj_owner``)."""
+    rows = await conn.execute(text("SELECT uuid, prj_owner FROM projects WHERE uuid = ANY(:u)"), {"u": uuids})
+    return {uuid: owner for uuid, owner in rows}
 
 
 async def hidden_descendants(conn: AsyncConnection, roots: list[str]) -> list[tuple[str, str]]:

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .errors import InsertError
 from .graph import Row, listing_digest, snapshot, source_states
 from .buckets import ObjectState
+from .placement import FOLDERS_TABLE, PLACEMENT_DDL, TAGS_TABLE, place
 from .plan import MigrationPlan, PlannedProject
 from .rowcheck import compare, read_text_rows, use_text_form
 from .schema import PROJECT_TABLES, insert_order, reflect
@@ -72,6 +73,7 @@ RECORD_DDL = (
         last_change_date text,
         inserted_at timestamptz NOT NULL DEFAULT now()
     )""",
+    *PLACEMENT_DDL,
 )
 # two-key advisory locks: apart from the insert's one-key locks and from locks.py's (LOCK_SPACE, project)
 RECORD_LOCK = (0x706D6968, 0)
@@ -121,8 +123,11 @@ async def insert_plan(
 
 
 async def ensure_record_table(conn: AsyncConnection) -> None:
-    """:data:`RECORD_TABLE`, created inside this transaction when it is not there yet."""
-    if await conn.scalar(text(f"SELECT to_regclass('{RECORD_TABLE}') IS NOT NULL")):
+    """:data:`RECORD_TABLE` (and placement's records), created inside this transaction when not there yet."""
+    if await conn.scalar(text(
+        f"SELECT to_regclass('{RECORD_TABLE}') IS NOT NULL AND to_regclass('{FOLDERS_TABLE}') IS NOT NULL "
+        f"AND to_regclass('{TAGS_TABLE}') IS NOT NULL"
+    )):
         return
     # a concurrent first insert may be creating it, uncommitted: wait for it, then IF NOT EXISTS sees it
     await conn.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": RECORD_LOCK[0], "b": RECORD_LOCK[1]})
@@ -238,6 +243,10 @@ async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[
             )
     await _check_written(conn, plan, present, verified)
     await _record_inserts(conn, [p for p in plan.projects if p.dst_uuid not in present])
+    for project in plan.projects:  # where it lands in its owner's account (with the project, or not at all)
+        if project.dst_uuid not in present and project.placement is not None:
+            await place(conn, project.dst_uuid, project.placement, into_folder=plan.into_folder,
+                        owner=project.owner_id, owner_gid=project.owner_gid, product=project.product)
     return result
 
 

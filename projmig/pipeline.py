@@ -163,13 +163,17 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
     for line in plan.summary_lines():
         log.info(line)
     report = MigrationReport.from_plan(plan, "dry-run" if dry else "migrated")
+    for why in checked.selection.skipped.values():
+        report.warnings.append(f"skipped (choices.skip_unmatched): {why}")
     if dry:
+        _count_users(report, checked)
         return await _end(steps, report, timer)
     report.verification = checked.verification.describe()
     if checked.already_migrated:  # frozen: compared read-only, nothing of them written or deleted
         plan = await _leave_migrated(run, steps, plan, checked.already_migrated, listed, report)
         if not plan.projects:
             report.status = "already-migrated"
+            _count_users(report, checked)
             return await _end(steps, report, timer)
 
     outcomes, there, lacking, copy_error = await _copy(run, steps, plan, report, timer, listed)
@@ -197,7 +201,10 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
     ready = [root for root in groups if root not in causes]
     verified = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
     with timer("insert"):
-        inserted = await steps.insert_roots(run, plan, verified, ready) if ready else []
+        inserted = []
+        # owners in accounts of their own: one insert step per account (a unit per user in Prefect's UI)
+        for roots in _by_owner(plan, ready).values():
+            inserted += await steps.insert_roots(run, plan, verified, roots)
     for result in inserted:
         if result.error is not None:
             causes[result.root] = result.error
@@ -217,10 +224,25 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
     for root, why in report.failed.items():
         log.error("project %s not migrated: %s", root, why)
     report.conclude(timer.seconds, roots=len(groups))
+    _count_users(report, checked)
     await _end(steps, report, timer, conclude=False)
     if causes:
         raise run_failure(report, causes)
     return report
+
+
+def _by_owner(plan: MigrationPlan, roots: list[str]) -> dict[int, list[str]]:
+    """destination owner -> their roots, in the plan's order (one group when every project has one owner)."""
+    owner = {p.src_uuid: p.owner_id for p in plan.projects}
+    groups: dict[int, list[str]] = {}
+    for root in roots:
+        groups.setdefault(owner.get(root, 0), []).append(root)
+    return groups
+
+
+def _count_users(report: MigrationReport, checked: PreflightReport) -> None:
+    if checked.matches:
+        report.count_users(checked.matches, checked.selection.skipped, checked.selection.owners)
 
 
 async def _end(steps: Steps, report: MigrationReport, timer: StageTimer, *, conclude: bool = True) -> MigrationReport:

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .graph import FileEntry, ProjectGraph, ProjectRecord, Row, SourceState
+from .placement import Placement
 from .remap import IdMap, outside_links, root_of
 from .rowcheck import Expectations, ProjectFacts, RemapFacts
 from .schema import GENERATED_COLUMNS, PROJECT_TABLES
@@ -24,9 +25,17 @@ class DestinationFacts(BaseModel):
     product_name: str | None = None  # None: each project keeps its source product
     product_gids: dict[str, int | None] = Field(default_factory=dict)  # destination product -> its group
     bucket: str
+    # owners matched one by one (choices.match_users): source project -> (its owner's account, its primary group)
+    recipients: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    groups: dict[int, int] = Field(default_factory=dict)  # source group -> destination group (matched people, mapped groups)
+    into_folder: str | None = None  # choices.into_folder
 
     def product_for(self, project: ProjectRecord) -> str:
         return self.product_name or project.product_name
+
+    def owner_of(self, project: str) -> tuple[int, int]:
+        """(user id, primary group) of the destination owner of this source project."""
+        return self.recipients.get(project, (self.owner_id, self.owner_gid))
 
 
 @dataclass(frozen=True, slots=True)  # one per object: see graph.SourceObject
@@ -50,6 +59,10 @@ class PlannedProject(BaseModel):
     objects: int
     bytes: int
     source_state: SourceState | None = None  # as read: the insert checks it is still so before COMMIT
+    owner_id: int = 0  # the destination owner
+    owner_gid: int = 0  # ... and their primary group
+    product: str = ""  # the destination product
+    placement: Placement | None = None  # the folder and tags it lands in (projmig/placement.py)
 
 
 class MigrationPlan(BaseModel):
@@ -61,6 +74,7 @@ class MigrationPlan(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     schema_drift: list[str] = Field(default_factory=list)  # columns dropped or defaulted between revisions
     expected: Expectations | None = None  # the source's rows as text, for the row check before COMMIT
+    into_folder: str | None = None  # choices.into_folder: the folder the roots land in (projmig/placement.py)
 
     @property
     def total_bytes(self) -> int:
@@ -130,16 +144,21 @@ def build_plan(
 
     for project in graph.projects:
         warnings += _unknown_nodes(project)
+        owner = dest.owner_of(project.uuid)
         for table, table_rows in project.rows.items():
             if table == "file_meta_data":
                 continue  # from the file entries: rows without a source object stay behind
             for row in table_rows:
-                mapped = _map_row(table, row, project, graph, dest, dropped)
+                mapped = _map_row(table, row, project, graph, dest, owner, dropped)
                 if mapped is not None:
                     rows.setdefault(table, []).append(mapped)
-        _ensure_owner_access(rows, project.uuid, dest)
+        _ensure_owner_access(rows, project.uuid, owner[1])
         sources = {r["file_id"]: r for r in project.rows.get("file_meta_data", [])}
-        rows.setdefault("file_meta_data", []).extend(_file_row(sources[entry.file_id], entry, dest) for entry in project.files)
+        rows.setdefault("file_meta_data", []).extend(
+            _file_row(sources[entry.file_id], entry, dest, owner[0]) for entry in project.files)
+        placement = graph.placements.get(project.uuid)
+        if placement is not None and placement.note:
+            warnings.append(placement.note)
         for entry in project.files:
             for obj in entry.objects:
                 copies.setdefault(
@@ -159,9 +178,14 @@ def build_plan(
                 objects=sum(len(e.objects) for e in project.files),
                 bytes=sum(e.size for e in project.files),
                 source_state=graph.source_states.get(project.uuid),
+                owner_id=owner[0],
+                owner_gid=owner[1],
+                product=dest.product_for(project),
+                placement=placement,
             )
         )
     plan = MigrationPlan(
+        into_folder=dest.into_folder,
         projects=planned,
         rows={t: rows[t] for t in PROJECT_TABLES if rows.get(t)},
         copies=list(copies.values()),
@@ -190,9 +214,12 @@ def _expectations(graph: ProjectGraph, plan: MigrationPlan, dest: DestinationFac
                 product_gid=graph.product_gids.get(p.product_name),
                 destination_product=dest.product_for(p),
                 destination_product_gid=dest.product_gids.get(dest.product_for(p)),
+                destination_owner_id=dest.recipients[p.uuid][0] if p.uuid in dest.recipients else None,
+                destination_owner_gid=dest.recipients[p.uuid][1] if p.uuid in dest.recipients else None,
             )
             for p in graph.projects
         },
+        groups=dest.groups,
         renamed=renamed,
         owner_id=dest.owner_id,
         owner_gid=dest.owner_gid,
@@ -250,37 +277,38 @@ def _with_new_ids(plan: MigrationPlan, ids: IdMap, json_columns: dict[str, list[
 
 
 def _map_row(
-    table: str, row: Row, project: ProjectRecord, graph: ProjectGraph, dest: DestinationFacts, dropped: list[str]
+    table: str, row: Row, project: ProjectRecord, graph: ProjectGraph, dest: DestinationFacts, owner: tuple[int, int],
+    dropped: list[str],
 ) -> Row | None:
     row = {k: v for k, v in row.items() if k not in GENERATED_COLUMNS.get(table, ())}
     if table == "projects":
-        row["prj_owner"] = dest.owner_id
+        row["prj_owner"] = owner[0]
         row["product_name"] = dest.product_for(project)
         row["workspace_id"] = None
         if row.get("trashed_by") is not None:
-            row["trashed_by"] = dest.owner_id
+            row["trashed_by"] = owner[0]
     elif table == "project_to_groups":
-        gid = _map_group(row["gid"], project, graph, dest)
+        gid = _map_group(row["gid"], project, graph, dest, owner[1])
         if gid is None:
             dropped.append(f"{row['gid']} (project {project.uuid}): no such group in the destination")
             return None
         row["gid"] = gid
-        if gid == dest.owner_gid:
+        if gid == owner[1]:
             row.update(read=True, write=True, delete=True)
     return row
 
 
-def _map_group(gid: int, project: ProjectRecord, graph: ProjectGraph, dest: DestinationFacts) -> int | None:
+def _map_group(gid: int, project: ProjectRecord, graph: ProjectGraph, dest: DestinationFacts, owner_gid: int) -> int | None:
     if gid == project.owner_gid:
-        return dest.owner_gid
+        return owner_gid
     if graph.everyone_gid is not None and gid == graph.everyone_gid:
         return dest.everyone_gid
     if graph.product_gids.get(project.product_name) == gid:
         return dest.product_gids.get(dest.product_for(project))
-    return None
+    return dest.groups.get(gid)
 
 
-def _ensure_owner_access(rows: dict[str, list[Row]], project_uuid: str, dest: DestinationFacts) -> None:
+def _ensure_owner_access(rows: dict[str, list[Row]], project_uuid: str, owner_gid: int) -> None:
     """Several source groups may map to the owner's group: keep one row, and always one."""
     access = rows.setdefault("project_to_groups", [])
     seen: set[int] = set()
@@ -291,14 +319,14 @@ def _ensure_owner_access(rows: dict[str, list[Row]], project_uuid: str, dest: De
                 continue
             seen.add(row["gid"])
         kept.append(row)
-    if dest.owner_gid not in seen:
-        kept.append({"project_uuid": project_uuid, "gid": dest.owner_gid, "read": True, "write": True, "delete": True})
+    if owner_gid not in seen:
+        kept.append({"project_uuid": project_uuid, "gid": owner_gid, "read": True, "write": True, "delete": True})
     access[:] = kept
 
 
-def _file_row(source: Row, entry: FileEntry, dest: DestinationFacts) -> Row:
+def _file_row(source: Row, entry: FileEntry, dest: DestinationFacts, owner_id: int) -> Row:
     row: dict[str, Any] = dict(source)
-    row["user_id"] = dest.owner_id
+    row["user_id"] = owner_id
     row["upload_id"] = None
     row["upload_expires_at"] = None
     if entry.kind in ("file", "directory", "soft_link"):

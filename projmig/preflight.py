@@ -24,6 +24,7 @@ from .schema import ColumnDiff
 from .selection import Selection, creation_dates, select_projects
 from .choices import UuidPolicy
 from .graph import SourceState, source_states
+from .people import Match, match_people, people
 from .releases import MigrationError, MigrationPath, OsparcMigrations
 from .run import MigrationRun
 from .settings import MigrationSettings
@@ -58,6 +59,7 @@ class ReleaseCrossing(BaseModel):
 
 
 class PreflightReport(BaseModel):
+    matches: list[Match] = Field(default_factory=list)  # each source owner's destination account (choices.match_users)
     source_revision: str | None
     destination_revision: str | None
     release: ReleaseCrossing | None = None  # the source and destination run different osparc releases
@@ -106,7 +108,7 @@ async def run_preflight(run: MigrationRun, *, probe_write: bool = True, owner: b
         try:
             async with engines["source"].connect() as src, engines["destination"].connect() as dst:
                 try:
-                    report = await _check_databases(run, src, dst, problems, owner, stage)
+                    report = await _check_databases(run, src, dst, problems, owner, stage, probe_write)
                 except Exception as exc:
                     if not _connection_lost(exc):
                         raise
@@ -145,6 +147,7 @@ def _lost(settings: MigrationSettings, roles: list[str], exc: BaseException) -> 
 
 async def _check_databases(
     run: MigrationRun, src: AsyncConnection, dst: AsyncConnection, problems: list[str], owner: bool, stage: bool,
+    probe_write: bool,
 ) -> PreflightReport:
     settings = run.settings
     src_rev, dst_rev = await alembic_revision(src), await alembic_revision(dst)
@@ -164,8 +167,12 @@ async def _check_databases(
                 "with osparc's own migrations, or set options.allow_schema_drift to migrate where the columns allow it)"
             )
 
-    # what to move, and under which ids
+    # what to move, and under which ids; across deployments, into whose accounts
     selection = await select_projects(settings, src, dst, problems)
+    matches: dict[int, Match] = {}
+    if settings.choices.matches_users and selection.roots:
+        # (a plan, a dry run, a verify list who matches no one; a migration refuses, unless told to skip them)
+        selection, matches = await _match_owners(settings, src, dst, selection, problems, strict=probe_write)
     projects = selection.projects
 
     # where the projects' rows are read: the source, or across releases their staging (at the
@@ -203,6 +210,13 @@ async def _check_databases(
             drift, drift_notes = checked.diffs, checked.notes
         # who receives it
         facts, products = await _destination_facts(settings, rows, dst, projects, problems if owner else [])
+        facts.recipients = {
+            p: (m.destination.id, m.destination.primary_gid)  # type: ignore[misc,union-attr]
+            for p in projects if (m := matches.get(selection.owners.get(selection.root_of(p)) or 0)) and m.matched
+        }
+        facts.into_folder = settings.choices.into_folder
+        if rows is not None:
+            facts.groups = await _shared_groups(settings, src, rows, dst, projects)
         if run.locks is not None and projects and not problems:
             # one run of these projects at a time from here on; what another run inserted while this
             # one waited is seen below (no transaction is kept open while waiting)
@@ -215,6 +229,7 @@ async def _check_databases(
         await staging.aclose()
 
     return PreflightReport(
+        matches=list(matches.values()),
         source_revision=src_rev,
         destination_revision=dst_rev,
         release=release,
@@ -226,6 +241,53 @@ async def _check_databases(
         schema_drift=[d.__dict__ for d in drift if not d.identical],
         drift_notes=drift_notes,
     )
+
+
+async def _match_owners(
+    settings: MigrationSettings, src: AsyncConnection, dst: AsyncConnection, selection: Selection, problems: list[str],
+    *, strict: bool,
+) -> tuple[Selection, dict[int, Match]]:
+    """Each root's owner matched to an account of the destination (:mod:`projmig.people`); a root whose
+    owner matches no one is a problem (one line per owner), or with ``choices.skip_unmatched`` left out
+    and reported."""
+    owners = {selection.owners.get(r) for r in selection.roots} - {None}
+    matches = await match_people(src, dst, await people(src, ids=owners), settings.choices)  # type: ignore[arg-type]
+    unmatched = {owner: m for owner, m in matches.items() if not m.matched}
+    skipped: dict[str, str] = {}
+    for owner, match in unmatched.items():
+        theirs = [r for r in selection.roots if selection.owners.get(r) == owner]
+        why = f"source user {match.source.describe()}: {match.problem}"
+        if settings.choices.skip_unmatched or not strict:
+            skipped.update({root: why for root in theirs})
+        else:
+            problems.append(f"{why}; their {len(theirs)} projects cannot move (choices.skip_unmatched, --skip-unmatched, "
+                            "skips them and reports them)")
+    return selection.without(skipped) if skipped else selection, matches
+
+
+async def _shared_groups(
+    settings: MigrationSettings, src: AsyncConnection, rows: AsyncConnection, dst: AsyncConnection, projects: list[str],
+) -> dict[int, int]:
+    """Source group -> destination group, for the groups the projects are shared with besides the
+    owner's, Everyone and the product's: another user's primary group when that user's account is
+    matched (:mod:`projmig.people`, with ``choices.match_users``/``user_map``), a standard group when
+    ``choices.group_map`` names it (by name on both sides). Any other is dropped by the plan and reported."""
+    gids = [r[0] for r in await rows.execute(
+        text("SELECT DISTINCT gid FROM project_to_groups WHERE project_uuid = ANY(:p)"), {"p": projects})]
+    mapped: dict[int, int] = {}
+    if settings.choices.matches_users and gids:
+        sharers = await people(src, gids=gids)
+        for match in (await match_people(src, dst, sharers, settings.choices)).values():
+            if match.matched and match.source.primary_gid is not None:
+                mapped[match.source.primary_gid] = match.destination.primary_gid  # type: ignore[union-attr,assignment]
+    if settings.choices.group_map and gids:
+        names = dict((await src.execute(
+            text("SELECT gid, name FROM groups WHERE gid = ANY(:g) AND type = 'STANDARD'"), {"g": gids})).all())
+        wanted = {gid: settings.choices.group_map[name] for gid, name in names.items() if name in settings.choices.group_map}
+        found = dict((await dst.execute(text("SELECT name, gid FROM groups WHERE name = ANY(:n) AND type = 'STANDARD'"),
+                                        {"n": list(wanted.values())})).all())
+        mapped.update({gid: found[name] for gid, name in wanted.items() if name in found})
+    return mapped
 
 
 def release_path(package: Path, src_rev: str, dst_rev: str, problems: list[str]) -> tuple[OsparcMigrations, MigrationPath] | None:
@@ -311,7 +373,8 @@ async def _destination_facts(
     chosen = settings.choices
     owner_gid = 0
     if chosen.destination_user_id is None:
-        problems.append("give the destination user who will own the projects (choices.destination_user_id, --to-user)")
+        if not chosen.matches_users:  # (matched: each project's owner has an account of their own)
+            problems.append("give the destination user who will own the projects (choices.destination_user_id, --to-user)")
         owner = None
     else:
         owner = (await dst.execute(

@@ -19,12 +19,27 @@ from .units import human_bytes
 if TYPE_CHECKING:
     from .insert import InsertResult
     from .copier import CopyOutcome
+    from .people import Match
 
 Status = Literal["migrated", "already-migrated", "dry-run", "failed", "partial"]  # partial: some projects failed
 
 
+class UserRow(BaseModel):
+    """One source user's part of a run across accounts (owners matched: ``choices.match_users``)."""
+
+    source: str  # "e-mail (user id)" in the source
+    destination: str | None = None  # their account in the destination
+    studies: int = 0  # root projects of theirs in this run
+    projects: int = 0  # ... with their hidden jobs
+    objects: int = 0
+    bytes: int = 0
+    failed: int = 0  # root projects of theirs that failed
+    skipped: str | None = None  # why their projects were left out (choices.skip_unmatched)
+
+
 class MigrationReport(BaseModel):
     status: Status
+    users: list[UserRow] = Field(default_factory=list)  # one row per source owner, when owners are matched
     projects: list[PlannedProject] = Field(default_factory=list)
     rows_planned: dict[str, int] = Field(default_factory=dict)
     rows_inserted: dict[str, int] = Field(default_factory=dict)
@@ -161,9 +176,46 @@ class MigrationReport(BaseModel):
             for p in self.projects
         ]
 
+    def count_users(self, matches: Iterable[Match], skipped: dict[str, str], owners: dict[str, int | None]) -> None:
+        """A row per source owner (``matches``: each one's account, :mod:`projmig.people`; ``skipped``:
+        root -> why left out; ``owners``: project -> its source owner): their studies, objects and bytes."""
+        rows: dict[int, UserRow] = {}
+        for match in matches:
+            rows[match.source.id] = UserRow(
+                source=match.source.describe(), destination=match.destination.describe() if match.destination else None,
+                skipped=match.problem if match.problem else None)
+        for project in self.projects:
+            owner = owners.get(project.root_uuid or project.src_uuid)
+            row = rows.get(owner) if owner is not None else None
+            if row is None:
+                continue
+            row.projects += 1
+            row.studies += project.root_uuid in (None, project.src_uuid)
+            row.objects += project.objects
+            row.bytes += project.bytes
+            row.failed += project.src_uuid in self.failed
+        for root, why in skipped.items():
+            owner = owners.get(root)
+            if owner in rows:
+                rows[owner].skipped = why.split(": ", 1)[-1]
+        self.users = sorted(rows.values(), key=lambda r: r.source)
+
+    def user_rows(self) -> list[dict[str, object]]:
+        return [
+            {"user": r.source, "account": r.destination or "-", "studies": r.studies, "projects": r.projects,
+             "objects": r.objects, "bytes": r.bytes, "status": _user_status(r)}
+            for r in self.users
+        ]
+
     def to_markdown(self) -> str:
         """The report as markdown; every name, key and message in it is escaped (:func:`markdown_text`)."""
         lines = [f"## projmig: {markdown_text(self.headline())}", ""]
+        if self.users:
+            lines += ["| user | account | studies | objects | bytes | status |", "|---|---|---:|---:|---:|---|"]
+            for u in self.user_rows():
+                lines.append(f"| {markdown_text(u['user'])} | {markdown_text(u['account'])} | {u['studies']} | "
+                             f"{u['objects']} | {human_bytes(u['bytes'])} | {markdown_text(u['status'])} |")  # type: ignore[arg-type]
+            lines.append("")
         lines += ["| project | name | kind | nodes | files | objects | bytes |", "|---|---|---|---:|---:|---:|---:|"]
         for r in self.project_rows():
             lines.append(
@@ -196,6 +248,14 @@ class MigrationReport(BaseModel):
             if items:
                 lines += ["", f"**{title}**", *[f"- {markdown_text(i)}" for i in items]]
         return "\n".join(lines)
+
+
+def _user_status(row: UserRow) -> str:
+    if row.skipped:
+        return f"skipped: {row.skipped}"
+    if row.failed:
+        return f"{row.failed} of {row.studies} studies failed"
+    return "migrated" if row.studies else "nothing to move"
 
 
 class StageTimer:

@@ -85,6 +85,7 @@ from .buckets import (
     list_prefix,
     list_uploads,
 )
+from .placement import placements_of, prune_created, unplace
 from .plan import DestinationFacts, MigrationPlan
 from .units import human_bytes
 from .s3 import Retrier, describe_error, error_code, s3_client
@@ -207,10 +208,12 @@ async def recompute_plan(
     if problems:
         raise RollbackRefused([f"{p}: rollback finds what the migration wrote from the source projects" for p in problems])
     graph = await read_selection(await rows_of(selection) if rows_of else src, lister, selection, source=src)
+    graph.placements = await placements_of(src, graph.root_owners(), settings.choices)
     # rollback reads the plan's ids, dates, file ids and keys: the remapped owner/group values do not matter
     facts = DestinationFacts(
         owner_id=settings.choices.destination_user_id or 0, owner_gid=0, everyone_gid=None,
         product_name=settings.choices.product_name, bucket=settings.destination.s3.bucket,
+        into_folder=settings.choices.into_folder,
     )
     return plan_selection(graph, selection, facts)
 
@@ -298,6 +301,14 @@ async def remove_rows(
                 return removal
             if keep_ids:
                 await _refuse_same_database(conn, src)
+            # the links of the folders and tags the migration placed them in are its own (a dry run
+            # undoes them at its end, with the rest of what it tried)
+            placed = await conn.begin_nested()
+            await unplace(
+                conn, present,
+                {p.dst_uuid: p.placement.path(plan.into_folder) for p in plan.projects if p.placement is not None},
+                {p.dst_uuid: [t.name for t in p.placement.tags] for p in plan.projects if p.placement is not None},
+            )
             problems: dict[str, str] = {}  # uuid -> the first reason to refuse it: one line per project
             for found_problems in (
                 _check_records(plan, found, records, source),
@@ -312,6 +323,11 @@ async def remove_rows(
             await _delete_rows(conn, metadata, present, removal, dry_run=dry_run)
             if not dry_run:
                 await forget_records(conn, present)
+                folders, tags = await prune_created(conn)  # what projmig made for them and nothing uses now
+                removal.rows.update({k: n for k, n in (("folders_v2", folders), ("tags", tags)) if n})
+                await placed.commit()
+            else:
+                await placed.rollback()
     return removal
 
 

@@ -90,6 +90,9 @@ class ProjectFacts(BaseModel):
     product_gid: int | None  # the source product's group
     destination_product: str
     destination_product_gid: int | None
+    # the project's destination owner when owners are matched one by one (else RemapFacts.owner_*)
+    destination_owner_id: int | None = None
+    destination_owner_gid: int | None = None
 
 
 class RemapFacts(BaseModel):
@@ -102,6 +105,7 @@ class RemapFacts(BaseModel):
     everyone_gid: int | None  # the source's Everyone group
     destination_everyone_gid: int | None
     bucket: str
+    groups: dict[int, int] = Field(default_factory=dict)  # source group -> destination group (matched people, mapped groups)
 
 
 class Expectations(BaseModel):
@@ -227,7 +231,8 @@ def _compare_table(
     for key in sorted(got.keys() - want.keys(), key=str):
         row = got[key][0]
         where = f"{table} {_name(table, row)}"
-        if table != "project_to_groups" or row.get("gid") != str(facts.owner_gid):
+        owner = facts.projects.get(row.get("project_uuid") or "")
+        if table != "project_to_groups" or owner is None or row.get("gid") != str(_owner(owner, facts)[1]):
             check.differences.append(Difference(where=where, what="in the destination but not in the source"))
             continue
         # the owner's group always gets its row (the destination's trigger), with every right
@@ -299,20 +304,27 @@ def _source_key(table: str, row: TextRow, project: ProjectFacts, facts: RemapFac
     return None if gid is None else (row.get("project_uuid"), str(gid))
 
 
+def _owner(project: ProjectFacts, facts: RemapFacts) -> tuple[int, int]:
+    """(user id, primary group) of the project's destination owner."""
+    if project.destination_owner_id is not None and project.destination_owner_gid is not None:
+        return project.destination_owner_id, project.destination_owner_gid
+    return facts.owner_id, facts.owner_gid
+
+
 def _group_in_destination(gid: int, project: ProjectFacts, facts: RemapFacts) -> int | None:
     if gid == project.owner_gid:
-        return facts.owner_gid
+        return _owner(project, facts)[1]
     if facts.everyone_gid is not None and gid == facts.everyone_gid:
         return facts.destination_everyone_gid
     if project.product_gid is not None and gid == project.product_gid:
         return project.destination_product_gid
-    return None
+    return facts.groups.get(gid)
 
 
 def _set_by_destination(table: str, source: TextRow, facts: RemapFacts) -> bool:
     if table == "project_to_groups":  # the trigger writes the owner's row; the others keep their dates
         project = facts.projects[source.get("project_uuid") or ""]
-        return _group_in_destination(int(source["gid"] or 0), project, facts) == facts.owner_gid
+        return _group_in_destination(int(source["gid"] or 0), project, facts) == _owner(project, facts)[1]
     return True
 
 
@@ -345,23 +357,24 @@ def _remapped(
 ) -> Any:
     """What the rules make of the source's value; ``raw``: the destination's row as it is (its own ids)."""
     value = source[column]
+    owner_id, owner_gid = _owner(project, facts)
     if table == "projects":
         return {
-            "prj_owner": str(facts.owner_id),
+            "prj_owner": str(owner_id),
             "product_name": project.destination_product,
             "workspace_id": None,
-            "trashed_by": None if value is None else str(facts.owner_id),
+            "trashed_by": None if value is None else str(owner_id),
         }[column]
     if table == "project_to_groups":
         gid = _group_in_destination(int(source["gid"] or 0), project, facts)
         if column == "gid":
             return str(gid)
-        return "true" if gid == facts.owner_gid else _COPIED
+        return "true" if gid == owner_gid else _COPIED
     # file_meta_data
     link = source.get("is_soft_link") == "true"
     external = not link and (source.get("location_id") or "0") != "0"
     if column == "user_id":
-        return str(facts.owner_id)
+        return str(owner_id)
     if column == "bucket_name":
         return value if external else facts.bucket
     if column in ("upload_id", "upload_expires_at"):

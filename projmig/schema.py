@@ -42,15 +42,21 @@ TABLE_RULES: dict[str, str] = {
     "projects_networks": "copied",
     "project_to_groups": "mapped: owner's primary group -> destination owner's primary group (rwd, as the "
     "destination's trigger does); Everyone -> destination Everyone; product group -> destination product's "
-    "group; any other group is dropped and reported",
+    "group; another user's primary group -> that user's account's, when owners are matched and that user matches; "
+    "a standard group -> the group `choices.group_map` names; any other group is dropped and reported",
     "file_meta_data": "copied; `user_id` -> destination owner; `bucket_name` -> destination bucket; "
     "`file_size`/`entity_tag` -> as verified in the destination; `upload_id`/`upload_expires_at` -> NULL; "
     "a row whose object is missing in the source (a directory without objects, a soft link whose target is "
     "neither migrated nor in the destination) stops the migration, one error line each, unless "
     "`options.allow_missing_objects`: then it moves without its object and the report lists it",
-    "projects_to_folders": "left behind: folders belong to the source deployment's users",
+    "projects_to_folders": "left behind: folders belong to the source deployment's users; with "
+    "`choices.into_folder` each root lands in a private folder of that name of its destination owner (made once, "
+    "found again by a rerun), and with `choices.keep_folders` in the owner's own source folder tree re-created "
+    "(under it, or at the root); a project of a shared workspace lands without its folder, and the report says so",
     "projects_to_wallet": "left behind: wallets and credits are deployment-bound",
-    "projects_tags": "left behind: tags belong to the source deployment's users",
+    "projects_tags": "left behind, unless owners are matched to their own accounts (`choices.match_users`, "
+    "`choices.user_map`): then each tag the owner holds that is linked to a root is re-created for their account "
+    "(reused by name where the account has one) and linked to it",
     "projects_node_to_pricing_unit": "left behind: pricing plans are deployment-bound",
     "projects_to_products": "left behind: the project gets the destination product",
     "workspaces": "not copied: `projects.workspace_id` becomes NULL",

@@ -25,7 +25,16 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .graph import ProjectGraph, SourceState, database_identity, hidden_descendants, projects_of_user, read_graph
+from .graph import (
+    ProjectGraph,
+    SourceState,
+    database_identity,
+    hidden_descendants,
+    project_owners,
+    projects_of_active_users,
+    projects_of_user,
+    read_graph,
+)
 from .plan import DestinationFacts, MigrationPlan, build_plan
 from .remap import copy_namespace, destination_identity, legacy_destination_identity, new_project_uuid, root_of
 from .settings import MigrationSettings, UuidPolicy
@@ -42,6 +51,22 @@ class Selection(BaseModel):
     created: dict[str, datetime] = Field(default_factory=dict)  # source uuid -> its creation_date
     namespaces: dict[str, str] | None = None  # uuid_policy=new: root -> namespace of its copy's ids
     new_uuids: dict[str, str] = Field(default_factory=dict)  # uuid_policy=new: source -> destination uuid
+    owners: dict[str, int | None] = Field(default_factory=dict)  # source uuid -> its owner (prj_owner)
+    skipped: dict[str, str] = Field(default_factory=dict)  # roots left out (choices.skip_unmatched) -> why
+
+    def without(self, skipped: dict[str, str]) -> Selection:
+        """The selection without these roots (and their hidden children): root -> why, kept to be reported."""
+        children = [(c, p) for c, p in self.children if self.root_of(c) not in skipped]
+        kept = set(self.roots) - skipped.keys() | {c for c, _ in children}
+        return self.model_copy(update={
+            "roots": [r for r in self.roots if r not in skipped], "children": children,
+            "skipped": {**self.skipped, **skipped},
+            "new_uuids": {u: n for u, n in self.new_uuids.items() if u in kept},
+            "namespaces": {r: n for r, n in self.namespaces.items() if r in kept} if self.namespaces is not None else None,
+        })
+
+    def root_of(self, uuid: str) -> str:
+        return root_of(uuid, {**dict(self.children), **{r: None for r in self.roots}})
 
     @property
     def projects(self) -> list[str]:
@@ -67,18 +92,22 @@ async def select_projects(
     """The selection of ``settings`` in these databases (read-only); a root that does not exist, or an
     owner without projects, is a line in ``problems`` and left out."""
     roots = [str(u) for u in settings.project_uuids]
-    if settings.choices.source_owner_user_id is not None:
-        owned = await projects_of_user(src, settings.choices.source_owner_user_id)
+    for owner in settings.choices.owners:
+        owned = await projects_of_user(src, owner)
         if not owned:
-            problems.append(f"source user {settings.choices.source_owner_user_id} owns no projects (choices.source_owner_user_id)")
+            problems.append(f"source user {owner} owns no projects (choices.source_owner_user_ids, --owner)")
         roots += [u for u in owned if u not in roots]
+    if settings.choices.all_users:
+        listed = set(roots)
+        roots += [u for u in await projects_of_active_users(src) if u not in listed]
     created = {u: at for u, (at, _) in (await creation_dates(src, roots)).items()}
     problems += [f"source project {u} does not exist (choices.project_uuid)" for u in roots if u not in created]
     roots = [u for u in roots if u in created]
     include_hidden = settings.choices.include_hidden
     children = await hidden_descendants(src, roots) if include_hidden and roots else []
     created.update({u: at for u, (at, _) in (await creation_dates(src, [c for c, _ in children])).items()})
-    selection = Selection(roots=roots, children=children, include_hidden=include_hidden, created=created)
+    selection = Selection(roots=roots, children=children, include_hidden=include_hidden, created=created,
+                          owners=await project_owners(src, roots + [c for c, _ in children]))
     if settings.choices.uuid_policy == UuidPolicy.NEW and roots:
         selection.namespaces = await copy_namespaces(dst, settings, roots)
         selection.new_uuids = _copy_ids(selection.namespaces, children)

@@ -275,7 +275,7 @@ class MigrationOptions(StrictModel):
 
 
 # (the old cfg.json's place, the place now) of what moved out of the sections
-LEGACY_PLACES = [(c.legacy, f"choices.{name}") for name, c in CHOICES.items()] + [
+LEGACY_PLACES = [(c.legacy, f"choices.{name}") for name, c in CHOICES.items() if c.legacy] + [
     ("options.dask_address", "host.dask_address"), ("options.schema_migrations", "host.schema_migrations"),
     ("source.hidden_projects_for_user", "choices.include_hidden"),
 ]

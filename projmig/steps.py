@@ -26,6 +26,7 @@ from .graph import ProjectGraph, snapshot
 from .insert import RootInsert, insert_each
 from .marks import mark_of
 from .objects import compare_with_destination
+from .placement import Placed, placements_of, read_placed
 from .plan import MigrationPlan, ObjectCopy
 from .preflight import PreflightReport, release_path, run_preflight
 from .rollback import RollbackResult, find_objects, recompute_plan, refuse_shared_bucket, remove_objects, remove_rows
@@ -79,12 +80,14 @@ async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph
         if run.staged is None:
             async with open_engine(run.settings.source.db, "source") as engine, snapshot(engine) as conn:
                 graph = await read_selection(conn, lister, report.selection)
+                graph.placements = await placements_of(conn, graph.root_owners(), run.settings.choices)
         else:  # across releases: the rows as staged; what the source holds besides them, from the source
             async with (
                 open_engine(run.staged.db, "staging") as engine, snapshot(engine) as conn,
                 open_engine(run.settings.source.db, "source") as source, source.connect() as source_conn,
             ):
                 graph = await read_selection(conn, lister, report.selection, source=source_conn, states=report.source_states)
+                graph.placements = await placements_of(source_conn, graph.root_owners(), run.settings.choices)
         # before any byte moves: an object the destination cannot take fails the run now
         refuse_oversized(graph.objects, run.destination.s3.max_object_size, run.destination.bucket)
         await _refuse_missing(run, graph)
@@ -219,6 +222,7 @@ async def verify_migration(run: MigrationRun, *, deep: bool = True) -> VerifyRep
     assert plan.expected is not None  # every plan built from a graph carries the source's rows as text
     async with open_engine(run.settings.destination.db, "destination") as engine, engine.connect() as conn:
         rows = compare_row_texts(plan.expected, await read_text_rows(conn, result.projects), dest_objects)
+        result.differences += placement_differences(plan, await read_placed(conn, result.projects))
     result.rows_checked = rows.checked
     result.differences += rows.differences
     result.notes = rows.notes
@@ -227,6 +231,22 @@ async def verify_migration(run: MigrationRun, *, deep: bool = True) -> VerifyRep
                                f"(staged: {run.staged.path.describe()})")
     result.seconds = time.monotonic() - started
     return result
+
+
+def placement_differences(plan: MigrationPlan, placed: dict[str, Placed]) -> list[Difference]:
+    """Each planned folder and tag a project lacks in its owner's account (:mod:`projmig.placement`)."""
+    found = []
+    for project in plan.projects:
+        placement, there = project.placement, placed.get(project.dst_uuid)
+        if placement is None or there is None:
+            continue
+        path = placement.path(plan.into_folder)
+        if path and path not in there.folders:
+            found.append(Difference(where=f"projects_to_folders {project.dst_uuid}",
+                                    what=f"not in folder {'/'.join(path)!r} (in: {['/'.join(f) for f in there.folders]})"))
+        for tag in sorted({t.name for t in placement.tags} - set(there.tags)):
+            found.append(Difference(where=f"projects_tags {project.dst_uuid}", what=f"tag {tag!r} missing"))
+    return found
 
 
 async def rollback_rows(run: MigrationRun, *, dry_run: bool = False) -> RollbackResult:

@@ -317,6 +317,17 @@ CREATE TABLE tags (
     priority integer
 );
 
+CREATE TABLE tags_access_rights (
+    tag_id bigint NOT NULL CONSTRAINT fk_tag_to_group_tag_id REFERENCES tags(id) ON UPDATE CASCADE ON DELETE CASCADE,
+    group_id bigint NOT NULL CONSTRAINT fk_tag_to_group_group_id REFERENCES groups(gid) ON UPDATE CASCADE ON DELETE CASCADE,
+    read boolean DEFAULT true NOT NULL,
+    write boolean DEFAULT false NOT NULL,
+    delete boolean DEFAULT false NOT NULL,
+    created timestamp DEFAULT now() NOT NULL,
+    modified timestamp DEFAULT now() NOT NULL,
+    CONSTRAINT tags_to_groups_tag_id_group_id_key UNIQUE (tag_id, group_id)
+);
+
 CREATE TABLE projects_tags (
     project_id bigint CONSTRAINT project_tags_project_id_fkey REFERENCES projects(id) ON UPDATE CASCADE ON DELETE SET NULL,
     tag_id bigint NOT NULL CONSTRAINT study_tags_tag_id_fkey REFERENCES tags(id) ON UPDATE CASCADE ON DELETE CASCADE,
