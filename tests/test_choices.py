@@ -66,9 +66,9 @@ def test_a_choice_added_in_one_place_reaches_cli_flows_deployments_and_settings(
 
 
 def test_every_choice_is_a_cli_option_or_says_why_not() -> None:
-    """The choices without a CLI option are the old cfg.json's single project (``--project`` takes
-    one or many) and the destination owner's group (checked, never needed)."""
-    assert {name for name, c in CHOICES.items() if not c.flags} == {"project_uuid", "destination_user_gid"}
+    """The choices without a CLI option are the old cfg.json's single project and owner (``--project``
+    and ``--owner`` take one or many) and the destination owner's group (checked, never needed)."""
+    assert {name for name, c in CHOICES.items() if not c.flags} == {"project_uuid", "source_owner_user_id", "destination_user_gid"}
     assert set(RunChoices.model_fields) == set(CHOICES)
 
 

@@ -19,7 +19,8 @@ from .faults.conftest import REPO, prefect_env
 from .test_cli import destination_state
 
 SELECTION = {"--project", "-p", "--owner", "--include-hidden", "--no-hidden", "--uuid-policy", "--copy-label",
-             "--schema-migrations"}
+             "--schema-migrations", "--all-users", "--match-users", "--user-map", "--skip-unmatched", "--into-folder",
+             "--keep-folders", "--group-map"}
 RECIPIENT = {"--to-user", "--product"}
 
 

@@ -13,7 +13,7 @@ from projmig import commands
 from projmig.errors import InsertError
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
-from projmig.settings import DatabaseSettings, MigrationSettings
+from projmig.settings import DatabaseSettings
 
 from ..conftest import Simcore
 
