@@ -380,25 +380,54 @@ async def upload_started_by_projmig(client: Any, bucket: str, src_key: str, dst_
 # -- holding a run at its insert, to start others meanwhile ---------------------------------------
 
 
+HOLD = (0x686F6C64, 1)  # "hold": the advisory lock inserts wait for while a test holds them
+
+
+class _Release:
+    """What :func:`hold_inserts` returns to end the hold (``await held.rollback()``)."""
+
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    async def rollback(self) -> None:
+        await self.conn.execute("SELECT pg_advisory_unlock($1, $2)", *HOLD)
+
+
 async def hold_inserts(db: DatabaseSettings) -> tuple[asyncpg.Connection, Any]:
     """Hold every insert at its nodes (inside its transaction, after all its objects were copied)
-    until the returned transaction ends."""
+    until ``held.rollback()``: a statement trigger on ``projects_nodes`` waits for an advisory lock
+    this connection holds. (A lock on the table itself would also hold a preflight's reflection of it.)"""
     conn = await asyncpg.connect(asyncpg_dsn(db))
-    held = conn.transaction()
-    await held.start()
-    await conn.execute("LOCK TABLE projects_nodes IN ACCESS EXCLUSIVE MODE")
-    return conn, held
+    await conn.execute(f"""
+        CREATE OR REPLACE FUNCTION projmig_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_lock_shared({HOLD[0]}, {HOLD[1]}); PERFORM pg_advisory_unlock_shared({HOLD[0]}, {HOLD[1]});
+              RETURN NULL; END $$;
+        DROP TRIGGER IF EXISTS projmig_test_hold ON projects_nodes;
+        CREATE TRIGGER projmig_test_hold BEFORE INSERT ON projects_nodes FOR EACH STATEMENT EXECUTE FUNCTION projmig_test_hold();""")
+    await conn.execute("SELECT pg_advisory_lock($1, $2)", *HOLD)
+    return conn, _Release(conn)
+
+
+async def insert_is_held(db: DatabaseSettings) -> bool:
+    """An insert waits at its nodes (:func:`hold_inserts`)."""
+    conn = await asyncpg.connect(asyncpg_dsn(db))
+    try:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory' AND classid = $1 "
+            "AND objid = $2 AND objsubid = 2", *HOLD))
+    finally:
+        await conn.close()
 
 
 async def held_at_insert_and_one_waiting(db: DatabaseSettings) -> bool:
-    """One run's insert waits for the nodes table (:func:`hold_inserts`), another run for the
-    projects' lock (:mod:`projmig.locks`)."""
+    """One run's insert waits at its nodes (:func:`hold_inserts`), another run for the projects' lock
+    (:mod:`projmig.locks`)."""
     conn = await asyncpg.connect(asyncpg_dsn(db))
     try:
         return await conn.fetchval("""
-            SELECT count(*) FILTER (WHERE l.locktype = 'relation' AND l.relation = 'projects_nodes'::regclass) > 0
-               AND count(*) FILTER (WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objsubid = 2) > 0
-            FROM pg_locks l WHERE NOT l.granted""", LOCK_SPACE)
+            SELECT count(*) FILTER (WHERE l.classid = $2 AND l.objid = $3) > 0
+               AND count(*) FILTER (WHERE l.classid = $1 AND l.objsubid = 2) > 0
+            FROM pg_locks l WHERE NOT l.granted AND l.locktype = 'advisory'""", LOCK_SPACE, *HOLD)
     finally:
         await conn.close()
 

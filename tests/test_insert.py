@@ -21,7 +21,7 @@ from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.run import MigrationRun
 from projmig.sandbox.simcore import asyncpg_dsn
 
-from .conftest import Simcore, hold_inserts, insert_rows, migrate_by_steps, verified_objects, wait_until
+from .conftest import Simcore, hold_inserts, insert_is_held, insert_rows, migrate_by_steps, verified_objects, wait_until
 
 
 async def count(db, table: str) -> int:
@@ -158,15 +158,6 @@ CHANGES: dict[tuple[str, str], tuple[str | None, str]] = {
 }
 
 
-async def an_insert_is_held(db) -> bool:
-    conn = await asyncpg.connect(asyncpg_dsn(db))
-    try:
-        return bool(await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'relation' "
-                                        "AND relation = 'projects_nodes'::regclass"))
-    finally:
-        await conn.close()
-
-
 async def run_sql(db, statement: str) -> None:
     conn = await asyncpg.connect(asyncpg_dsn(db))
     try:
@@ -209,7 +200,7 @@ async def test_a_row_changed_in_the_source_during_the_run_commits_nothing_and_th
         holder, held = await hold_inserts(dst)
         try:
             insert = asyncio.ensure_future(insert_rows(run, plan, verified))
-            await wait_until(lambda: an_insert_is_held(dst), "the insert at its nodes")
+            await wait_until(lambda: insert_is_held(dst), "the insert at its nodes")
             if table == "file_meta_data" and kind == "added":  # osparc's storage: the object first, then its row
                 async with s3_client(simcore.source_s3) as client:
                     await client.put_object(Bucket=simcore.source_s3.bucket, Key=added, Body=added_body)

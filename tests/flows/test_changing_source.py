@@ -20,7 +20,7 @@ from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.settings import DatabaseSettings
 
-from ..conftest import Simcore, hold_inserts, object_digests, wait_until
+from ..conftest import Simcore, hold_inserts, insert_is_held, object_digests, wait_until
 from ..faults.conftest import REPO, MigrationProcess, prefect_env
 
 pytestmark = pytest.mark.usefixtures("prefect")
@@ -32,12 +32,6 @@ async def query(db: DatabaseSettings, sql: str, *args: Any) -> list[asyncpg.Reco
         return await conn.fetch(sql, *args)
     finally:
         await conn.close()
-
-
-async def an_insert_is_held(db: DatabaseSettings) -> bool:
-    rows = await query(db, "SELECT 1 FROM pg_locks WHERE NOT granted AND locktype = 'relation' "
-                           "AND relation = 'projects_nodes'::regclass")
-    return bool(rows)
 
 
 async def test_a_source_changed_between_copy_and_insert_commits_nothing_and_the_rerun_takes_its_state(
@@ -56,7 +50,7 @@ async def test_a_source_changed_between_copy_and_insert_commits_nothing_and_the_
     holder, held = await hold_inserts(dst)
     try:
         run = MigrationProcess(config)
-        await wait_until(lambda: an_insert_is_held(dst), "the run at its insert")
+        await wait_until(lambda: insert_is_held(dst), "the run at its insert")
         # osparc at work in the source: a node edited (its trigger moves the project's last change),
         # a file uploaded again (a new object, and its row says so)
         await query(src, "UPDATE projects_nodes SET label = 'edited in the source' WHERE project_uuid = $1 AND node_id = $2",
@@ -113,7 +107,7 @@ async def test_a_new_object_under_a_directory_entry_during_the_run_commits_nothi
     holder, held = await hold_inserts(dst)
     try:
         run = MigrationProcess(config)
-        await wait_until(lambda: an_insert_is_held(dst), "the run at its insert")
+        await wait_until(lambda: insert_is_held(dst), "the run at its insert")
         async with s3_client(simcore.source_s3) as client:
             await client.put_object(Bucket=simcore.source_s3.bucket, Key=new_key, Body=new_bytes)
     finally:

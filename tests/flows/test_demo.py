@@ -33,9 +33,7 @@ async def test_the_demo_styles_its_own_words_and_shows_names_literally(
     assert len(projects) == 3 and f"{DEMO_STUDY} (study): 5 nodes" in projects[0], plain  # the study and its 2 jobs
     assert "[green]" not in plain and "[/]" not in plain  # no markup of projmig's leaks as text
     assert ANSI.search(plain) is None
-    # rules and lines fit a log's 100 columns (only a line holding a name may be longer: names are never cut)
+    # the rules fit a log's 100 columns (lines of text are never cut: a name or a key stays in one piece)
     rules = [line for line in plain.splitlines() if line.startswith("─")]
     assert len(rules) == 3 and all(len(rule) == NOT_A_TERMINAL_WIDTH for rule in rules), rules
-    too_wide = [line for line in plain.splitlines() if len(line) > NOT_A_TERMINAL_WIDTH and DEMO_STUDY not in line]
-    assert too_wide == []
     assert plain.rstrip().splitlines()[-2].startswith("nothing to do: 3 projects already migrated"), plain
