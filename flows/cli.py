@@ -181,8 +181,11 @@ def plan(config: ConfigOption, choices: dict[str, Any]) -> None:
             say(out, line)
         for match in report.matches:
             account = match.destination.describe() if match.destination else f"no account: {match.problem}"
-            theirs = sum(1 for r in report.selection.roots if report.selection.owners.get(r) == match.source.id)
-            say(out, f"user {match.source.describe()} -> {account} ({theirs} studies)")
+            theirs = [p for p in migration.projects
+                      if report.selection.owners.get(p.root_uuid or p.src_uuid) == match.source.id]
+            studies = sum(1 for p in theirs if p.root_uuid in (None, p.src_uuid))
+            say(out, f"user {match.source.describe()} -> {account}: {studies} studies, "
+                     f"{sum(p.objects for p in theirs)} objects, {human_bytes(sum(p.bytes for p in theirs))}")
         for root, why in report.selection.skipped.items():
             say(out, f"skipped {root}: {why}")
         for line in migration.summary_lines():
