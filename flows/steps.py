@@ -15,7 +15,6 @@ from prefect.utilities.annotations import quote
 
 from projmig.buckets import ObjectState
 from projmig.copier import CopyOutcome
-from projmig.graph import ProjectGraph
 from projmig.insert import RootInsert
 from projmig.pipeline import Steps
 from projmig.plan import MigrationPlan, ObjectCopy
@@ -46,24 +45,24 @@ class TaskSteps(Steps):
     def __exit__(self, *exc: object) -> None:
         self.runner.close()
 
-    # large values (graphs, plans, listings) are quoted: Prefect would otherwise walk each for futures
+    # Few task runs (each costs tens of milliseconds of orchestration): the preflight, the survey (the
+    # source's graph, the destination's listings and the plan in one), the copy batches (the only ones
+    # cached: the checkpoints a rerun skips), the listing that verifies the copies, one insert per
+    # account. Comparing with a listing already taken and aborting leftover uploads are plain calls.
+    # Large values (graphs, plans, listings) are quoted: Prefect would otherwise walk each for futures.
 
     async def preflight(self, run: MigrationRun, *, probe_write: bool) -> PreflightReport:
         return await tasks.preflight(run, probe_write=probe_write)
 
-    async def read_graph(self, run: MigrationRun, report: PreflightReport) -> ProjectGraph:
-        return await tasks.read_graph(run, report)
-
-    async def list_destination(self, run: MigrationRun, prefixes: list[str]) -> Listed:
-        return await tasks.list_destination(run, prefixes)
-
-    def plan(self, graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
-        return tasks.plan(quote(graph), report)
+    async def survey(self, run: MigrationRun, report: PreflightReport, *, list_destination: bool) -> tuple[MigrationPlan, Listed | None]:
+        return await tasks.survey(run, report, list_destination=list_destination)
 
     async def compare(
         self, run: MigrationRun, copies: list[ObjectCopy], listed: Listed | None = None
     ) -> tuple[list[CopyOutcome], Batch]:
-        return await tasks.compare(run, quote(copies), quote(listed))
+        if listed is not None:  # a listing of this run: compared in memory
+            return await super().compare(run, copies, listed)
+        return await tasks.compare(run, quote(copies))
 
     async def copy_batches(
         self, run: MigrationRun, batches: list[Batch], *, again: bool
@@ -81,8 +80,6 @@ class TaskSteps(Steps):
             if plan.projects and len({p.owner_id for p in plan.projects}) > 1 else tasks.insert_rows
         return await named(run, quote(plan), quote(verified), roots)
 
-    async def abort_uploads(self, run: MigrationRun, copies: list[ObjectCopy]) -> list[str]:
-        return await tasks.abort_uploads(run, quote(copies))
 
     async def rollback_rows(self, run: MigrationRun, *, dry_run: bool) -> RollbackResult:
         return await tasks.rollback_rows(run, dry_run=dry_run)

@@ -20,8 +20,8 @@ from prefect.context import TaskRunContext
 from projmig import steps
 from projmig.buckets import ObjectState
 from projmig.copier import CopyOutcome
-from projmig.graph import ProjectGraph
 from projmig.insert import RootInsert
+from projmig.pipeline import Steps
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.preflight import PreflightReport
 from projmig.rollback import RollbackResult
@@ -37,26 +37,15 @@ async def preflight(run: MigrationRun, probe_write: bool = True) -> PreflightRep
     return await steps.preflight(run, probe_write=probe_write)
 
 
-@task(name="read-graph", cache_policy=NONE)
-async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph:
-    return await steps.read_graph(run, report)
-
-
-@task(name="plan", cache_policy=NONE)
-def plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
-    return steps.make_plan(graph, report)
-
-
-@task(name="list-destination", cache_policy=NONE)
-async def list_destination(run: MigrationRun, prefixes: list[str]) -> Listed:
-    return await steps.list_destination(run, prefixes)
+@task(name="read-and-plan", cache_policy=NONE)
+async def survey(run: MigrationRun, report: PreflightReport, list_destination: bool = True) -> tuple[MigrationPlan, Listed | None]:
+    """The source's graph and the destination's listings (at once), and the plan."""
+    return await Steps().survey(run, report, list_destination=list_destination)
 
 
 @task(name="compare-destination", cache_policy=NONE)
-async def compare(
-    run: MigrationRun, copies: list[ObjectCopy], listed: Listed | None = None
-) -> tuple[list[CopyOutcome], Batch]:
-    return await steps.compare(run, copies, listed)
+async def compare(run: MigrationRun, copies: list[ObjectCopy]) -> tuple[list[CopyOutcome], Batch]:
+    return await steps.compare(run, copies)
 
 
 def copy_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -91,11 +80,6 @@ async def insert_rows(
     run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
 ) -> list[RootInsert]:
     return await steps.insert_roots(run, plan, verified, roots)
-
-
-@task(name="abort-uploads", cache_policy=NONE)
-async def abort_uploads(run: MigrationRun, copies: list[ObjectCopy]) -> list[str]:
-    return await steps.abort_our_uploads(run, copies)
 
 
 @task(name="rollback-rows", cache_policy=NONE)

@@ -62,6 +62,13 @@ class Steps:
     def plan(self, graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
         return library.make_plan(graph, report)
 
+    async def survey(self, run: MigrationRun, report: PreflightReport, *, list_destination: bool) -> tuple[MigrationPlan, Listed | None]:
+        """The plan, from the source's graph, and the destination's listings (``list_destination``),
+        both sides' servers read at once."""
+        listing = self.list_destination(run, report.selection.destination_prefixes) if list_destination else _nothing()
+        graph, listed = await asyncio.gather(self.read_graph(run, report), listing)
+        return self.plan(graph, report), listed
+
     async def compare(
         self, run: MigrationRun, copies: list[ObjectCopy], listed: Listed | None = None
     ) -> tuple[list[CopyOutcome], Batch]:
@@ -156,10 +163,7 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
         if run.settings.options.verification == "auto":  # what the probes chose, for every copy
             run.use_verification(checked.verification.method)
     with timer("graph"):
-        # the destination is listed while the source graph is read (each side's servers at once)
-        listing = None if dry else steps.list_destination(run, checked.selection.destination_prefixes)
-        graph, listed = await asyncio.gather(steps.read_graph(run, checked), listing or _nothing())
-        plan = steps.plan(graph, checked)
+        plan, listed = await steps.survey(run, checked, list_destination=not dry)
     for line in plan.summary_lines():
         log.info(line)
     report = MigrationReport.from_plan(plan, "dry-run" if dry else "migrated")
