@@ -215,8 +215,8 @@ class HostSettings(StrictModel):
     )
     schema_migrations: Path | EnvRef | None = Field(
         None,
-        description="osparc-simcore's packages/postgres-database directory (its alembic migrations), or "
-        '{"env": "NAME"}: the environment variable that names it where the migration runs: with it, '
+        description="osparc-simcore's packages/postgres-database directory (its alembic migrations; in a cfg.json "
+        'or a host block also {"env": "NAME"}, the environment variable naming it where the migration runs): with it, '
         "deployments at different osparc releases migrate through a staging database that osparc's own "
         "migrations bring from the source's revision to the destination's (code that runs: the host's choice)",
     )
