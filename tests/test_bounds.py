@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from deployments.serve import deployment_parameters
 from flows.credentials import FIXED_PARAMETERS, refuse_outside_deployment
 from projmig.choices import CHOICES, OPEN_BY_DEFAULT, RunBounds, openable_options
 from projmig.errors import ConfigError
@@ -170,3 +171,18 @@ def test_osparcs_migrations_may_be_named_by_an_environment_variable(monkeypatch:
     monkeypatch.setenv("OSPARC_POSTGRES_DATABASE", str(tmp_path))
     assert resolve_secrets(settings).host.schema_migrations == tmp_path
     assert os.fspath(MigrationSettings.from_values({**values, "host": {"schema_migrations": str(tmp_path)}}).host.schema_migrations) == str(tmp_path)
+
+
+def test_a_deployment_says_its_bounds() -> None:
+    """serve.py writes the bounds into the deployments' parameters, the closed ones by default, and a
+    destination group only with an owner runs cannot change."""
+    values = template()
+    values["choices"].update(destination_user_id=7, destination_user_gid=70, include_hidden=True)
+    settings = MigrationSettings.from_values(values)
+    migrate, rollback = deployment_parameters(settings, ("s", "d", "h"))
+    assert migrate["bounds"] == rollback["bounds"] == RunBounds().model_dump(mode="json")
+    assert (migrate["host_block"], migrate["destination_user_id"], migrate["destination_user_gid"]) == ("h", 7, 70)
+    assert "project_uuid" not in migrate and "host" not in migrate
+    opened = RunBounds(choices=[*OPEN_BY_DEFAULT, "destination_user_id"])
+    migrate, _ = deployment_parameters(settings, ("s", "d", "h"), opened)
+    assert migrate["bounds"]["choices"][-1] == "destination_user_id" and "destination_user_gid" not in migrate

@@ -216,6 +216,12 @@ async def test_a_pool_opened_later_still_cannot_point_a_run_elsewhere(setup: Set
     opened = run_cli([str(BIN / "prefect"), "work-pool", "update", pool, "--base-job-template", str(default)],
                      setup.server.env(), setup.workdir)
     assert opened.returncode == 0, opened.stdout + opened.stderr
+    # serve.py registers no deployment for it any more
+    refused = run_cli([str(BIN / "python"), "-m", "deployments.serve", "--config", str(setup.cfg), "--name", "another",
+                       "--pool", pool], setup.server.env(), setup.workdir)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"error: work pool '{pool}' lets a run set job variables (env, command, ...): update it with "
+        f"`prefect work-pool update {pool} --base-job-template deployments/process-pool.json`"), refused.stderr
     log = setup.workdir / "opened-later-worker.log"
     worker = start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--limit", "4"],
                    setup.server.env(PREFECT_WORKER_QUERY_SECONDS="1", **secret_env(setup.simcore)), log)
