@@ -43,7 +43,8 @@ async def migrate_project(
         settings: both deployments, the choices and the options, for a local call (the CLI, Python); a
             deployment run is refused if it gives them (its connections are its blocks).
         options: how the migration runs (docs/configuration.md: copy_concurrency, ...).
-        host: the host's resources (a Dask scheduler); fixed by the deployment.
+        host: the host's resources (osparc's migrations, a staging server, a Dask scheduler) of a local call
+            naming blocks; a deployment's are its ProjmigHost block's (host_block), and its runs give none.
         source: the OsparcDeployment block of the source; fixed by the deployment.
         destination: the OsparcDeployment block of the destination; fixed by the deployment.
     """

@@ -45,7 +45,8 @@ async def rollback_migration(
     Args:
         settings: the migration's settings (as for migrate-project), for a local call.
         options: the migration's options (as for migrate-project).
-        host: the host's resources; fixed by the deployment.
+        host: the host's resources (osparc's migrations, a staging server, a Dask scheduler) of a local call
+            naming blocks; a deployment's are its ProjmigHost block's (host_block), and its runs give none.
         source: the OsparcDeployment block of the source; fixed by the deployment.
         destination: the OsparcDeployment block of the destination; fixed by the deployment.
     """

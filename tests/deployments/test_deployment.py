@@ -1,35 +1,25 @@
-"""The deployment path end to end, as an operator runs it, on a real Prefect server.
+"""The deployment path end to end, as an operator runs it, on a real Prefect server (basic auth on).
 
-A ``prefect server start`` process (127.0.0.1, its own PREFECT_HOME), the ``migrate-project`` and
-``rollback-migration`` deployments served by ``python -m deployments.serve`` (and registered for a
-process work pool whose workers run them), runs started by name with parameters, the migration (and
-its rollback) checked in the destination database and bucket, and every secret looked for where
-Prefect keeps or shows things.
+A ``prefect server start`` process (127.0.0.1, its own PREFECT_HOME: tests/deployments/conftest.py),
+the ``migrate-project`` and ``rollback-migration`` deployments served by ``python -m deployments.serve``
+(and registered for a closed process work pool whose workers run them), runs started by name with
+parameters, the migration (and its rollback) checked in the destination database and bucket, and every
+secret looked for where Prefect keeps or shows things. What a run may not do: test_boundaries.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
-from prefect.blocks.system import Secret
-from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -39,149 +29,37 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
-from flows.blocks import OsparcDeployment
+from flows.blocks import OsparcDeployment, ProjmigHost
 from projmig import commands
 from projmig.credentials import SecretRef
-from projmig.s3 import s3_client
-from projmig.sandbox import free_port
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 
 from ..conftest import Simcore, held_at_insert_and_one_waiting, hold_inserts, object_digests, wait_until
 from ..faults.conftest import duplicate_rows, open_uploads
-
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
-DST_DB_BLOCK = "destination-db-password"  # the name docs/deployments.md gives it
-DST_S3_BLOCK = "projmig-test-destination-s3-secret-key"
-
-
-@dataclass
-class PrefectServer:
-    url: str
-    home: Path
-
-    def env(self, **extra: str) -> dict[str, str]:
-        """A client process's environment: this server's API, a home of its own, nothing of the test session's."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and not k.startswith("PROJMIG_")}
-        return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # `python`, `prefect`: as docs/deployments.md runs them
-                "PREFECT_API_URL": self.url, "PREFECT_HOME": str(self.home / "client"),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
-
-    def client(self) -> PrefectClient:
-        return PrefectClient(api=self.url)
-
-
-def stop(process: subprocess.Popen, timeout: float = 20) -> None:
-    """Stop a process group this test started (SIGTERM, then SIGKILL)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, start_new_session=True)
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    home = tmp_path_factory.mktemp("prefect-server")
-    server = PrefectServer(url=f"http://127.0.0.1:{free_port()}/api", home=home)
-    port = server.url.split(":")[2].split("/")[0]
-    env = server.env(PREFECT_HOME=str(home), PREFECT_SERVER_UI_ENABLED="false")
-    process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port, "--no-ui"],
-                    env, home / "server.log")
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (home / "server.log").read_text()
-            try:
-                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the Prefect server did not start in 120 s"
-            time.sleep(0.3)
-        yield server
-    finally:
-        stop(process)
-
-
-def deployment_config(simcore: Simcore) -> dict[str, Any]:
-    """The cfg.json an operator serves: both deployments, credentials only by reference."""
-    cfg = simcore.config()
-    cfg["source"]["db"]["password"] = {"env": "TEST_SOURCE_DB_PASSWORD"}
-    cfg["source"]["s3"]["access_key"] = {"env": "TEST_SOURCE_S3_ACCESS_KEY"}
-    cfg["source"]["s3"]["secret_key"] = {"env": "TEST_SOURCE_S3_SECRET_KEY"}
-    cfg["destination"]["db"]["password"] = {"prefect_secret": DST_DB_BLOCK}
-    cfg["destination"]["s3"]["access_key"] = {"env": "TEST_DESTINATION_S3_ACCESS_KEY"}
-    cfg["destination"]["s3"]["secret_key"] = {"prefect_secret": DST_S3_BLOCK}
-    return cfg
-
-
-def secret_env(simcore: Simcore) -> dict[str, str]:
-    """What the process that runs the flow (served process, worker) has in its environment."""
-    return {
-        "TEST_SOURCE_DB_PASSWORD": simcore.source_db.password.get_secret_value(),  # type: ignore[union-attr]
-        "TEST_SOURCE_S3_ACCESS_KEY": simcore.source_s3.access_key.get_secret_value(),  # type: ignore[union-attr]
-        "TEST_SOURCE_S3_SECRET_KEY": simcore.source_s3.secret_key.get_secret_value(),  # type: ignore[union-attr]
-        "TEST_DESTINATION_S3_ACCESS_KEY": simcore.destination_s3.access_key.get_secret_value(),  # type: ignore[union-attr]
-    }
-
-
-def secrets_of(simcore: Simcore) -> list[str]:
-    box = simcore.sandbox
-    return [box.source.pg_password, box.destination.pg_password, box.source.s3_secret_key, box.destination.s3_secret_key]
-
-
-async def save_secret_blocks(server: PrefectServer, simcore: Simcore, from_docs: bool = False) -> None:
-    blocks = [(DST_DB_BLOCK, simcore.destination_db.password), (DST_S3_BLOCK, simcore.destination_s3.secret_key)]
-    if from_docs:  # docs/deployments.md's command for the database password, as an operator runs it
-        (command,) = [line for line in (REPO / "docs" / "deployments.md").read_text().splitlines() if "Secret(value=os.environ" in line]
-        saved = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120,
-                               env=server.env(DST_DB_PASSWORD=blocks[0][1].get_secret_value()))  # type: ignore[union-attr]
-        assert saved.returncode == 0, saved.stdout + saved.stderr
-        blocks = blocks[1:]
-    async with server.client() as client:
-        for name, value in blocks:
-            await Secret(value=value.get_secret_value()).asave(name, overwrite=True, client=client)  # type: ignore[union-attr]
-
-
-async def wait_for_deployment(server: PrefectServer, name: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    async with server.client() as client:
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                return await client.read_deployment_by_name(name)
-            except Exception:
-                assert time.monotonic() < deadline, f"{name} was not registered in {timeout} s:\n{log.read_text()}"
-                time.sleep(0.5)
-
-
-async def sample_project(simcore: Simcore, seed: int = 0):
-    return await build_sample_project(
-        simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
-        spec=SampleSpec(files=4, directory_objects=2, multipart_size=6 * 1024 * 1024,
-                        multipart_part_size=5 * 1024 * 1024, hidden_children=1, seed=seed),
-    )
-
-
-async def destination_counts(simcore: Simcore, projects: list[str]) -> tuple[int, int]:
-    """(projects rows, objects) of these projects in the destination."""
-    conn = await asyncpg.connect(asyncpg_dsn(simcore.destination_db))
-    try:
-        rows = await conn.fetchval("SELECT count(*) FROM projects WHERE uuid::text = ANY($1::text[])", projects)
-    finally:
-        await conn.close()
-    async with s3_client(simcore.destination_s3) as client:
-        listed = await client.list_objects_v2(Bucket=simcore.destination_s3.bucket)
-    return rows, sum(1 for o in listed.get("Contents", []) if o["Key"].split("/", 1)[0] in projects)
+from .conftest import (
+    BIN,
+    DOCKER_POOL,
+    PROCESS_POOL,
+    DST_DB_BLOCK,
+    REPO,
+    FakeTarget,
+    PrefectServer,
+    create_pool,
+    deployment_config,
+    destination_counts,
+    one_line,
+    run_cli,
+    sample_project,
+    save_secret_blocks,
+    secret_env,
+    secrets_of,
+    start,
+    stop,
+    wait_final,
+    wait_for_deployment,
+    wait_for_workers,
+)
 
 
 async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_out(
@@ -259,19 +137,14 @@ async def test_served_deployment_runs_by_name_with_parameters_and_keeps_secrets_
 
 @asynccontextmanager
 async def two_workers(server: PrefectServer, simcore: Simcore, tmp_path: Path, pool: str) -> AsyncIterator[tuple[Any, list[Path]]]:
-    """docs/deployments.md's commands: a process work pool, the deployment registered for it (named after the
-    pool), two workers with ``--limit 1`` (online when this yields the deployment); stopped after."""
+    """docs/deployments.md's commands: a closed process work pool, the deployment registered for it (named after
+    the pool), two workers with ``--limit 1`` (online when this yields the deployment); stopped after."""
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(deployment_config(simcore)))
     await save_secret_blocks(server, simcore)
-    env = server.env()
-    created = subprocess.run([str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"],
-                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    assert created.returncode == 0, created.stdout + created.stderr
-    registered = subprocess.run(
-        [str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", pool, "--pool", pool],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
-    )
+    create_pool(server, pool, tmp_path)
+    registered = run_cli([str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", pool, "--pool", pool],
+                     server.env(), tmp_path, timeout=120)
     assert registered.returncode == 0, registered.stdout + registered.stderr
     assert f"registered migrate-project/{pool}" in registered.stdout and f"registered rollback-migration/{pool}" in registered.stdout
     logs = [tmp_path / f"worker-{i}.log" for i in (1, 2)]
@@ -281,12 +154,8 @@ async def two_workers(server: PrefectServer, simcore: Simcore, tmp_path: Path, p
         for i, log in zip((1, 2), logs)
     ]
     try:
+        await wait_for_workers(server, pool, workers, logs)
         async with server.client() as client:
-            deadline = time.monotonic() + 90
-            while len(await client.read_workers_for_work_pool(pool)) < 2:
-                assert all(w.poll() is None for w in workers), "\n".join(log.read_text() for log in logs)
-                assert time.monotonic() < deadline, "the workers did not come online in 90 s"
-                time.sleep(0.5)
             yield await client.read_deployment_by_name(f"migrate-project/{pool}"), logs
     finally:
         for worker in workers:
@@ -385,49 +254,13 @@ async def test_two_runs_of_one_project_on_two_workers_migrate_it_once(
     assert await object_digests(simcore.destination_s3) == {k: source[k] for k in sample.objects}
 
 
-class FakeTarget:
-    """A listening socket on 127.0.0.1 that records every connection made to it (and answers none):
-    where a refused run would have sent the worker."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-async def wait_final(client: PrefectClient, run_id: Any, timeout: float = 240) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        run = await client.read_flow_run(run_id)
-        if run.state and run.state.is_final():
-            return run
-        assert time.monotonic() < deadline, f"run {run_id} not final after {timeout} s: {run.state}"
-        await asyncio.sleep(1)
-
-
 async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_connections(
     prefect_server: PrefectServer, fixture_simcore: Simcore, tmp_path: Path
 ) -> None:
-    """docs/deployments.md's `prefect deploy --all` with the repository's prefect.yaml, a process worker, and
-    runs that try to point the worker elsewhere (another database host, endpoint, bucket, secret
-    reference, a whole settings object, a Dask scheduler): each refused with one line before any
-    connection; a run naming only its project migrates it."""
+    """docs/deployments.md's `prefect deploy --all` with the repository's prefect.yaml on closed work pools,
+    a process worker, and runs that try to point the worker elsewhere (another database host, endpoint,
+    bucket, secret reference, a whole settings object, a Dask scheduler, a host block, bounds of their
+    own): each refused with one line before any connection; a run naming only its project migrates it."""
     sample = await sample_project(fixture_simcore, seed=7)
     env = prefect_server.env()
     fake = FakeTarget()
@@ -448,20 +281,24 @@ async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_conn
     saved = subprocess.run([str(BIN / "python"), "-m", "deployments.serve", "--config", str(cfg), "--name", "osparc", "--blocks-only"],
                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert saved.returncode == 0, saved.stdout + saved.stderr
-    assert saved.stdout.split() == "saved OsparcDeployment block osparc-source saved OsparcDeployment block osparc-destination".split()
+    assert saved.stdout.splitlines() == ["saved OsparcDeployment block osparc-source", "saved OsparcDeployment block osparc-destination",
+                                         "saved ProjmigHost block osparc-host"]
     async with prefect_server.client() as client:
         for i, block in enumerate(attackers.values()):
             await block.asave(f"attacker-{i}", overwrite=True, client=client)
+        await ProjmigHost(host={"dask_address": f"tcp://127.0.0.1:{fake.port}"}).asave("attacker-host", overwrite=True, client=client)
 
     workdir = tmp_path / "repo"
-    workdir.mkdir()
-    for yaml in ("prefect.yaml", "deployments/prefect-docker.yaml"):
-        shutil.copy(REPO / yaml, workdir / Path(yaml).name)
-    for pool, kind in (("projmig", "process"), ("projmig-docker", "docker")):
-        made = subprocess.run([str(BIN / "prefect"), "work-pool", "create", pool, "--type", kind],
-                              capture_output=True, text=True, timeout=120, env=env, cwd=workdir)
-        assert made.returncode == 0, made.stdout + made.stderr
-    for args in ([], ["--prefect-file", "prefect-docker.yaml"]):
+    (workdir / "deployments").mkdir(parents=True)
+    for name in ("prefect.yaml", "deployments/prefect-docker.yaml", "deployments/process-pool.json", "deployments/docker-pool.json"):
+        shutil.copy(REPO / name, workdir / name)
+    # the operator's one edit: the destination owner
+    shipped = (workdir / "prefect.yaml").read_text()
+    assert shipped.count("destination_user_id: 1 ") == 1
+    (workdir / "prefect.yaml").write_text(shipped.replace("destination_user_id: 1 ", f"destination_user_id: {fixture_simcore.carol} "))
+    for pool, kind, template in (("projmig", "process", PROCESS_POOL), ("projmig-docker", "docker", DOCKER_POOL)):
+        create_pool(prefect_server, pool, workdir, kind, workdir / "deployments" / template.name)
+    for args in ([], ["--prefect-file", "deployments/prefect-docker.yaml"]):
         deployed = subprocess.run([str(BIN / "prefect"), "deploy", "--all", *args],
                                   capture_output=True, text=True, timeout=300, env=env, cwd=workdir)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -469,8 +306,14 @@ async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_conn
         for flow_name in ("migrate-project", "rollback-migration"):
             for name, pool in (("osparc", "projmig"), ("osparc-docker", "projmig-docker")):
                 made = await client.read_deployment_by_name(f"{flow_name}/{name}")
-                assert made.work_pool_name == pool and made.entrypoint.startswith("flows.")
-                assert made.parameters["source"] == "osparc-source" and made.parameters["destination"] == "osparc-destination"
+                assert made.work_pool_name == pool and made.entrypoint.startswith("flows.") and made.job_variables == {}
+                assert (made.parameters["source"], made.parameters["destination"], made.parameters["host_block"]) == (
+                    "osparc-source", "osparc-destination", "osparc-host")
+                # the shipped bounds: the closed defaults, written out
+                assert made.parameters["bounds"] == {"choices": ["project_uuid", "project_uuids", "include_hidden", "dry_run"],
+                                                     "destination_user_ids": [], "product_names": [], "options": []}
+            work_pool = await client.read_work_pool(pool)
+            assert work_pool.base_job_template["variables"]["properties"] == {}
 
     log = tmp_path / "worker.log"
     worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "projmig", "--limit", "4"],
@@ -489,6 +332,8 @@ async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_conn
             tries["settings with destination.db.host"] = (migrate, {"settings": pointed})
             tries["host.dask_address"] = (migrate, {"host": {"dask_address": f"tcp://127.0.0.1:{fake.port}"}})
             tries["host.schema_migrations"] = (migrate, {"host": {"schema_migrations": str(tmp_path)}})  # code that would run
+            tries["host block"] = (migrate, {"host_block": "attacker-host"})
+            tries["bounds"] = (migrate, {"bounds": {"choices": ["project_uuid", "destination_user_id"], "options": ["memory_limit"]}})
             tries["rollback's destination block"] = (rollback, {"destination": "attacker-0"})
             created = {
                 what: await client.create_flow_run_from_deployment(
@@ -502,11 +347,10 @@ async def test_prefect_deploy_creates_both_deployments_and_runs_cannot_name_conn
                 with pytest.raises(Exception, match="options"):
                     await client.create_flow_run_from_deployment(
                         migrate.id, parameters={"project_uuid": sample.uuid, "options": extra})
-            for what, run in created.items():
-                final = await wait_final(client, run.id)
+            for what, flow_run in created.items():
+                final = await wait_final(client, flow_run.id)
                 assert final.state.name == "Failed", (what, final.state, log.read_text())
-                message = final.state.message or ""
-                assert "\n" not in message and "fixed by" in message, (what, message)
+                assert "fixed by" in one_line(final.state.message), what
         assert fake.connections == 0
 
         # the operator's command: a run naming its project (and owner) only, through the worker
