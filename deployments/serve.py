@@ -14,7 +14,7 @@ The cfg.json's two osparc deployments (database, bucket, credentials) are saved 
 fields or as references), its ``host`` section as ``<name>-host`` (``flows.blocks.ProjmigHost``), all
 by ``flows/credentials.py``, and the deployments name them. The cfg.json's choices other than the
 projects (destination owner, product, include_hidden, ...) and its options become the deployments'
-parameters; ``--bounds bounds.json`` (a :class:`projmig.choices.RunBounds`; default: closed) says which
+parameters; ``--bounds bounds.json`` (a :class:`projmig.bounds.RunBounds`; default: closed) says which
 of them a run may choose. Each run names its projects (``project_uuid`` or ``project_uuids``) and may
 set include_hidden and dry_run; anything else a run gives, and any job variable, is refused before
 anything connects (``flows/credentials.py``). ``prefect deploy --all`` with the repository's
@@ -40,7 +40,7 @@ from pydantic import ValidationError
 
 from flows.credentials import save_connections
 from flows.parameters import choice_names
-from projmig.choices import RunBounds
+from projmig.bounds import RunBounds
 from projmig.errors import ConfigError
 from projmig.settings import MigrationSettings, format_validation_error
 from projmig.text import printable
@@ -150,7 +150,7 @@ def main(
     limit: Annotated[int | None, typer.Option(help="flow runs at once in this process (serve only)")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="extra deployment tag (repeat for several)")] = None,
     bounds: Annotated[
-        Path | None, typer.Option("--bounds", help="what runs may choose: a JSON file of projmig.choices.RunBounds "
+        Path | None, typer.Option("--bounds", help="what runs may choose: a JSON file of projmig.bounds.RunBounds "
                                   "(default: the projects, include_hidden and dry_run only)")
     ] = None,
     blocks_only: Annotated[

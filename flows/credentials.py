@@ -4,7 +4,7 @@ CLI's commands and of ``deployments/serve.py``.
 - A Prefect deployment's connections are its two ``OsparcDeployment`` blocks and its worker host's
   resources a ``ProjmigHost`` block, saved from a cfg.json (:func:`save_connections`). A run of it
   takes them as they are, with the choices and options its deployment's bounds leave open
-  (:class:`projmig.choices.RunBounds`); a run that names other blocks, any connection or host field,
+  (:class:`projmig.bounds.RunBounds`); a run that names other blocks, any connection or host field,
   job variables of its own or anything outside the bounds is refused in one line
   (:func:`refuse_outside_deployment`), before any block is loaded or anything connects.
 - The settings a flow run works with (:func:`flow_run_settings`): a local call's own, or the
@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from projmig.choices import RunBounds
+from projmig.bounds import RunBounds
 from projmig.credentials import SecretNotFound, secret_refs
 from projmig.errors import ConfigError
 from projmig.settings import HostSettings, MigrationOptions, MigrationSettings, format_validation_error, resolve_secrets

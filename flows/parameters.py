@@ -4,7 +4,7 @@ parameter schema, its UI, ``prefect deployment run -p`` and a deployment's defau
 definition. The flow function itself receives them together as ``choices`` (those given).
 
 Two more parameters are a deployment's alone (:data:`DEPLOYMENT_ONLY`): ``bounds``, what its runs may
-choose (:class:`projmig.choices.RunBounds`), and ``host_block``, the block of its worker host's
+choose (:class:`projmig.bounds.RunBounds`), and ``host_block``, the block of its worker host's
 resources. ``flows/credentials.py`` reads both from the deployment itself, after refusing a run whose
 own differ; the flow function never sees them."""
 
@@ -16,7 +16,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from projmig.choices import CHOICES, RunBounds, RunChoices
+from projmig.bounds import RunBounds
+from projmig.choices import CHOICES, RunChoices
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,7 +29,7 @@ def choice_names(*, rollback: bool = False) -> list[str]:
 
 # (name, type, description) of the parameters only a deployment sets
 DEPLOYMENT_ONLY = (
-    ("bounds", RunBounds, "what runs of the deployment may choose (projmig.choices.RunBounds; none: the closed "
+    ("bounds", RunBounds, "what runs of the deployment may choose (projmig.bounds.RunBounds; none: the closed "
                           "defaults); fixed by the deployment, unused by a local call"),
     ("host_block", str, "the ProjmigHost block of the worker host's resources (Dask scheduler, osparc's "
                         "migrations, staging server); fixed by the deployment, unused by a local call"),

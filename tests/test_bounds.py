@@ -1,4 +1,4 @@
-"""What a deployment's runs may choose (projmig.choices.RunBounds) and what a deployment run's settings
+"""What a deployment's runs may choose (projmig.bounds.RunBounds) and what a deployment run's settings
 are built from (flows/credentials.py: the deployment's values only, no PROJMIG_* environment). The
 same refusals on a real Prefect server and worker: tests/deployments/test_boundaries.py."""
 
@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from deployments.serve import deployment_parameters
 from flows.credentials import FIXED_PARAMETERS, refuse_outside_deployment
-from projmig.choices import CHOICES, OPEN_BY_DEFAULT, RunBounds, openable_options
+from projmig.bounds import OPEN_BY_DEFAULT, RunBounds, openable_options
+from projmig.choices import CHOICES
 from projmig.errors import ConfigError
 from projmig.settings import HostSettings, MigrationOptions, MigrationSettings, resolve_secrets, template
 
@@ -35,7 +36,9 @@ def test_the_defaults_are_closed() -> None:
     assert refusals(bounds, project_uuids=[STUDY], include_hidden=True, dry_run=True) == []
     # everything else: its deployment's, each one line naming the deployment's own value, never the run's
     closed = {"destination_user_id": 8, "product_name": "s4l", "source_owner_user_id": 3, "uuid_policy": "new",
-              "copy_label": "[red]x\ny", "destination_user_gid": 4}
+              "copy_label": "[red]x\ny", "destination_user_gid": 4, "source_owner_user_ids": [3, 5], "all_users": True,
+              "match_users": "email", "user_map": {"a@x.io": "b@y.io"}, "skip_unmatched": True, "into_folder": "old",
+              "keep_folders": True, "group_map": {"lab": "lab2"}}
     assert set(closed) == set(CHOICES) - set(OPEN_BY_DEFAULT)
     for name, value in closed.items():
         (line,) = refusals(bounds, **{name: value})

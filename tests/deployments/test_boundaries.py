@@ -8,7 +8,7 @@ reach: a socket that counts connections (``FakeTarget``) and a bucket of the att
   plain ``POST /flow_runs/``, or a pool opened later), refused by the flow in one line before it
   connects anywhere.
 - A worker whose own environment has ``PROJMIG_*`` settings: its runs go where their blocks say.
-- Parameters outside the deployment's bounds (projmig.choices.RunBounds): one line each.
+- Parameters outside the deployment's bounds (projmig.bounds.RunBounds): one line each.
 - The API itself: without the auth string, no block read, no deployment update.
 """
 
@@ -26,7 +26,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import PrefectHTTPStatusError
 
 from projmig import commands
-from projmig.choices import OPEN_BY_DEFAULT
+from projmig.bounds import OPEN_BY_DEFAULT
 from projmig.sandbox import Sandbox
 from projmig.settings import S3Settings
 
