@@ -293,6 +293,13 @@ async def test_the_cli_plans_across_releases_and_refuses_what_osparcs_migrations
     cfg = cfg_json(tmp_path / "cfg.json", env)
     flag = ["--schema-migrations", str(osparc.package)]
 
+    # without osparc's migrations the revisions differ: refused in one line naming what to give
+    unstaged = projmig("migrate", "--config", str(cfg))
+    assert unstaged.returncode == 2, unstaged.stdout + unstaged.stderr
+    (line,) = unstaged.stderr.strip().splitlines()
+    assert OLD in line and osparc.head in line and "host.schema_migrations" in line, line
+    assert await text_rows(env.destination, "projects") == [] and await destination_objects(env.destination_s3) == {}
+
     planned = projmig("plan", "--config", str(cfg), *flag)
     assert planned.returncode == 0, planned.stderr
     lines = planned.stdout.splitlines()
