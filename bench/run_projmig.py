@@ -32,7 +32,7 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from typing import Any  # noqa: E402
 
-STEPS = ("preflight", "read_graph", "list_destination", "make_plan", "compare", "copy_objects", "insert_roots",
+STEPS = ("preflight", "write_probe", "read_graph", "list_destination", "make_plan", "compare", "copy_objects", "insert_roots",
          "abort_our_uploads")
 
 

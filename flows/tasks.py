@@ -34,7 +34,8 @@ from .progress import report_bytes
 
 @task(name="preflight", cache_policy=NONE)
 async def preflight(run: MigrationRun, probe_write: bool = True) -> PreflightReport:
-    return await steps.preflight(run, probe_write=probe_write)
+    """Every check but the write probe, which the flow runs while the graph is read."""
+    return await steps.preflight(run, probe_write=probe_write, probe_now=False)
 
 
 @task(name="read-and-plan", cache_policy=NONE)

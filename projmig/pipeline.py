@@ -51,7 +51,11 @@ class Steps:
         self.log = logger or logging.getLogger("projmig")
 
     async def preflight(self, run: MigrationRun, *, probe_write: bool) -> PreflightReport:
-        return await library.preflight(run, probe_write=probe_write)
+        """Every check but the write probe (``probe_write``: a run that writes: :meth:`write_probe` follows)."""
+        return await library.preflight(run, probe_write=probe_write, probe_now=False)
+
+    async def write_probe(self, run: MigrationRun, report: PreflightReport) -> None:
+        await library.write_probe(run, report)
 
     async def read_graph(self, run: MigrationRun, report: PreflightReport) -> ProjectGraph:
         return await library.read_graph(run, report)
@@ -158,12 +162,14 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
         checked = await steps.preflight(run, probe_write=not dry)
     if checked.already_migrated:
         log.info("already in the destination from an earlier run: %s", ", ".join(checked.already_migrated))
+    with timer("graph"):
+        # the write probe (the preflight's last check: nothing is copied before it passed) while the
+        # graph is read and the destination listed, which write nothing
+        plan, listed = await _while_probing(steps, run, checked, probing=not dry)
     if not dry:
         log.info(checked.verification.describe())
         if run.settings.options.verification == "auto":  # what the probes chose, for every copy
             run.use_verification(checked.verification.method)
-    with timer("graph"):
-        plan, listed = await steps.survey(run, checked, list_destination=not dry)
     for line in plan.summary_lines():
         log.info(line)
     report = MigrationReport.from_plan(plan, "dry-run" if dry else "migrated")
@@ -233,6 +239,22 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
     if causes:
         raise run_failure(report, causes)
     return report
+
+
+async def _while_probing(
+    steps: Steps, run: MigrationRun, checked: PreflightReport, *, probing: bool
+) -> tuple[MigrationPlan, Listed | None]:
+    """The survey, and (``probing``) the write probe at the same time; a probe that refuses is the
+    run's error, whatever the survey found."""
+    surveyed, probed = await asyncio.gather(
+        steps.survey(run, checked, list_destination=probing),
+        steps.write_probe(run, checked) if probing else _nothing(),
+        return_exceptions=True,
+    )
+    for outcome in (probed, surveyed):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return surveyed  # type: ignore[return-value]
 
 
 def _by_owner(plan: MigrationPlan, roots: list[str]) -> dict[int, list[str]]:

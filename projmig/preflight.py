@@ -5,6 +5,7 @@ to know or raises one :class:`PreflightError` listing every problem found, each 
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from .graph import SourceState, source_states
 from .people import Match, match_people, people
 from .releases import MigrationError, MigrationPath, OsparcMigrations
 from .run import MigrationRun
-from .settings import MigrationSettings
+from .settings import DatabaseSettings, MigrationSettings, S3Settings
 from .staging import StagingError
 
 
@@ -84,24 +85,41 @@ class PreflightReport(BaseModel):
         return probe_key(self.selection.roots)
 
 
-async def run_preflight(run: MigrationRun, *, probe_write: bool = True, owner: bool = True, stage: bool = True) -> PreflightReport:
+async def run_preflight(
+    run: MigrationRun, *, probe_write: bool = True, probe_now: bool = True, owner: bool = True, stage: bool = True,
+) -> PreflightReport:
     """The checks of ``run`` (its settings; its locks: once the destination projects are known, and
     before they are looked for in the destination, they are locked, waiting for another run of them:
     :mod:`projmig.locks`). ``owner``: the destination owner is needed (``cleanup`` looks for uploads,
     whoever would own them). ``stage``: across osparc releases, the projects' rows are staged now
-    (the run keeps them) and the checks that need them run; else those are left to a later preflight."""
+    (the run keeps them) and the checks that need them run; else those are left to a later preflight.
+    ``probe_write``: a run that will write (every owner must match; the write probe); ``probe_now=False``
+    leaves the write probe to the caller (:func:`write_probe`, while it reads the graph)."""
     settings, session = run.settings, run.transfers.session
     quick = Retrier(attempts=2, timeout=20, initial_wait=0.5, max_wait=2)
     async with AsyncExitStack() as stack:
         engines: dict[str, AsyncEngine] = {}
-        problems: list[str] = []
-        for role, db in (("source", settings.source.db), ("destination", settings.destination.db)):
+
+        async def reach_database(role: str, db: DatabaseSettings) -> list[str]:
             try:
                 engines[role] = await stack.enter_async_context(open_engine(db, role))
             except PreflightError as exc:
-                problems += exc.problems
-        for role, s3 in (("source", settings.source.s3), ("destination", settings.destination.s3)):
-            problems += (await check_bucket(role, s3, quick, listing=True, write_probe_key=None, session=session)).problems
+                return exc.problems
+            return []
+
+        async def reach_bucket(role: str, s3: S3Settings) -> list[str]:
+            return (await check_bucket(role, s3, quick, listing=True, write_probe_key=None, session=session)).problems
+
+        # the four servers at once; their problems in a fixed order (databases, then buckets)
+        reached = await asyncio.gather(
+            reach_database("source", settings.source.db), reach_database("destination", settings.destination.db),
+            reach_bucket("source", settings.source.s3), reach_bucket("destination", settings.destination.s3),
+            return_exceptions=True,
+        )
+        for outcome in reached:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        problems: list[str] = [line for found in reached for line in found]  # type: ignore[union-attr]
         if problems:
             raise PreflightError(problems)
 
@@ -120,15 +138,22 @@ async def run_preflight(run: MigrationRun, *, probe_write: bool = True, owner: b
             raise _lost(settings, [], exc) from exc
         if problems:
             raise PreflightError(problems)
-        if probe_write:
-            # the only write of the preflight, and only once everything else is right; from here on
-            # the calls move bytes: retried like every S3 call of the migration
-            report.verification = await probe_verification(
-                settings, report.selection.roots, Retrier.of(settings.options), problems, session
-            )
-            if problems:
-                raise PreflightError(problems)
+        if probe_write and probe_now:
+            await write_probe(run, report)
         return report
+
+
+async def write_probe(run: MigrationRun, report: PreflightReport) -> None:
+    """The preflight's only write, once every other check has passed: the destination's probe upload
+    (aborted: no object appears) and the verification it chooses (``report.verification``). From
+    here on the calls move bytes: retried like every S3 call of the migration."""
+    problems: list[str] = []
+    settings = run.settings
+    report.verification = await probe_verification(
+        settings, report.selection.roots, Retrier.of(settings.options), problems, run.transfers.session
+    )
+    if problems:
+        raise PreflightError(problems)
 
 
 def _connection_lost(exc: BaseException) -> bool:

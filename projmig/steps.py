@@ -28,7 +28,7 @@ from .marks import mark_of
 from .objects import compare_with_destination
 from .placement import Placed, placements_of, read_placed
 from .plan import MigrationPlan, ObjectCopy
-from .preflight import PreflightReport, release_path, run_preflight
+from .preflight import PreflightReport, release_path, run_preflight, write_probe
 from .rollback import RollbackResult, find_objects, recompute_plan, refuse_shared_bucket, remove_objects, remove_rows
 from .rowcheck import Difference, compare as compare_row_texts, read_text_rows
 from .run import MigrationRun, Side, Transfers
@@ -41,11 +41,14 @@ Listed = dict[str, dict[str, ObjectState]]  # prefix -> key -> state: a destinat
 Batch = list[tuple[ObjectCopy, ObjectState | None]]  # objects to copy, with what the destination has of each
 
 
-async def preflight(run: MigrationRun, *, probe_write: bool = True, owner: bool = True, stage: bool = True) -> PreflightReport:
+async def preflight(
+    run: MigrationRun, *, probe_write: bool = True, probe_now: bool = True, owner: bool = True, stage: bool = True,
+) -> PreflightReport:
     """The checks before any byte moves; a run that holds locks locks its projects here, and a run
     across osparc releases stages their rows (``stage=False``: the CLI's early check before Prefect
-    starts leaves that to the flow). ``owner``: the destination owner is checked (not by ``cleanup``)."""
-    return await run_preflight(run, probe_write=probe_write, owner=owner, stage=stage)
+    starts leaves that to the flow). ``owner``: the destination owner is checked (not by ``cleanup``).
+    ``probe_now=False``: the write probe is left to :func:`write_probe` (the pipeline's, while it reads the graph)."""
+    return await run_preflight(run, probe_write=probe_write, probe_now=probe_now, owner=owner, stage=stage)
 
 
 def source_listing(run: MigrationRun) -> Callable[[str], Awaitable[dict[str, tuple[int, str]]]]:
@@ -309,6 +312,6 @@ async def rollback_objects(run: MigrationRun, result: RollbackResult) -> Rollbac
 
 __all__ = [
     "Batch", "Listed", "RootInsert", "Side",
-    "preflight", "read_graph", "list_destination", "make_plan", "plan_migration", "compare", "copy_objects",
+    "preflight", "write_probe", "read_graph", "list_destination", "make_plan", "plan_migration", "compare", "copy_objects",
     "insert_roots", "abort_our_uploads", "cleanup", "verify_migration", "rollback_rows", "rollback_objects",
 ]
