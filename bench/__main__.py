@@ -1,11 +1,15 @@
-"""``python -m bench all | smoke | scale | large small mixed rerun insert memory [--runs N] [--set option=value]``
+"""``python -m bench all | smoke | scale | releases | consolidation | large small mixed rerun insert memory [--runs N] [--set option=value]``
 
 Starts its own servers (two SeaweedFS, two PostgreSQL on 127.0.0.1) and a Prefect server, seeds
 the source with the sample builder, measures projmig against rclone / s5cmd / a raw aiobotocore
 loop on the same data in the same run, prints one table per scenario and writes
 ``bench/results/bench-<selection>-<time>.json`` (and ``latest.json``). ``scale`` (not part of
 ``all``: ~30 min) measures every stage of one project at 1,000 / 10,000 / 100,000 objects
-(``--scale-points``); ``smoke`` runs everything at tiny sizes.
+(``--scale-points``); ``releases`` (not part of ``all``) a migration across osparc releases next to
+the same one between equal releases at 1, 5 and 20 studies (``--release-studies``; needs osparc's
+package: bench/releases.py); ``consolidation`` (not part of ``all``) 50 users × 10 studies into their
+own accounts against one owner's 500 studies, and on a Dask cluster (``--consolidation USERSxSTUDIES``:
+bench/consolidation.py); ``smoke`` runs everything at tiny sizes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .consolidation import ConsolidationSizes, run_consolidation
 from .env import BenchEnv
+from .releases import ReleasesSizes, run_releases
 from .report import table, write_json
 from .scale import ScaleSizes, run_scale
 from .scenarios import (
@@ -39,7 +45,7 @@ from .scenarios import (
 )
 
 SCENARIOS = ["large", "small", "mixed", "rerun", "insert", "memory"]  # "all"
-EXTRA = ["scale"]  # only when named (and in smoke)
+EXTRA = ["scale", "releases", "consolidation"]  # only when named (and in smoke)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -56,6 +62,8 @@ def run(
     log: Callable[[str], None] = print,
     profile: bool = False,
     scale: ScaleSizes | None = None,
+    releases: ReleasesSizes | None = None,
+    consolidation: ConsolidationSizes | None = None,
 ) -> tuple[dict[str, ScenarioResult], Path]:
     """Run the chosen scenarios; returns their results and the JSON file written."""
     began = time.perf_counter()
@@ -69,6 +77,8 @@ def run(
         selection = list(dict.fromkeys([*selection, "large", "rerun"]))  # memory is measured in these
     sizes = sizes or (Sizes.smoke() if smoke else Sizes())
     scale = scale or (ScaleSizes.smoke() if smoke else ScaleSizes())
+    releases = releases or (ReleasesSizes.smoke() if smoke else ReleasesSizes())
+    consolidation = consolidation or (ConsolidationSizes.smoke() if smoke else ConsolidationSizes())
     options = options or {}
     root = Path(workdir or tempfile.mkdtemp(prefix="projmig-bench-"))
     if not smoke and sizes.large >= GiB and shutil.disk_usage(root).free < 8 * GiB:
@@ -98,6 +108,10 @@ def run(
                 res, rerun_sample = run_rerun(env, runs, sizes, options, log)
             elif name == "scale":
                 res = run_scale(env, runs, scale, options, log)
+            elif name == "releases":
+                res = run_releases(env, runs, releases, options, log)
+            elif name == "consolidation":
+                res = run_consolidation(env, runs, consolidation, options, log)
             else:
                 if rerun_sample is None:
                     rerun_sample = env.seed(SampleSpec(
@@ -123,6 +137,10 @@ def run(
             if prefect_api_url is None else "given", "load_average": {"start": load_at_start, "end": _load()}}
     if "scale" in selection:
         meta["scale_sizes"] = scale.__dict__
+    if "releases" in selection:
+        meta["releases_sizes"] = releases.__dict__
+    if "consolidation" in selection:
+        meta["consolidation_sizes"] = consolidation.__dict__
     path = write_json(results, results_dir, meta)
     picture = _draw(path, log)
     log(f"load average (1/5/15 min) at the start {load_at_start}, at the end {meta['load_average']['end']} "
@@ -141,6 +159,9 @@ def _draw(path: Path, log: Callable[[str], None]) -> Path | None:
         picture = draw(json.loads(path.read_text()), path.with_suffix(".png"))
     except ImportError:
         log("no picture drawn: matplotlib is not installed (pip install -e '.[bench]')")
+        return None
+    except ValueError as exc:  # e.g. only the releases scenario: no chart of its kind
+        log(f"no picture drawn: {exc}")
         return None
     shutil.copyfile(picture, path.parent / "latest.png")
     return picture
@@ -187,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-mib", type=int, default=None, help="size of the large object (default 1024)")
     parser.add_argument("--scale-points", default=None, metavar="N,N,...",
                         help="project sizes (objects) of the scale scenario (default 1000,10000,100000)")
+    parser.add_argument("--release-studies", default=None, metavar="N,N,...",
+                        help="studies per migration of the releases scenario (default 1,5,20)")
+    parser.add_argument("--consolidation", default=None, metavar="USERSxSTUDIES",
+                        help="users and studies per user of the consolidation scenario (default 50x10)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the servers' data here (default: a temp dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--profile", action="store_true",
@@ -200,8 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     scale = ScaleSizes.smoke() if smoke else ScaleSizes()
     if args.scale_points:
         scale.points = tuple(int(n) for n in args.scale_points.split(","))
+    releases = ReleasesSizes.smoke() if smoke else ReleasesSizes()
+    if args.release_studies:
+        releases.studies = tuple(int(n) for n in args.release_studies.split(","))
+    consolidation = ConsolidationSizes.smoke() if smoke else ConsolidationSizes()
+    if args.consolidation:
+        users, _, studies = args.consolidation.lower().partition("x")
+        consolidation.users, consolidation.studies_per_user = int(users), int(studies)
     run(args.scenarios, runs=runs, sizes=sizes, options=_parse_set(args.set), workdir=args.workdir,
-        results_dir=args.results, profile=args.profile, scale=scale)
+        results_dir=args.results, profile=args.profile, scale=scale, releases=releases, consolidation=consolidation)
     return 0
 
 

@@ -165,15 +165,18 @@ class BenchEnv:
         spec = dataclasses.replace(spec, seed=1000 + next(self._counter))  # a project (uuids) of its own
         return arun(build_sample_project(self.source_db, self.source_s3, owner_id=self.owner_id, spec=spec))
 
-    def fresh_destination(self, *, same_endpoint: bool = False, with_db: bool = True) -> Destination:
-        """A new database (from the destination template) and a new empty bucket."""
+    def fresh_destination(self, *, same_endpoint: bool = False, with_db: bool = True,
+                          template: str | None = None) -> Destination:
+        """A new database (from the destination template, or ``template`` on the destination's server)
+        and a new empty bucket."""
         n = next(self._counter)
         dep = self.sandbox.source if same_endpoint else self.sandbox.destination
+        template = template or self.template
 
         async def make() -> Destination:
-            db = self.sandbox.destination.database(self.template)
+            db = self.sandbox.destination.database(template)
             if with_db:
-                db = await self.sandbox.destination.create_database(f"bench_dst_{self.tag}_{n}", template=self.template)
+                db = await self.sandbox.destination.create_database(f"bench_dst_{self.tag}_{n}", template=template)
             s3 = await dep.create_bucket(f"bench-dst-{self.tag}-{n}")
             return Destination(db=db, s3=s3, deployment=dep)
 

@@ -22,6 +22,7 @@ COMPARED = {
     "large": ["projmig (flow)", "projmig (process)", "rclone copy", "s5cmd down+up", "raw aiobotocore"],
     "mixed": ["projmig (flow)", "projmig (process)", "rclone copy", "raw aiobotocore"],
     "rerun": ["projmig rerun (flow)", "projmig rerun (process)", "rclone copy --checksum"],
+    "consolidation": ["projmig consolidation (flow)", "projmig single user (flow)", "projmig consolidation, dask (flow)"],
 }
 STAGE_ORDER = ["plan", "first migration", "no-op rerun", "verify", "insert", "rclone copy --checksum"]
 

@@ -15,7 +15,7 @@ from .scenarios import MiB, ScenarioResult
 def table(result: ScenarioResult) -> str:
     lines = [f"== {result.name}: {result.title}" + (f"  (median of {result.runs} runs)" if result.runs else "")]
     if result.samples:
-        lines.append(f"{'tool':36} {'median s':>9}  {'runs (s)':24} {'MiB/s':>7} {'obj/s':>8} {'CPU s':>6} {'RSS MB':>7}"
+        lines.append(f"{'tool':42} {'median s':>9}  {'runs (s)':24} {'MiB/s':>7} {'obj/s':>8} {'CPU s':>6} {'RSS MB':>7}"
                      "  projmig speed ÷ tool")
         for tool, samples in result.samples.items():
             med = result.median(tool)
@@ -24,7 +24,7 @@ def table(result: ScenarioResult) -> str:
             ops = f"{result.objects / med:8.1f}" if result.objects else f"{'':8}"
             ratio = f"{result.ratio(tool):.2f}x" if result.reference in result.samples else ""
             cpu = statistics.median(s.cpu_seconds for s in samples)
-            lines.append(f"{tool:36} {med:9.2f}  {runs:24} {mbs} {ops} {cpu:6.1f} {result.peak_rss(tool):7.0f}  {ratio:>8}")
+            lines.append(f"{tool:42} {med:9.2f}  {runs:24} {mbs} {ops} {cpu:6.1f} {result.peak_rss(tool):7.0f}  {ratio:>8}")
     split = result.split
     if "overhead_seconds" in split:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in split["stages"].items())  # type: ignore[union-attr]
@@ -36,7 +36,7 @@ def table(result: ScenarioResult) -> str:
             f"CPU {split['cpu_seconds']:.1f} s; imports before the flow {split['import_seconds']:.1f} s"
         )
         lines.append(f"projmig stages (s): {stages}")
-    elif split and "curve" not in split:  # the scale scenario's curve is in its notes
+    elif split and not {"curve", "points", "ratios", "skipped"} & set(split):  # (those scenarios say theirs in notes)
         lines.append("  " + ", ".join(f"{k}: {v}" for k, v in split.items()))
     lines += [f"  {n}" for n in result.notes]
     if result.targets:

@@ -47,19 +47,22 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 def projmig(
     env: BenchEnv, project: str, dest: Destination, *, options: dict[str, Any] | None = None, mode: str = "cli",
     ephemeral: bool = False, local_api: bool = False, label: str = "projmig", job: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[Sample, Sample]:
     """(flow, process): ``projmig migrate --config cfg.json`` (mode ``cli``): the flow's wall time
     measured inside, and the whole process from outside (interpreter, imports, the CLI's checks,
     Prefect client start-up, the report; with ``ephemeral``, Prefect's own temporary API too; with
     ``local_api``, no PREFECT_API_URL: the CLI's local server in the bench's PREFECT_HOME). Other
     modes (``insert``, ``plan``, ``verify``: bench/run_projmig.py) time their library calls alone;
-    ``job`` adds to what the child is told (e.g. ``{"deep": False}``)."""
+    ``job`` adds to what the child is told (e.g. ``{"deep": False}``); ``settings``: the whole
+    configuration (sections ``source``, ``destination``, ``choices``, ``host``, ``options``) instead
+    of ``project`` from the bench's source into ``dest`` for its destination user."""
     prefect = env.prefect_env()
     if ephemeral or local_api:
         prefect.pop("PREFECT_API_URL", None)
     if ephemeral:
         prefect["PROJMIG_PREFECT_API"] = "ephemeral"
-    settings = env.settings(project, dest, options)
+    settings = settings if settings is not None else env.settings(project, dest, options)
     config = env.workdir / f"cfg-{os.getpid()}-{dest.s3.bucket}.json"  # the sandbox's throwaway credentials
     config.write_text(json.dumps(settings))
     config.chmod(0o600)

@@ -8,6 +8,8 @@ import json
 import pytest
 
 from bench.__main__ import EXTRA, SCENARIOS, run
+from bench.consolidation import CONSOLIDATION, DASK, SINGLE, ConsolidationSizes
+from bench.releases import ACROSS, PHASES, SAME, ReleasesSizes, label
 from bench.scale import STAGES, ScaleSizes
 from bench.scenarios import Sizes
 from projmig.sandbox import Sandbox
@@ -59,6 +61,34 @@ def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, p
         assert verify["equal"] and verify["objects_checked"] == n
     assert curve["file_rows_insert"]["file_rows"] == scale.points[-1]
     assert "objects:" in printed and "no-op rerun" in printed
+
+    # across osparc releases: both kinds at every size, the staging's phases measured by the cross-release runs
+    releases = results["releases"]
+    if "skipped" in releases.split:  # (no osparc package here: said in one line)
+        assert "skipped: osparc-simcore's packages/postgres-database not found" in printed
+    else:
+        points = ReleasesSizes.smoke().studies
+        for n in points:
+            across = releases.samples[f"{label(ACROSS, n)} (flow)"][0].detail
+            same = releases.samples[f"{label(SAME, n)} (flow)"][0].detail
+            assert across["status"] == same["status"] == "migrated"
+            assert across["objects_copied"] == same["objects_copied"] > 0 and across["projects"] == same["projects"]
+            assert across["release"]["path"].startswith("upgrade 447db39c5455 -> ") and same["release"] == {}
+            assert set(PHASES) <= set(across["release"]["seconds"]) and across["release"]["seconds"]["total"] > 0
+            assert releases.split["points"][str(n)]["staged_rows"]["projects"] == across["projects"]
+        assert len(releases.targets) == len(points) and "extra (flow)" in printed and "staging: template" in printed
+
+    # the consolidation: every user into their own account, beside one owner's as many studies, and on Dask
+    consolidation = results["consolidation"]
+    sizes_c = ConsolidationSizes.smoke()
+    for tool in (CONSOLIDATION, SINGLE, DASK):
+        detail = consolidation.samples[f"{tool} (flow)"][0].detail
+        assert detail["status"] == "migrated" and detail["projects"] == sizes_c.studies, tool
+        assert detail["objects_copied"] == consolidation.objects == sizes_c.studies * sizes_c.files, tool
+    assert consolidation.samples[f"{CONSOLIDATION} (flow)"][0].detail["users"] == sizes_c.users
+    assert set(consolidation.split["ratios"]) == {"consolidation / single user", "consolidation, dask / consolidation",
+                                                  "consolidation, dask / single user"}
+    assert "objects/s, consolidation / single user" in printed
 
     written = json.loads(path.read_text())
     assert set(written["scenarios"]) == {*SCENARIOS, *EXTRA}
