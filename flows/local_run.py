@@ -12,12 +12,15 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from projmig.report import MigrationReport
 from projmig.settings import MigrationSettings
 
 from .console import copy_progress, err, say
 from .credentials import resolve_credentials
+
+if TYPE_CHECKING:
+    from projmig.report import MigrationReport
 
 
 async def resolved(settings: MigrationSettings, *, importing: threading.Thread | None = None) -> MigrationSettings:
