@@ -59,3 +59,33 @@ def test_plan_and_verify_import_no_prefect() -> None:
     print(f"flows.cli + projmig.commands: {took:.2f} s, {len(modules)} modules")
     assert among(modules, PREFECT) == []
     assert "projmig.commands" in modules and "sqlalchemy" in modules  # (the check sees what it looks for)
+
+
+def test_a_local_server_still_starting_is_used_not_started_again(tmp_path, monkeypatch) -> None:
+    """`projmig migrate` starts the local Prefect server without waiting for it (it imports Prefect
+    meanwhile): a second command finding it recorded, not yet answering but running, uses it and
+    waits for it; a record whose server is gone is not used (flows/local_api.py)."""
+    import os
+
+    from flows import local_api
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PROJMIG_PREFECT_API", raising=False)
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "no-profiles.toml"))
+    spawned: list[str] = []
+    monkeypatch.setattr(local_api, "_spawn", lambda home: spawned.append(str(home)) or "http://127.0.0.1:9/api")
+    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands for the server
+    try:
+        (tmp_path / local_api.RECORD).write_text(json.dumps(
+            {"api_url": "http://127.0.0.1:9/api", "pid": starting.pid, "started": time.time()}))
+        assert local_api.use_local_api(print, start=False, wait=False) is True and spawned == []
+        assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
+        monkeypatch.delenv("PREFECT_API_URL")
+        starting.kill()
+        starting.wait()
+        assert local_api.use_local_api(print, start=False, wait=False) is False  # gone: not used
+        assert local_api.use_local_api(print, start=True, wait=False) is True and spawned == [str(tmp_path)]
+    finally:
+        starting.kill()
+        starting.wait()
