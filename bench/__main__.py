@@ -1,4 +1,5 @@
 """``python -m bench all | smoke | scale | releases | consolidation | large small mixed rerun insert memory [--runs N] [--set option=value]``
+(``python -m bench datapaths``: the data paths compared, bench/datapaths.py)
 
 Starts its own servers (two SeaweedFS, two PostgreSQL on 127.0.0.1) and a Prefect server, seeds
 the source with the sample builder, measures projmig against rclone / s5cmd / a raw aiobotocore
@@ -199,6 +200,11 @@ def _parse_set(values: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["datapaths"]:  # the data paths side by side (bench/datapaths.py)
+        from .datapaths import main as datapaths
+
+        return datapaths(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="+", choices=["all", "smoke", *SCENARIOS, *EXTRA])

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
 from rich.text import Text
 
-from projmig.report import MigrationReport
 from projmig.text import printable
 from projmig.units import human_bytes
 
 from .progress import add_listener, remove_listener
+
+if TYPE_CHECKING:  # the report's model (the plan's, the graph's: SQLAlchemy) is not needed to print a line
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from projmig.report import MigrationReport
 
 NOT_A_TERMINAL_WIDTH = 100  # rules and tables in a log (CI, `| tee`)
 
@@ -60,6 +63,8 @@ def print_report(report: MigrationReport, console: Console | None = None) -> Non
 
 
 def _project_table(report: MigrationReport) -> Table:
+    from rich.table import Table
+
     table = Table(title=Text(printable(report.headline())), title_justify="left", show_edge=False)
     for column in ("project", "name", "kind", "nodes", "files", "objects", "bytes"):
         numeric = column in ("nodes", "files", "objects", "bytes")
@@ -94,6 +99,8 @@ def _print_details(report: MigrationReport, out: Console) -> None:
 def copy_progress() -> Iterator[None]:
     """A progress bar on stderr (a terminal only) of the bytes this process's copies move, while
     the block runs (``flows/progress.py`` brings them here)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     with Progress(
         TextColumn("[bold]copying[/] {task.fields[objects]} objects"),
         BarColumn(),

@@ -61,11 +61,13 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def use_local_api(say: Callable[[str], None], *, start: bool = True) -> bool | None:
+def use_local_api(say: Callable[[str], None], *, start: bool = True, wait: bool = True) -> bool | None:
     """Point this process's Prefect client (before Prefect is imported) at the local server, starting
     it if need be and ``start``. True: the local server is in use; False: it is not running (and
     ``start`` was False); None: not ours to choose (an API is configured, or
-    ``PROJMIG_PREFECT_API=ephemeral`` asks for Prefect's temporary one)."""
+    ``PROJMIG_PREFECT_API=ephemeral`` asks for Prefect's temporary one). ``wait=False``: return as
+    soon as a server is starting (its address is known): the caller does other work (imports Prefect)
+    meanwhile and calls :func:`wait_for_local_api` before its first Prefect call."""
     if configured_api_url() or os.environ.get("PROJMIG_PREFECT_API") == "ephemeral":
         return None
     home = prefect_home()
@@ -73,13 +75,57 @@ def use_local_api(say: Callable[[str], None], *, start: bool = True) -> bool | N
     with (home / "projmig-api.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one projmig process starts it, the others wait and reuse it
         url = _recorded_url(home)
-        if url is None or not healthy(url):
+        if url is None or not (healthy(url) or _starting(home)):
             if not start:
                 return False
             say(f"Starting a local Prefect server in the background for this and later runs (once; "
                 f"`prefect server stop` stops it; its log: {home / 'projmig-api.log'}) ...")
-            url = _start(home)
+            url = _spawn(home)
+        if wait:  # (under the lock: a command started meanwhile waits, then finds it healthy)
+            wait_for_local_api()
     os.environ["PREFECT_API_URL"] = url
+    return True
+
+
+def wait_for_local_api(timeout: float = START_TIMEOUT) -> None:
+    """Wait until the server :func:`use_local_api` started in this PREFECT_HOME answers; stop it and
+    raise if it exits or does not answer within ``timeout`` seconds."""
+    home = prefect_home()
+    try:
+        record = json.loads((home / RECORD).read_text())
+        url, pid = str(record["api_url"]), int(record["pid"])
+    except (OSError, ValueError, KeyError):
+        raise ProjmigError(f"the local Prefect server's record {home / RECORD} is gone") from None
+    deadline = time.monotonic() + timeout
+    while not healthy(url, timeout=1.0):
+        if not _alive(pid) or time.monotonic() > deadline:
+            stop_local_api()
+            raise ProjmigError(f"the local Prefect server did not start (see {home / 'projmig-api.log'})")
+        time.sleep(0.2)
+
+
+def _starting(home: Path) -> bool:
+    """The recorded server was started less than START_TIMEOUT ago (by another command, which
+    released the lock before it answered) and still runs: use it, do not start a second one."""
+    try:
+        record = json.loads((home / RECORD).read_text())
+        started, pid = float(record["started"]), int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return time.time() - started < START_TIMEOUT and _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """The server process still runs (a child of this command that exited is reaped here)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: started by another command
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
     return True
 
 
@@ -121,7 +167,8 @@ def server_environment(home: Path) -> dict[str, str]:
             "PREFECT_SERVER_UI_ENABLED": "false"}
 
 
-def _start(home: Path) -> str:
+def _spawn(home: Path) -> str:
+    """Start ``prefect server start`` in the background and record it; its address (not yet answering)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -134,11 +181,5 @@ def _start(home: Path) -> str:
             start_new_session=True,  # outlives this command; not stopped by its Ctrl-C
         )
     (home / PREFECT_PID_FILE).write_text(str(process.pid))
-    (home / RECORD).write_text(json.dumps({"api_url": url, "pid": process.pid}))
-    deadline = time.monotonic() + START_TIMEOUT
-    while not healthy(url, timeout=1.0):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_local_api()
-            raise ProjmigError(f"the local Prefect server did not start (see {home / 'projmig-api.log'})")
-        time.sleep(0.2)
+    (home / RECORD).write_text(json.dumps({"api_url": url, "pid": process.pid, "started": time.time()}))
     return url

@@ -12,12 +12,16 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from projmig.report import MigrationReport
 from projmig.settings import MigrationSettings
 
 from .console import copy_progress, err, say
 from .credentials import resolve_credentials
+from .local_api import wait_for_local_api
+
+if TYPE_CHECKING:
+    from projmig.report import MigrationReport
 
 
 async def resolved(settings: MigrationSettings, *, importing: threading.Thread | None = None) -> MigrationSettings:
@@ -40,9 +44,11 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
     from projmig.run import MigrationRun
 
     quiet_prefect(verbose)
-    # with a Prefect API at hand, Prefect is imported (~1.5 s of CPU) while the preflight waits on
-    # the servers; without, the local API is started only after the preflight passed
-    importing = _import_in_background("flows.migrate") if use_prefect_api(start=False) is not False else None
+    # with a Prefect API at hand (or the local server still starting), Prefect is imported (~1.5 s of
+    # CPU) while the preflight waits on the servers; without, the local server is started only after
+    # the preflight passed, and Prefect imported while it starts (another process: ~15 s here)
+    api = use_prefect_api(start=False, wait=False)
+    importing = _import_in_background("flows.migrate") if api is not False else None
     try:
         # credentials resolved once for the run (the flow gets their values, masked in its parameters);
         # bad input fails here, in seconds, before Prefect starts
@@ -57,7 +63,10 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
             # instead of exiting 2 after its error line
             importing.join()
     if importing is None:
-        use_prefect_api()
+        api = use_prefect_api(wait=False)
+        importlib.import_module("flows.migrate")
+    if api:
+        wait_for_local_api()
     from flows.migrate import migrate_project
 
     with copy_progress():
@@ -74,12 +83,13 @@ def quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
-def use_prefect_api(start: bool = True) -> bool | None:
+def use_prefect_api(start: bool = True, wait: bool = True) -> bool | None:
     """A Prefect API for this command: the configured one, else a local server kept running in the
-    background for later commands (``flows/local_api.py``), else Prefect's temporary one."""
+    background for later commands (``flows/local_api.py``; ``wait=False``: maybe still starting,
+    :func:`flows.local_api.wait_for_local_api` waits), else Prefect's temporary one."""
     from flows.local_api import use_local_api
 
-    chosen = use_local_api(lambda message: say(err, message), start=start)
+    chosen = use_local_api(lambda message: say(err, message), start=start, wait=wait)
     if chosen is None:
         _say_if_prefect_is_new()
     return chosen

@@ -12,8 +12,9 @@
   ETag check is deleted again only while it still carries that mark.
 - A failure that retrying cannot fix aborts the upload; a transient one (network, 5xx) keeps it
   for the rerun to continue. Either way the error names the object and the cause.
-- Same endpoint and credentials on both sides: the server copies single-part objects
-  (``CopyObject``, verified by ETag). Multipart objects are still streamed with the source's layout:
+- Same endpoint and credentials on both sides: the server copies single-part objects, one
+  ``CopyObject`` each, held to the planned ETag and bearing the mark (``REPLACE``), verified by the
+  ETag it answers. Multipart objects are still streamed with the source's layout:
   SeaweedFS's ``UploadPartCopy`` answers with per-chunk ETags (``<md5>-2`` for a 6 MiB part), so
   its result could not be verified against the source's ETag.
 - The bytes held in memory at once are bounded (:class:`projmig.budget.ByteBudget`, shared by the
@@ -254,21 +255,41 @@ class ObjectCopier:
             ) from exc
 
     async def _server_side_copy(self, item: ObjectCopy) -> CopyOutcome:
-        # the copy gets our mark instead of the source's metadata: REPLACE, carrying the rest over
-        head = await self.retry(
-            f"{item.src_key}: HEAD", lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key)
-        )
-        check_unchanged(item, etag_of(head["ETag"]), head["ContentLength"])
-        headers = _carried_headers(head, mark_of(item.src_key, item.dst_key))
-        resp = await self.retry(
-            f"{item.dst_key}: server-side copy",
-            lambda: self.dst_data.copy(
-                self.src_bucket, item.src_key, self.dst_bucket, item.dst_key, if_match=f'"{item.etag}"', **headers
-            ),
-        )
+        """One request: CopyObject of the source if its ETag is still the planned one
+        (``x-amz-copy-source-if-match``), ``MetadataDirective=REPLACE`` with this migration's mark as
+        the copy's only metadata. What the plan's listing gave (size, ETag) is all it needs: the
+        source's content headers and user metadata are not read (that took a HEAD per object), so
+        the copy has none of them (S3's REPLACE resets them: docs/providers.md)."""
+        mark = {"Metadata": {COPY_MARK: mark_of(item.src_key, item.dst_key)}}
+        try:
+            resp = await self.retry(
+                f"{item.dst_key}: server-side copy",
+                lambda: self.dst_data.copy(
+                    self.src_bucket, item.src_key, self.dst_bucket, item.dst_key, if_match=f'"{item.etag}"', **mark
+                ),
+            )
+        except ClientError as exc:
+            if error_code(exc) in ("PreconditionFailed", "412"):  # the server held the copy to the ETag
+                raise _changed(item, "its ETag is no longer the planned one") from exc
+            if error_code(exc) == "NoSuchKey":  # (a missing destination bucket is NoSuchBucket)
+                raise _changed(item, "it is gone") from exc
+            raise
         etag = etag_of(resp["CopyObjectResult"]["ETag"])
         if etag != item.etag:
+            # A server that ignores the condition (Ceph 16.2 without x-amz-copy-if-match) copied what
+            # is there now; the source tells whether it changed (a HEAD, on this rare path only).
             removed = await self._discard(item)
+            try:
+                head = await self.retry(
+                    f"{item.src_key}: HEAD", lambda: self.src.head_object(Bucket=self.src_bucket, Key=item.src_key)
+                )
+            except ClientError as exc:
+                if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                    raise
+                raise _changed(item, "it is gone", f"the server copied what was there: {removed}") from exc
+            if etag_of(head["ETag"]) != item.etag or head["ContentLength"] != item.size:
+                now = f"ETag {etag_of(head['ETag'])}, {head['ContentLength']} bytes"
+                raise _changed(item, now, f"the server copied it anyway: {removed}")
             raise VerificationError(f"{item.dst_key}: destination ETag {etag} != source {item.etag}; {removed}")
         self.on_bytes(item.size)
         return CopyOutcome(
@@ -375,6 +396,14 @@ def _carried_headers(resp: dict[str, Any], mark: str) -> dict[str, Any]:
             headers[name] = resp[name]
     headers["Metadata"] = {**without_marks(resp.get("Metadata"), [MARKER]), COPY_MARK: mark}
     return headers
+
+
+def _changed(item: ObjectCopy, now: str, copied: str = "") -> TransferError:
+    """The source object is no longer the one planned (as :func:`projmig.multipart.check_unchanged` says it)."""
+    return TransferError(
+        f"{item.src_key}: source object changed since the plan ({now}; planned {item.etag}, {item.size} bytes): "
+        f"rerun the migration" + (f" ({copied})" if copied else "")
+    )
 
 
 def _named(item: ObjectCopy, exc: ClientError) -> TransferError:

@@ -6,10 +6,11 @@ every error names what is wrong, never the DSN itself (it holds a password)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from sqlalchemy.engine import URL
+if TYPE_CHECKING:  # imported where a URL is made (settings are read without SQLAlchemy)
+    from sqlalchemy.engine import URL
 
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 SSL_MODES: tuple[str, ...] = SslMode.__args__  # type: ignore[attr-defined]
@@ -63,6 +64,8 @@ def parse_dsn(dsn: str) -> ParsedDsn:
         ssl[DSN_SSL_PARAMETERS[key]] = value
     if ssl.get("ssl", "prefer") not in SSL_MODES:
         raise DsnError(f"sslmode must be one of {', '.join(SSL_MODES)}")
+    from sqlalchemy.engine import URL
+
     url = URL.create(
         "postgresql+asyncpg", username=unquote(user), password=unquote(password) if password else None,
         host=host, port=port, database=database,

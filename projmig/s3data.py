@@ -61,6 +61,10 @@ CARRIED = {  # botocore name -> header, for the headers a copy carries over
 }
 
 
+# The copy condition as Ceph's RADOS Gateway 16.2 reads it: it ignores x-amz-copy-source-if-match
+# (S3's name) and honours this one (412 PreconditionFailed); sent as well, to Ceph only.
+CEPH_COPY_IF_MATCH = "x-amz-copy-if-match"
+
 CHECKSUMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")  # S3's additional checksums (botocore: Checksum<name>)
 
 
@@ -122,10 +126,13 @@ async def digest(algorithm: str, data: io.BytesIO) -> bytes:
 
 
 class BotoData:
-    """The data calls through an aiobotocore client."""
+    """The data calls through an aiobotocore client. ``ceph``: the client's CopyObject requests carry
+    their condition under Ceph's name as well (:data:`CEPH_COPY_IF_MATCH`)."""
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, *, ceph: bool = False):
         self.client = client
+        if ceph:  # the client's own event handlers (botocore copies the session's per client)
+            client.meta.events.register("before-sign.s3.CopyObject", _ceph_copy_condition, unique_id=CEPH_COPY_IF_MATCH)
 
     async def get(
         self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None,
@@ -174,6 +181,12 @@ class BotoData:
             return await _sha256_of(body.iter_chunks(READ_CHUNK))
 
 
+def _ceph_copy_condition(request: AWSRequest, **_: Any) -> None:
+    etag = request.headers.get("x-amz-copy-source-if-match")
+    if etag:
+        request.headers[CEPH_COPY_IF_MATCH] = etag
+
+
 async def _sha256_of(chunks: AsyncIterator[bytes]) -> str:
     hasher = hashlib.sha256()
     async for chunk in chunks:
@@ -209,6 +222,7 @@ class LeanData:
         # the Host header as botocore derives it from the URL (default ports dropped), once
         self.host = S3SigV4Auth.headers_to_sign(self.signer, AWSRequest(method="GET", url=self.base))["host"]
         self.http = http
+        self.ceph = settings.provider == Provider.CEPH
 
     # -- the calls ------------------------------------------------------------------------------
 
@@ -257,6 +271,8 @@ class LeanData:
             "x-amz-metadata-directive": "REPLACE",
             **_object_headers(headers),
         }
+        if self.ceph:
+            fields[CEPH_COPY_IF_MATCH] = if_match
         url, signed = self._signed("PUT", bucket, key, {}, fields, EMPTY_SHA256)
         async with self.http.put(url, headers=signed) as resp:
             if resp.status != 200:
@@ -430,7 +446,7 @@ async def data_path(
 ) -> AsyncIterator[DataPath]:
     """The data calls for one side: LeanData where possible (and ``lean``), else ``client``'s."""
     if not (lean and lean_possible(settings)):
-        yield BotoData(client)
+        yield BotoData(client, ceph=settings.provider == Provider.CEPH)
         return
     connector = aiohttp.TCPConnector(limit=max_connections, ssl=tls_context(settings))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)

@@ -17,10 +17,12 @@ from projmig.marks import COPY_MARK, ledger_key, mark_of, write_record
 from projmig.objects import compare_with_destination
 from projmig.plan import ObjectCopy
 from projmig.s3 import Retrier, is_transient, s3_client
-from projmig.sandbox import CephServer
+from projmig.s3data import data_path
+from projmig.sandbox import CephServer, Sandbox
 from projmig.settings import S3Settings
 
-from .conftest import Simcore, empty_and_remove, unique, upload_started_by_projmig
+from .conftest import CEPH, SEAWEEDFS, Simcore, empty_and_remove, unique, upload_started_by_projmig
+from .faults.proxy import FaultProxy
 
 MiB = 1024 * 1024
 retry = Retrier(attempts=3, timeout=60, initial_wait=0.05)
@@ -117,7 +119,8 @@ async def test_server_side_copy_on_the_same_endpoint(fixture_simcore: Simcore) -
     other = await fixture_simcore.sandbox.source.create_bucket(fixture_simcore.source_s3.bucket + "-b")
     async with s3_client(fixture_simcore.source_s3) as client:
         sb, db = fixture_simcore.source_s3.bucket, other.bucket
-        # the source is itself a copy: its mark is replaced, the rest of its metadata carried over
+        # the source is itself a copy: the copy bears this migration's mark only (one request: the
+        # source's own metadata and content headers are not read, and S3's REPLACE resets them)
         await client.put_object(Bucket=sb, Key="p/small.txt", Body=b"x" * 5000, ContentType="text/plain",
                                 Metadata={"origin": "lab", COPY_MARK: "source=a;copy=p"})
         await put_multipart(client, sb, "p/multi.bin", os.urandom(11 * MiB), part=5 * MiB)
@@ -130,7 +133,7 @@ async def test_server_side_copy_on_the_same_endpoint(fixture_simcore: Simcore) -
         copied = await list_prefix(client, db, "p/", retry)
         assert all(copied[c.dst_key] == ObjectState(c.size, c.etag) for c in copies)
         head = await client.head_object(Bucket=db, Key="p/small.txt")
-        assert head["Metadata"] == {"origin": "lab", COPY_MARK: "source=p;copy=p"} and head["ContentType"] == "text/plain"
+        assert head["Metadata"] == {COPY_MARK: "source=p;copy=p"} and head["ContentType"] != "text/plain"
 
 
 async def test_a_changed_source_is_refused_by_name(bucket_clients) -> None:
@@ -142,6 +145,66 @@ async def test_a_changed_source_is_refused_by_name(bucket_clients) -> None:
     with pytest.raises(Exception, match="p/n/moving.txt: source object changed since the plan"):
         await copier.copy_all([(copy, None)])
     assert await list_prefix(dst, db, "p/", retry) == {}
+
+
+@pytest.fixture(params=[SEAWEEDFS, CEPH])
+async def one_endpoint(request: pytest.FixtureRequest, sandbox: Sandbox) -> AsyncIterator[tuple[S3Settings, S3Settings, int]]:
+    """(source bucket, destination bucket, the server's S3 port): two buckets of one SeaweedFS or one
+    Ceph RADOS Gateway, where projmig copies server-side."""
+    store = request.getfixturevalue("ceph") if request.param == CEPH else sandbox.source.s3
+    src, dst = await store.create_bucket(unique("ssc-src")), await store.create_bucket(unique("ssc-dst"))
+    try:
+        yield src, dst, store.s3_port
+    finally:
+        await empty_and_remove(src)
+        await empty_and_remove(dst)
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "botocore"])
+async def test_a_server_side_copy_is_one_request_per_object(one_endpoint, lean: bool) -> None:
+    """Counted at the server (a proxy in front of it): one CopyObject per single-part object, on
+    either data path; the copy bears the mark, in the form rollback reads it (user metadata)."""
+    src, dst, port = one_endpoint
+    async with s3_client(src) as client:
+        for i in range(6):
+            await client.put_object(Bucket=src.bucket, Key=f"p/n/{i} ü.txt", Body=os.urandom(1000 + i),
+                                    ContentType="text/plain", Metadata={"origin": "lab", COPY_MARK: "source=a;copy=p"})
+        copies = copies_of(await list_prefix(client, src.bucket, "p/", retry))
+    with FaultProxy("127.0.0.1", port, name="s3", http=True) as proxy:
+        via = src.model_copy(update={"endpoint": proxy.endpoint})
+        async with s3_client(via) as client, data_path(via, client, lean=lean) as data:
+            copier = ObjectCopier(client, client, src.bucket, dst.bucket, retry=retry, server_side=True,
+                                  src_data=data, dst_data=data)
+            outcomes = await copier.copy_all([(c, None) for c in copies])
+            sent = [(r.method, r.target.split("?")[0]) for r in proxy.requests]
+    assert {o.action for o in outcomes} == {"server-side"}
+    assert len(sent) == len(copies) and {method for method, _ in sent} == {"PUT"}, sent
+    assert all(target.startswith(f"/{dst.bucket}/p/n/") for _, target in sent), sent
+    async with s3_client(dst) as client:
+        assert await list_prefix(client, dst.bucket, "p/", retry) == {c.dst_key: ObjectState(c.size, c.etag) for c in copies}
+        for c in copies:
+            assert (await client.head_object(Bucket=dst.bucket, Key=c.dst_key))["Metadata"] == {COPY_MARK: "source=p;copy=p"}
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "botocore"])
+async def test_a_source_changed_since_the_plan_is_not_copied_server_side(one_endpoint, lean: bool) -> None:
+    """The copy is held to the planned ETag: a changed source is refused by the server (Ceph 16.2
+    reads the condition under its own name), by name, and nothing is written."""
+    src, dst, _ = one_endpoint
+    async with s3_client(src) as client, data_path(src, client, lean=lean) as data:
+        await client.put_object(Bucket=src.bucket, Key="p/n/moving.txt", Body=b"first")
+        await client.put_object(Bucket=src.bucket, Key="p/n/going.txt", Body=b"here")
+        moving, going = copies_of(await list_prefix(client, src.bucket, "p/", retry))[::-1]
+        await client.put_object(Bucket=src.bucket, Key="p/n/moving.txt", Body=b"second version")
+        await client.delete_object(Bucket=src.bucket, Key="p/n/going.txt")
+        copier = ObjectCopier(client, client, src.bucket, dst.bucket, retry=retry, server_side=True,
+                              src_data=data, dst_data=data)
+        with pytest.raises(CopyFailures) as failed:
+            await copier.copy_all([(moving, None), (going, None)])
+        assert "p/n/moving.txt: source object changed since the plan (its ETag is no longer the planned one" in str(failed.value)
+        assert "p/n/going.txt: source object changed since the plan (it is gone" in str(failed.value)
+        assert not any(f.transient for f in failed.value.failures)
+        assert await list_prefix(client, dst.bucket, "p/", retry) == {}
 
 
 def test_transient_errors_are_told_apart() -> None:
@@ -237,6 +300,25 @@ async def test_ceph_server_side_copy_answers_an_unquoted_etag(ceph: CephServer, 
         assert outcome.action == "server-side" and outcome.etag == copy.etag
         assert (await list_prefix(client, other.bucket, "p/", retry))["p/small.txt"] == ObjectState(5000, copy.etag)
     await empty_and_remove(other)
+
+
+async def test_a_copy_the_server_did_not_hold_to_the_etag_is_removed(ceph: CephServer, ceph_bucket) -> None:
+    """A server that ignores the copy's condition (Ceph 16.2 asked under S3's name only) copies a
+    changed source: the copy's ETag tells, the source's HEAD says why, and the marked copy goes."""
+    other = await ceph.create_bucket(unique("cephssc"))
+    try:
+        async with s3_client(ceph_bucket) as client:
+            sb = ceph_bucket.bucket
+            await client.put_object(Bucket=sb, Key="p/n/moving.txt", Body=b"first")
+            [copy] = copies_of(await list_prefix(client, sb, "p/", retry))
+            await client.put_object(Bucket=sb, Key="p/n/moving.txt", Body=b"second version")
+            copier = ObjectCopier(client, client, sb, other.bucket, retry=retry, server_side=True)  # plain BotoData
+            with pytest.raises(CopyFailures, match=r"p/n/moving.txt: source object changed since the plan \(ETag \w+, 14 bytes; "
+                               r"planned \w+, 5 bytes\): rerun the migration \(the server copied it anyway: removed"):
+                await copier.copy_all([(copy, None)])
+            assert await list_prefix(client, other.bucket, "p/", retry) == {}
+    finally:
+        await empty_and_remove(other)
 
 
 async def test_ceph_errors_without_a_message_are_still_explained(bucket_clients, ceph_bucket) -> None:
