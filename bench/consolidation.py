@@ -11,7 +11,7 @@ The two arrangements live in two source databases of their own (the consolidatio
 single owner) beside one bucket; the destination's template has an account for every one of them
 (the same e-mail, other ids). Every measured run goes into a fresh copy of that template and an empty
 bucket. Seeding: one S3 client and a few database connections for all studies (the sample builder's
-per-study parts, :func:`projmig.sandbox.sample._insert_project`), not one
+per-study parts, :func:`projmig.sandbox.sample.insert_project`), not one
 :func:`~projmig.sandbox.sample.build_sample_project` call per study, which makes its own clients
 (~50 ms a study here against ~12 ms).
 """
@@ -33,7 +33,7 @@ import asyncpg
 
 from projmig.s3 import s3_client
 from projmig.s3data import data_path
-from projmig.sandbox.sample import SampleProject, SampleSpec, _insert_project, _Uploader
+from projmig.sandbox.sample import SampleProject, SampleSpec, insert_project, Uploader
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.settings import DatabaseSettings, S3Settings
 
@@ -165,8 +165,8 @@ async def seed_studies(db: DatabaseSettings, s3: S3Settings, studies: list[tuple
     now = datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None) - timedelta(days=30)
     made: list[SampleProject] = []
     pending = iter(studies)
-    async with s3_client(s3) as client, data_path(s3, client, max_connections=_Uploader.UPLOAD_CONCURRENCY) as data:
-        up = _Uploader(client, data, s3.bucket)
+    async with s3_client(s3) as client, data_path(s3, client, max_connections=Uploader.UPLOAD_CONCURRENCY) as data:
+        up = Uploader(client, data, s3.bucket)
 
         async def worker() -> None:
             conn = await asyncpg.connect(asyncpg_dsn(db))
@@ -178,7 +178,7 @@ async def seed_studies(db: DatabaseSettings, s3: S3Settings, studies: list[tuple
                     project = str(uuid.UUID(int=rng.getrandbits(128), version=4))
                     study = SampleProject(uuid=project, node_ids=[], children=[], file_ids=[], objects={})
                     async with conn.transaction():
-                        study.node_ids = await _insert_project(conn, up, study, project, spec, rng, owner, "osparc",
+                        study.node_ids = await insert_project(conn, up, study, project, spec, rng, owner, "osparc",
                                                                now, parent=None)
                     made.append(study)
             finally:

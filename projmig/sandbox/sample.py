@@ -76,7 +76,7 @@ class SampleProject:
         return sum(self.objects.values())
 
 
-class _Uploader:
+class Uploader:
     """PUTs objects: ``concurrency`` at once, bodies made when sent (never all in memory)."""
 
     UPLOAD_CONCURRENCY = 32
@@ -146,13 +146,13 @@ async def build_sample_project(
     conn = await asyncpg.connect(asyncpg_dsn(db))
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     try:
-        async with s3_client(s3) as client, data_path(s3, client, max_connections=_Uploader.UPLOAD_CONCURRENCY) as data:
-            up = _Uploader(client, data, s3.bucket)
+        async with s3_client(s3) as client, data_path(s3, client, max_connections=Uploader.UPLOAD_CONCURRENCY) as data:
+            up = Uploader(client, data, s3.bucket)
             project = _uuid(rng)
             children = [_uuid(rng) for _ in range(spec.hidden_children)]
             result = SampleProject(uuid=project, node_ids=[], children=children, file_ids=[], objects={})
             async with conn.transaction():
-                nodes = await _insert_project(conn, up, result, project, spec, rng, owner_id, product, now, parent=None)
+                nodes = await insert_project(conn, up, result, project, spec, rng, owner_id, product, now, parent=None)
                 result.node_ids = nodes
                 parent = (project, nodes[0])
                 for index, child in enumerate(children):
@@ -161,7 +161,7 @@ async def build_sample_project(
                         soft_link=False, multipart_size=0, hidden_children=0, deployment_bound_rows=False,
                         special_names=False, seed=spec.seed * 1000 + index + 1, name=f"{spec.name} job {index}",
                     )
-                    child_nodes = await _insert_project(
+                    child_nodes = await insert_project(
                         conn, up, result, child, child_spec, rng, owner_id, product, now,
                         parent=parent, root=(project, nodes[0]),
                     )
@@ -173,8 +173,8 @@ async def build_sample_project(
         await conn.close()
 
 
-async def _insert_project(
-    conn: asyncpg.Connection, up: _Uploader, result: SampleProject, project: str, spec: SampleSpec,
+async def insert_project(
+    conn: asyncpg.Connection, up: Uploader, result: SampleProject, project: str, spec: SampleSpec,
     rng: random.Random, owner_id: int, product: str, now: datetime,
     parent: tuple[str, str] | None, root: tuple[str, str] | None = None,
 ) -> list[str]:
