@@ -20,11 +20,13 @@ COMPARED = {
     "small same-endpoint": ["projmig same-endpoint (flow)", "projmig same-endpoint (process)",
                             "rclone same-endpoint", "s5cmd (server-side)"],
     "large": ["projmig (flow)", "projmig (process)", "rclone copy", "s5cmd down+up", "raw aiobotocore"],
-    "mixed": ["projmig (flow)", "projmig (process)", "rclone copy", "raw aiobotocore"],
-    "rerun": ["projmig rerun (flow)", "projmig rerun (process)", "rclone copy --checksum"],
+    "mixed": ["projmig (flow)", "projmig (process)", "rclone copy", "s5cmd down+up", "raw aiobotocore"],
+    "rerun": ["projmig rerun (flow)", "projmig rerun (process)", "projmig rerun, no server running (process)",
+              "rclone copy --checksum"],
     "consolidation": ["projmig consolidation (flow)", "projmig single user (flow)", "projmig consolidation, dask (flow)"],
 }
-STAGE_ORDER = ["plan", "first migration", "no-op rerun", "verify", "insert", "rclone copy --checksum"]
+STAGE_ORDER = ["plan", "first migration", "no-op rerun", "verify", "insert", "rclone copy", "s5cmd down+up",
+               "rclone copy --checksum"]
 
 
 def _comparison(data: dict[str, Any]) -> list[tuple[str, list[tuple[str, float]]]]:
@@ -74,7 +76,7 @@ def draw(data: dict[str, Any], out: Path) -> Path:
                 values = curve["stages"].get(stage)
                 if values is None:
                     continue
-                style = "--" if stage.startswith("rclone") else "-"
+                style = "--" if stage.startswith(("rclone", "s5cmd")) else "-"
                 ax.plot(curve["objects"], [1000 * v for v in _per_object(values[what], curve["objects"])],
                         style, marker="o", label=stage)
             ax.set_xscale("log")

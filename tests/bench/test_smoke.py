@@ -52,7 +52,7 @@ def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, p
     curve = results["scale"].split["curve"]
     scale = ScaleSizes.smoke()
     assert curve["objects"] == list(scale.points) and curve["file_rows"][0] < curve["objects"][0]
-    for stage in (*STAGES, "rclone copy --checksum"):
+    for stage in (*STAGES, "rclone copy", "s5cmd down+up", "rclone copy --checksum"):
         assert all(s > 0 for s in curve["stages"][stage]["seconds"]), stage
     for n in scale.points:
         first = results["scale"].samples[f"scale {n:,}: first migration"][0].detail
