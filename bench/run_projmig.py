@@ -24,6 +24,8 @@ STARTED = time.perf_counter()
 
 import asyncio  # noqa: E402
 import functools  # noqa: E402
+import importlib.abc  # noqa: E402
+import importlib.util  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -120,6 +122,35 @@ def capture_release(module: Any) -> dict[str, Any]:
     return seen
 
 
+class AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``hooks[name](module)`` right after the module ``name`` is executed, when the code under
+    measure imports it: the CLI chooses its Prefect API (flows/local_api.py sets PREFECT_API_URL)
+    before it imports Prefect, whose settings are fixed at import; importing Prefect here first would
+    make a CLI run without a server use Prefect's temporary server instead of the local one."""
+
+    def __init__(self, hooks: dict[str, Any]):
+        self.hooks = dict(hooks)
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name not in self.hooks:
+            return None
+        hook = self.hooks.pop(name)
+        spec = importlib.util.find_spec(name)  # (this finder no longer answers for it)
+        execute = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            hook(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+    def install(self) -> None:
+        for name in [n for n in self.hooks if n in sys.modules]:  # already imported: now
+            self.hooks.pop(name)(sys.modules[name])
+        sys.meta_path.insert(0, self)
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -131,32 +162,34 @@ def cli(job: dict[str, Any], result: dict[str, Any]) -> None:
     clock = StepClock()
     clock.install(steps)
     crossing = capture_release(steps)
-    import prefect.task_engine
-
-    import flows.migrate
-
     task_runs: list[float] = []  # when each task run started (Prefect's Task.__call__ runs it through run_task)
-    run_task = prefect.task_engine.run_task
-
-    def counted_run_task(*args: Any, **kwargs: Any) -> Any:
-        task_runs.append(time.perf_counter())
-        return run_task(*args, **kwargs)
-
-    prefect.task_engine.run_task = counted_run_task
-    from flows.cli import app
-
-    flow = flows.migrate.migrate_project
     timing: dict[str, Any] = {}
 
-    async def timed_flow(*args: Any, **kwargs: Any) -> Any:
-        timing["cpu0"], timing["began"] = cpu_seconds(), time.perf_counter()
-        try:
-            timing["report"] = await flow(*args, **kwargs)
-            return timing["report"]
-        finally:
-            timing["ended"], timing["cpu1"] = time.perf_counter(), cpu_seconds()
+    def count_task_runs(task_engine: Any) -> None:
+        run_task = task_engine.run_task
 
-    flows.migrate.migrate_project = timed_flow  # the CLI imports it when it runs
+        def counted_run_task(*args: Any, **kwargs: Any) -> Any:
+            task_runs.append(time.perf_counter())
+            return run_task(*args, **kwargs)
+
+        task_engine.run_task = counted_run_task
+
+    def time_the_flow(module: Any) -> None:
+        flow = module.migrate_project
+
+        async def timed_flow(*args: Any, **kwargs: Any) -> Any:
+            timing["cpu0"], timing["began"] = cpu_seconds(), time.perf_counter()
+            try:
+                timing["report"] = await flow(*args, **kwargs)
+                return timing["report"]
+            finally:
+                timing["ended"], timing["cpu1"] = time.perf_counter(), cpu_seconds()
+
+        module.migrate_project = timed_flow  # the CLI takes it from the module when it runs
+
+    AfterImport({"prefect.task_engine": count_task_runs, "flows.migrate": time_the_flow}).install()
+    from flows.cli import app
+
     result["import_seconds"] = time.perf_counter() - STARTED
     try:
         app(["migrate", "--config", job["config"]], standalone_mode=False)

@@ -146,6 +146,7 @@ def run_rounds(runs: int, steps: list[Callable[[], list[Sample] | Sample]], resu
                 result.notes.append(f"rounds spread more than {100 * SPREAD_LIMIT:.0f} % ({', '.join(f'{t} {v}' for t, v in wide.items())}): "
                                     f"{SPREAD_ROUNDS} rounds")
                 total = SPREAD_ROUNDS
+                result.runs = max(result.runs, total)
 
 
 def _copy_steps(env: BenchEnv, sample: SampleProject, *, projmig_options: dict[str, Any], s5cmd: bool, raw: bool,
