@@ -13,7 +13,9 @@ import asyncio
 import functools
 import inspect
 import json
+import signal
 import sys
+import threading
 import typing
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -103,9 +105,28 @@ def _default(name: str) -> Any:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command; known errors become ``error:`` lines and an exit code, never a traceback."""
-    with errors_as_lines():
+    with errors_as_lines(), interrupt_stops():
         return asyncio.run(coro)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def interrupt_stops() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt where the command is, as in plain Python. (asyncio's own
+    handling only cancels the main task, and a cancellation can be absorbed on its way, e.g. by a
+    cancel scope in a library a step awaits: the run then went on to the end, seen once in the suite.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _interrupted)  # not default_int_handler: asyncio keeps off it
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @contextmanager
