@@ -38,7 +38,14 @@ from typing import Any
 
 from projmig.releases import OsparcMigrations, connect
 from projmig.s3 import s3_client
-from projmig.sandbox.osparc_releases import WORKBENCH_REVISION, Study, create_osparc_database, seed_identities, seed_study
+from projmig.sandbox.osparc_releases import (
+    WORKBENCH_REVISION,
+    Study,
+    create_osparc_database,
+    seed_identities,
+    seed_study,
+    stored_keys,
+)
 from projmig.settings import DatabaseSettings, S3Settings
 
 from . import tools
@@ -204,19 +211,8 @@ async def _seed(db: DatabaseSettings, s3: S3Settings, studies: int, sizes: Relea
 
 
 async def _put_objects(db: DatabaseSettings, s3: S3Settings, studies: list[Study], *, dry: bool = False) -> list[str]:
-    """An object for each file row of ``studies`` (two under a directory entry's prefix; none for a
-    soft link), as the source deployment's storage holds them: the keys (put unless ``dry``)."""
-    projects = [p for study in studies for p in study.projects]
-    conn = await connect(db)
-    try:
-        rows = await conn.fetch("SELECT object_name, is_directory, is_soft_link FROM file_meta_data "
-                                "WHERE project_id = ANY($1::text[]) ORDER BY object_name", projects)
-    finally:
-        await conn.close()
-    keys: list[str] = []
-    for row in rows:
-        if not row["is_soft_link"]:
-            keys += [f"{row['object_name']}/part-{i}.dat" for i in range(2)] if row["is_directory"] else [row["object_name"]]
+    """An object for each file row of ``studies`` (:func:`stored_keys`): the keys (put unless ``dry``)."""
+    keys = await stored_keys(db, [p for study in studies for p in study.projects])
     if dry:
         return keys
     slots = asyncio.Semaphore(16)

@@ -322,3 +322,25 @@ async def _files(
     await file_row(f"{project}/{nodes[-1]}/link_to_number.txt", nodes[-1], owner, 10, is_soft_link=True,
                    object_name=target)
     return made
+
+
+DIRECTORY_PARTS = 2  # objects a seeded directory entry's prefix holds in storage
+
+
+async def stored_keys(db: DatabaseSettings, projects: list[str]) -> list[str]:
+    """The S3 keys the file rows of ``projects`` stand for, as a deployment's storage holds them: a
+    file's object name, :data:`DIRECTORY_PARTS` objects under a directory entry's prefix, nothing for a
+    soft link (its target is another row's object)."""
+    conn = await connect(db)
+    try:
+        rows = await conn.fetch("SELECT object_name, is_directory, is_soft_link FROM file_meta_data "
+                                "WHERE project_id = ANY($1::text[]) ORDER BY object_name", projects)
+    finally:
+        await conn.close()
+    keys: list[str] = []
+    for row in rows:
+        if row["is_directory"]:
+            keys += [f"{row['object_name']}/part-{i}.dat" for i in range(DIRECTORY_PARTS)]
+        elif not row["is_soft_link"]:
+            keys.append(row["object_name"])
+    return keys

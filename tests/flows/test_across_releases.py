@@ -24,7 +24,7 @@ from projmig.errors import PreflightError
 from projmig.releases import OsparcMigrations, connect
 from projmig.s3 import s3_client
 from projmig.sandbox import Sandbox
-from projmig.sandbox.osparc_releases import Study, create_osparc_database, seed_identities, seed_study
+from projmig.sandbox.osparc_releases import Study, create_osparc_database, seed_identities, seed_study, stored_keys
 from projmig.sandbox.simcore import Identities
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 
@@ -57,20 +57,9 @@ class Deployments:
 
 
 async def put_objects(db: DatabaseSettings, s3: S3Settings, projects: list[str]) -> dict[str, bytes]:
-    """An object for each file row of ``projects`` (two under a directory entry's prefix), as the
-    source deployment's storage holds them."""
-    conn = await connect(db)
-    try:
-        rows = await conn.fetch("SELECT object_name, is_directory, is_soft_link FROM file_meta_data "
-                                "WHERE project_id = ANY($1::text[])", projects)
-    finally:
-        await conn.close()
-    objects: dict[str, bytes] = {}
-    for row in rows:
-        if row["is_soft_link"]:
-            continue
-        keys = [f"{row['object_name']}/part-{i}.dat" for i in range(2)] if row["is_directory"] else [row["object_name"]]
-        objects.update({key: secrets.token_bytes(100 + len(objects)) for key in keys})
+    """An object for each file row of ``projects`` (:func:`stored_keys`), as the source deployment's
+    storage holds them."""
+    objects = {key: secrets.token_bytes(100 + i) for i, key in enumerate(await stored_keys(db, projects))}
     async with s3_client(s3) as client:
         for key, body in objects.items():
             await client.put_object(Bucket=s3.bucket, Key=key, Body=body)
