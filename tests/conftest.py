@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import itertools
 import os
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
+import warnings
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +40,7 @@ from projmig.marks import COPY_MARK, create_recorded_upload, mark_of
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.run import MigrationRun
 from projmig.s3 import Retrier, s3_client
-from projmig.sandbox import CephServer, Identities, S3Store, Sandbox
+from projmig.sandbox import CephServer, Identities, S3Store, Sandbox, free_port
 from projmig.sandbox.simcore import SCHEMA_SQL_ENV, asyncpg_dsn, fixture_schema_sql, load_schema, seed
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 from projmig.verify import verified_states
@@ -91,7 +96,7 @@ def case_id(case: tuple[str, tuple[str, str]]) -> str:
 # and PREFECT_HOME (above). No grouping of tests is needed: Ceph starts in ~2 s, the Prefect API in ~10 s.
 
 MARKS_BY_FIXTURE = {
-    "prefect": "prefect_api", "prefect_server": "prefect_api",
+    "prefect": "prefect_api", "prefect_session_api": "prefect_api", "prefect_server": "prefect_api",
     "ceph": "ceph",
     "faulty": "fault_proxy", "proxies": "fault_proxy", "dst_s3_proxy": "fault_proxy",
     "source_server": "slow", "staging_server": "slow",
@@ -318,13 +323,93 @@ def local_prefect_api() -> Iterator[None]:
     stop_local_api()
 
 
-@pytest.fixture(scope="session")
-def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One temporary Prefect API for the session (its first start is slow)."""
-    from prefect.testing.utilities import prefect_test_harness
+class SessionPrefectApi:
+    """The session's Prefect API: Prefect's own server app under uvicorn in a process of its own, on a
+    port claimed like every other server of the suite's (projmig.sandbox.free_port), SQLite in a
+    directory of its own, its output in ``server.log`` there. A server that stops answering is started
+    again on the same port (the tests that already ran keep their results) with a warning that
+    carries the tail of its log, instead of every later test on this worker erroring at setup."""
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    def __init__(self, home: Path) -> None:
+        self.home, self.port = home, free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.log = home / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
+               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        env.pop("PREFECT_API_URL", None)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
+                 "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--lifespan", "on"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the session's Prefect API did not start; its log:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=10) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def prefect_session_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionPrefectApi]:
+    api = SessionPrefectApi(tmp_path_factory.mktemp("prefect-api"))
+    api.start()
+    try:
+        yield api
+    finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.utilities.asyncutils import run_coro_as_sync
+
+        async def drain() -> None:  # (as prefect_test_harness does, so that no late log or event hits a stopped server)
+            for result in (APILogWorker.instance().drain(), EventsWorker.drain_all()):
+                if inspect.isawaitable(result):
+                    await result
+
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api.url}):
+                run_coro_as_sync(drain())
+        finally:
+            api.stop()
+
+
+@pytest.fixture
+def prefect(prefect_session_api: SessionPrefectApi) -> Iterator[None]:
+    """The session's Prefect API as this test's PREFECT_API_URL (its first start is slow)."""
+    import prefect.context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if not prefect_session_api.healthy():
+        was = prefect_session_api.process.poll() if prefect_session_api.process else None
+        warnings.warn(f"the session's Prefect API stopped answering (exit status {was}); started again. "
+                      f"Its log:\n{prefect_session_api.log_tail()}", stacklevel=1)
+        prefect_session_api.stop()
+        prefect_session_api.start()
+    with temporary_settings(updates={PREFECT_API_URL: prefect_session_api.url}):
+        with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+            yield
 
 
 # -- independent views of a deployment (the databases' own text, the objects' bytes) -------------

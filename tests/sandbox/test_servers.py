@@ -68,3 +68,18 @@ async def test_s3_rejects_other_credentials_and_never_creates_buckets(sandbox: S
         with pytest.raises(ClientError) as info:
             await client.put_object(Bucket=unique("missing"), Key="x", Body=b"1")
         assert info.value.response["Error"]["Code"] == "NoSuchBucket"
+
+
+def test_a_session_prefect_api_that_died_is_started_again(prefect_session_api, request: pytest.FixtureRequest) -> None:
+    """One worker's Prefect server once stopped answering mid-session and every later test on that
+    worker errored at setup: the ``prefect`` fixture now starts it again, and says so with its log."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    prefect_session_api.process.kill()
+    prefect_session_api.process.wait()
+    assert not prefect_session_api.healthy()
+    with pytest.warns(UserWarning, match=r"(?s)stopped answering \(exit status -9\); started again\. Its log:"):
+        request.getfixturevalue("prefect")
+    assert PREFECT_API_URL.value() == prefect_session_api.url
+    assert httpx.get(f"{prefect_session_api.url}/health", timeout=10).json() is True
