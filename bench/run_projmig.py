@@ -11,6 +11,7 @@ with the job on stdin (``{"mode": "cli" | "insert" | "plan" | "verify", "setting
   root project) alone, timed (no Prefect).
 - ``plan``: what ``projmig plan`` computes (preflight, graph, plan), timed (no Prefect).
 - ``verify``: what ``projmig verify`` computes (``"deep": false``: ``--quick``), timed (no Prefect).
+- ``library``: the whole migration through ``projmig.commands.migrate`` (no Prefect), timed.
 
 Every mode reports ``<mode>_seconds`` (wall) and ``<mode>_cpu_seconds`` (this process's CPU over
 the same span: on a busy machine the steadier measure of the work done).
@@ -197,6 +198,7 @@ def cli(job: dict[str, Any], result: dict[str, Any]) -> None:
         raise SystemExit(exc.code) from None
     report = timing["report"]
     began, ended = timing["began"], timing["ended"]
+    result.update(flow_began_seconds=began - STARTED, cli_returned_seconds=time.perf_counter() - STARTED)
     flow_seconds = ended - began
     library = clock.union(within=(began, ended))
     calls = clock.summary(within=(began, ended))  # not the CLI's own preflight before the flow
@@ -283,7 +285,26 @@ async def verify(job: dict[str, Any], result: dict[str, Any]) -> None:
     )
 
 
-MODES = {"insert": insert, "plan": plan, "verify": verify}
+async def library(job: dict[str, Any], result: dict[str, Any]) -> None:
+    """The same migration through the library's own pipeline (``projmig.commands.migrate``), no
+    Prefect in the process: what the flow costs beyond projmig's work, and how Prefect's presence
+    changes the steps' own times."""
+    from projmig import commands, steps
+    from projmig.settings import MigrationSettings
+
+    clock = StepClock()
+    clock.install(steps)
+    settings = MigrationSettings.parse(job["settings"], origin="bench")
+    result["import_seconds"] = time.perf_counter() - STARTED
+    began, cpu = time.perf_counter(), cpu_seconds()
+    report = await commands.migrate(settings)
+    ended = time.perf_counter()
+    result.update(library_seconds=ended - began, library_cpu_seconds=cpu_seconds() - cpu, stages=report.seconds,
+                  steps=clock.summary(within=(began, ended)), status=report.status, objects=report.objects,
+                  objects_copied=report.objects_copied, rows_inserted=report.rows)
+
+
+MODES = {"insert": insert, "plan": plan, "verify": verify, "library": library}
 
 
 def peak_rss_mb() -> float:

@@ -149,8 +149,17 @@ def run_rounds(runs: int, steps: list[Callable[[], list[Sample] | Sample]], resu
                 result.runs = max(result.runs, total)
 
 
+LIBRARY = "projmig library, no Prefect"  # the same migration through projmig.commands.migrate: what Prefect costs
+
+
+def _library(env: BenchEnv, project: str, dest: Any, options: dict[str, Any]) -> list[Sample]:
+    inner, whole = tools.projmig(env, project, dest, options=options, mode="library", label=LIBRARY)
+    inner.tool, whole.tool = f"{LIBRARY} (pipeline)", f"{LIBRARY} (process)"
+    return [inner, whole]
+
+
 def _copy_steps(env: BenchEnv, sample: SampleProject, *, projmig_options: dict[str, Any], s5cmd: bool, raw: bool,
-                raw_part: int, same_endpoint: bool) -> list[Callable[[], Any]]:
+                raw_part: int, same_endpoint: bool, library: bool = False) -> list[Callable[[], Any]]:
     def fresh(run: Callable[[Any], Any], **kw: Any) -> Callable[[], Any]:
         def step() -> Any:
             dest = env.fresh_destination(**kw)
@@ -167,6 +176,8 @@ def _copy_steps(env: BenchEnv, sample: SampleProject, *, projmig_options: dict[s
     ]
     if s5cmd:
         steps.append(fresh(lambda d: tools.s5cmd_down_up(env, sample.uuid, d), with_db=False))
+    if library:
+        steps.append(fresh(lambda d: _library(env, sample.uuid, d, projmig_options)))
     if raw:
         steps.append(fresh(lambda d: tools.raw(env, sample.objects, d, part_size=raw_part), with_db=False))
     if same_endpoint:
@@ -241,9 +252,14 @@ def run_small(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], l
     result = ScenarioResult("small", f"{len(sample.objects)} objects of {sizes.small_size // KiB} KiB", runs,
                             len(sample.objects), sample.total_bytes)
     run_rounds(runs, _copy_steps(env, sample, projmig_options=options, s5cmd=True, raw=True, raw_part=16 * MiB,
-                              same_endpoint=sizes.same_endpoint), result, log)
+                              same_endpoint=sizes.same_endpoint, library=True), result, log)
     projmig_split(result)
     result.targets = against_the_faster(result, ("s5cmd down+up",))
+    result.notes.append(
+        f"Prefect's cost (the same migration without it, {LIBRARY}): flow {result.median('projmig (flow)'):.2f} s against "
+        f"{result.median(f'{LIBRARY} (pipeline)'):.2f} s; whole process {result.median('projmig (process)'):.2f} s against "
+        f"{result.median(f'{LIBRARY} (process)'):.2f} s; s5cmd down+up / the library's pipeline: "
+        f"{result.ratio('s5cmd down+up', f'{LIBRARY} (pipeline)'):.2f}x")
     result.notes.append(f"rclone copy: {result.ratio('rclone copy'):.2f}x the flow")
     if "s5cmd (server-side)" in result.samples:
         result.targets += against_the_faster(result, ("s5cmd (server-side)",), "projmig same-endpoint (flow)",
