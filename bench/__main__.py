@@ -10,7 +10,9 @@ loop on the same data in the same run, prints one table per scenario and writes
 the same one between equal releases at 1, 5 and 20 studies (``--release-studies``; needs osparc's
 package: bench/releases.py); ``consolidation`` (not part of ``all``) 50 users × 10 studies into their
 own accounts against one owner's 500 studies, and on a Dask cluster (``--consolidation USERSxSTUDIES``:
-bench/consolidation.py); ``smoke`` runs everything at tiny sizes.
+bench/consolidation.py); ``dask`` (not part of ``all``) the many-small-files migration at 10,000 objects on
+a Dask cluster of two worker processes next to one process (``--dask-files N``: bench/cluster.py);
+``smoke`` runs everything at tiny sizes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .cluster import DaskSizes, run_dask
 from .consolidation import ConsolidationSizes, run_consolidation
 from .env import BenchEnv
 from .releases import ReleasesSizes, run_releases
@@ -46,7 +49,7 @@ from .scenarios import (
 )
 
 SCENARIOS = ["large", "small", "mixed", "rerun", "insert", "memory"]  # "all"
-EXTRA = ["scale", "releases", "consolidation"]  # only when named (and in smoke)
+EXTRA = ["scale", "releases", "consolidation", "dask"]  # only when named (and in smoke)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -65,6 +68,7 @@ def run(
     scale: ScaleSizes | None = None,
     releases: ReleasesSizes | None = None,
     consolidation: ConsolidationSizes | None = None,
+    dask: DaskSizes | None = None,
 ) -> tuple[dict[str, ScenarioResult], Path]:
     """Run the chosen scenarios; returns their results and the JSON file written."""
     began = time.perf_counter()
@@ -80,6 +84,7 @@ def run(
     scale = scale or (ScaleSizes.smoke() if smoke else ScaleSizes())
     releases = releases or (ReleasesSizes.smoke() if smoke else ReleasesSizes())
     consolidation = consolidation or (ConsolidationSizes.smoke() if smoke else ConsolidationSizes())
+    dask = dask or (DaskSizes.smoke() if smoke else DaskSizes())
     options = options or {}
     root = Path(workdir or tempfile.mkdtemp(prefix="projmig-bench-"))
     if not smoke and sizes.large >= GiB and shutil.disk_usage(root).free < 8 * GiB:
@@ -113,6 +118,8 @@ def run(
                 res = run_releases(env, runs, releases, options, log)
             elif name == "consolidation":
                 res = run_consolidation(env, runs, consolidation, options, log)
+            elif name == "dask":
+                res = run_dask(env, runs, dask, options, log)
             else:
                 if rerun_sample is None:
                     rerun_sample = env.seed(SampleSpec(
@@ -142,6 +149,8 @@ def run(
         meta["releases_sizes"] = releases.__dict__
     if "consolidation" in selection:
         meta["consolidation_sizes"] = consolidation.__dict__
+    if "dask" in selection:
+        meta["dask_sizes"] = dask.__dict__
     path = write_json(results, results_dir, meta)
     picture = _draw(path, log)
     log(f"load average (1/5/15 min) at the start {load_at_start}, at the end {meta['load_average']['end']} "
@@ -218,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="studies per migration of the releases scenario (default 1,5,20)")
     parser.add_argument("--consolidation", default=None, metavar="USERSxSTUDIES",
                         help="users and studies per user of the consolidation scenario (default 50x10)")
+    parser.add_argument("--dask-files", type=int, default=None, help="files of the dask scenario (default 10000)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the servers' data here (default: a temp dir)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--profile", action="store_true",
@@ -238,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.consolidation:
         users, _, studies = args.consolidation.lower().partition("x")
         consolidation.users, consolidation.studies_per_user = int(users), int(studies)
+    dask = DaskSizes.smoke() if smoke else DaskSizes()
+    if args.dask_files:
+        dask.files = args.dask_files
     run(args.scenarios, runs=runs, sizes=sizes, options=_parse_set(args.set), workdir=args.workdir,
-        results_dir=args.results, profile=args.profile, scale=scale, releases=releases, consolidation=consolidation)
+        results_dir=args.results, profile=args.profile, scale=scale, releases=releases, consolidation=consolidation,
+        dask=dask)
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from bench import cluster
 from bench.__main__ import EXTRA, SCENARIOS, run
 from bench.consolidation import CONSOLIDATION, DASK, SINGLE, ConsolidationSizes
 from bench.releases import ACROSS, PHASES, SAME, ReleasesSizes, label
@@ -41,6 +42,9 @@ def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, p
     assert large["status"] == "migrated" and large["objects_copied"] == 1 and large["bytes_copied"] == sizes.large
     small = projmig_detail("small", "projmig (flow)")
     assert small["objects_copied"] == sizes.small_files and small["task_runs"] > 0
+    library = projmig_detail("small", "projmig library, no Prefect (pipeline)")  # the same migration, no flow
+    assert library["status"] == "migrated" and library["objects_copied"] == sizes.small_files and "task_runs" not in library
+    assert "Prefect's cost (the same migration without it" in printed
     rerun = projmig_detail("rerun", "projmig rerun (flow)")
     assert rerun["objects_copied"] == 0 and rerun["bytes_copied"] == 0 and rerun["copy_task_runs"] == 0
     insert = projmig_detail("insert", "projmig insert (flow)")
@@ -89,6 +93,13 @@ def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, p
     assert set(consolidation.split["ratios"]) == {"consolidation / single user", "consolidation, dask / consolidation",
                                                   "consolidation, dask / single user"}
     assert "objects/s, consolidation / single user" in printed
+
+    # copy task runs on a real Dask cluster (a scheduler and two worker processes) beside one process
+    dask = results["dask"]
+    for tool in (cluster.SINGLE, cluster.CLUSTER):
+        detail = dask.samples[f"{tool} (flow)"][0].detail
+        assert detail["status"] == "migrated" and detail["objects_copied"] == cluster.DaskSizes.smoke().files, tool
+    assert "on the cluster:" in printed
 
     written = json.loads(path.read_text())
     assert set(written["scenarios"]) == {*SCENARIOS, *EXTRA}
