@@ -13,6 +13,7 @@ SeaweedFS), on the real schema when it is given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import itertools
@@ -334,10 +335,11 @@ class SessionPrefectApi:
         self.home, self.port = home, free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.log = home / "server.log"
+        self.database = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> None:
-        env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
+        env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.database,
                "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
         with self.log.open("ab") as out:
@@ -366,6 +368,23 @@ class SessionPrefectApi:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """This server as Prefect's API (and its database as the server's, where tests look for what
+        a run left behind), started again first if it stopped answering."""
+        import prefect.context
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+        if not self.healthy():
+            was = self.process.poll() if self.process else None
+            warnings.warn(f"the session's Prefect API stopped answering (exit status {was}); started again. "
+                          f"Its log:\n{self.log_tail()}", stacklevel=1)
+            self.stop()
+            self.start()
+        with temporary_settings(updates={PREFECT_API_URL: self.url, PREFECT_SERVER_DATABASE_CONNECTION_URL: self.database}):
+            with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+                yield
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -398,18 +417,8 @@ def prefect_session_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
 @pytest.fixture
 def prefect(prefect_session_api: SessionPrefectApi) -> Iterator[None]:
     """The session's Prefect API as this test's PREFECT_API_URL (its first start is slow)."""
-    import prefect.context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if not prefect_session_api.healthy():
-        was = prefect_session_api.process.poll() if prefect_session_api.process else None
-        warnings.warn(f"the session's Prefect API stopped answering (exit status {was}); started again. "
-                      f"Its log:\n{prefect_session_api.log_tail()}", stacklevel=1)
-        prefect_session_api.stop()
-        prefect_session_api.start()
-    with temporary_settings(updates={PREFECT_API_URL: prefect_session_api.url}):
-        with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
-            yield
+    with prefect_session_api.in_use():
+        yield
 
 
 # -- independent views of a deployment (the databases' own text, the objects' bytes) -------------

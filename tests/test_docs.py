@@ -44,7 +44,7 @@ from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.schema import TABLE_RULES
 from projmig.settings import DatabaseSettings, HostSettings, MigrationOptions, MigrationSettings, S3Settings, template
 
-from .conftest import Simcore, Templates, make_simcore
+from .conftest import SessionPrefectApi, Simcore, Templates, make_simcore
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -446,7 +446,8 @@ async def run_page(page: Path, workdir: Path, sandbox: Sandbox, templates: dict[
 
 @pytest.fixture(scope="module")
 async def examples(
-    sandbox: Sandbox, templates: dict[str, Templates], prefect: None, tmp_path_factory: pytest.TempPathFactory
+    sandbox: Sandbox, templates: dict[str, Templates], prefect_session_api: SessionPrefectApi,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[Path, list[Ran]]:
     """Every page's examples run (pages side by side, each on deployments of its own)."""
     pages_at_once = asyncio.Semaphore(RUN_PAGES_AT_ONCE)
@@ -455,7 +456,8 @@ async def examples(
         async with pages_at_once:
             return await run_page(page, tmp_path_factory.mktemp(f"docs-{page.stem}"), sandbox, templates)
 
-    results = dict(zip(PAGES, await asyncio.gather(*(one(page) for page in PAGES))))
+    with prefect_session_api.in_use():
+        results = dict(zip(PAGES, await asyncio.gather(*(one(page) for page in PAGES))))
     for page, ran in results.items():  # shown with -s
         if ran:
             print(f"\n{rel(page)}: {len(ran)} blocks in {sum(r.seconds for r in ran):.1f} s "
