@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from projmig.sandbox import free_port
+from projmig.sandbox.processes import spawn_logged, stop_process
 from projmig.sandbox.sample import SampleSpec
 
 from . import tools
@@ -60,9 +61,7 @@ def dask_cluster(env: BenchEnv, sizes: DaskSizes) -> Iterator[str]:
             ("worker", [str(bin_dir / "dask"), "worker", address, "--host", "127.0.0.1", "--nworkers", str(sizes.workers),
                         "--nthreads", str(sizes.threads), "--no-dashboard", "--local-directory", str(logs / "space")]),
         ):
-            with (logs / f"{name}.log").open("wb") as out:
-                processes.append(subprocess.Popen(cmd, env=child, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                                  start_new_session=True))
+            processes.append(spawn_logged(cmd, env=child, log=logs / f"{name}.log", cwd=REPO))
             if name == "scheduler":
                 time.sleep(1.0)
         with Client(address, timeout=60) as client:
@@ -70,13 +69,7 @@ def dask_cluster(env: BenchEnv, sizes: DaskSizes) -> Iterator[str]:
         yield address
     finally:
         for process in reversed(processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, timeout=30, group=True)  # (a worker's own worker processes with it)
 
 
 def run_dask(env: BenchEnv, runs: int, sizes: DaskSizes, options: dict[str, Any], log: Callable[[str], None]) -> ScenarioResult:

@@ -9,16 +9,15 @@ import dataclasses
 import itertools
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from projmig.s3 import s3_client
-from projmig.sandbox import LocalDeployment, Sandbox
+from projmig.sandbox import LocalDeployment, Sandbox, free_port
+from projmig.sandbox.processes import prefect_server_env, start_prefect_server, stop_process
 from projmig.sandbox.sample import SampleProject, SampleSpec, build_sample_project
 from projmig.settings import DatabaseSettings, S3Settings
 
@@ -111,43 +110,16 @@ class BenchEnv:
                 os.environ["PREFECT_HOME"] = home
 
     def _start_prefect_server(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        env = {**os.environ, **self.prefect_env(), "PREFECT_UI_ENABLED": "false"}
-        env.pop("PREFECT_API_URL", None)
-        log = open(self.workdir / "prefect-server.log", "wb")
-        self._prefect = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-             "--no-ui", "--analytics-off", "--no-scheduler", "--no-late-runs"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-        url = f"http://127.0.0.1:{port}/api"
-        deadline = time.monotonic() + 180
-        import urllib.request
-
-        while time.monotonic() < deadline:
-            if self._prefect.poll() is not None:
-                raise RuntimeError(f"prefect server exited: {(self.workdir / 'prefect-server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        self.prefect_api_url = url
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("prefect server did not answer within 180 s")
+        port = free_port()
+        env = prefect_server_env({**os.environ, **self.prefect_env()}, services=True)
+        # as users run it, minus the services that would only add noise here (no schedules, no late runs)
+        self._prefect = start_prefect_server(port, env=env, log=self.workdir / "prefect-server.log", services=True,
+                                             options=["--no-scheduler", "--no-late-runs"], timeout=180)
+        self.prefect_api_url = f"http://127.0.0.1:{port}/api"
 
     def stop(self) -> None:
-        if self._prefect is not None:
-            self._prefect.terminate()  # our own child, by its handle
-            try:
-                self._prefect.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._prefect.kill()
-                self._prefect.wait()
-            self._prefect = None
+        stop_process(self._prefect, timeout=15, group=True)
+        self._prefect = None
         if self._own_sandbox:
             self.sandbox.stop()
             shutil.rmtree(self.workdir / "servers", ignore_errors=True)

@@ -20,10 +20,8 @@ import itertools
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import warnings
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -41,7 +39,8 @@ from projmig.marks import COPY_MARK, create_recorded_upload, mark_of
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.run import MigrationRun
 from projmig.s3 import Retrier, s3_client
-from projmig.sandbox import CephServer, Identities, S3Store, Sandbox, free_port
+from projmig.sandbox import CephServer, Identities, S3Store, Sandbox, ServerError, free_port
+from projmig.sandbox.processes import answers, log_tail, prefect_server_env, start_prefect_server, stop_process
 from projmig.sandbox.simcore import SCHEMA_SQL_ENV, asyncpg_dsn, fixture_schema_sql, load_schema, seed
 from projmig.settings import DatabaseSettings, MigrationSettings, S3Settings
 from projmig.verify import verified_states
@@ -339,35 +338,17 @@ class SessionPrefectApi:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> None:
-        env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.database,
-               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        env.pop("PREFECT_API_URL", None)
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
-                 "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--lifespan", "on"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the session's Prefect API did not start; its log:\n{self.log_tail()}")
-            time.sleep(0.2)
+        env = prefect_server_env(os.environ, database=self.database, services=False)
+        try:
+            self.process = start_prefect_server(self.port, env=env, log=self.log, services=False, timeout=timeout)
+        except ServerError as error:
+            raise RuntimeError(f"the session's Prefect API did not start: {error}") from None
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=10) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
+        return answers(f"{self.url}/health")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10, group=True)
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator[None]:
@@ -386,8 +367,8 @@ class SessionPrefectApi:
             with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
                 yield
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+    def log_tail(self) -> str:
+        return log_tail(self.log)
 
 
 @pytest.fixture(scope="session")

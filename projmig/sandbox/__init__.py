@@ -17,7 +17,8 @@ import asyncpg
 
 from ..settings import DatabaseSettings, S3Settings
 from .ceph import CephServer
-from .servers import PostgresServer, S3Store, SeaweedServer, ServerError, find_pg_bindir, free_port
+from .processes import ServerError
+from .servers import PostgresServer, S3Store, SeaweedServer, find_pg_bindir, free_port
 from .simcore import FIXTURE_REVISION, Identities, load_schema, schema_sql, seed
 
 __all__ = [

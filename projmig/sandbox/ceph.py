@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from ..settings import Provider
+from .processes import spawn_logged, stop_process
 from .servers import S3Store, ServerError, free_port
 
 BINARIES = ("ceph", "ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool")
@@ -158,8 +159,7 @@ class CephServer(S3Store):
             raise ServerError(f"`{' '.join(cmd)}` failed ({out.returncode}): {said[-1500:]}")
 
     def _spawn(self, root: Path, name: str, cmd: list[str]) -> None:
-        with open(root / "log" / f"{name}.out", "wb") as log:
-            self.processes[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = spawn_logged(cmd, env=os.environ, log=root / "log" / f"{name}.out")
 
     def _check_alive(self, root: Path) -> None:
         for name, process in self.processes.items():
@@ -197,11 +197,7 @@ class CephServer(S3Store):
                 _terminate(process)
             deadline = time.monotonic() + 2
             for process in stopping:
-                try:
-                    process.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process, timeout=max(0.0, deadline - time.monotonic()))
         self.processes = {}
 
     def __enter__(self) -> CephServer:

@@ -24,12 +24,9 @@ from pathlib import Path
 
 from ..s3 import s3_client
 from ..settings import Provider, S3Settings
+from .processes import ServerError, spawn_logged, stop_process
 
 PG_PASSWORD_FILE = "pwfile"
-
-
-class ServerError(RuntimeError):
-    pass
 
 
 # Ports handed out by any process of this user, one file each holding the claiming process's pid: the
@@ -311,9 +308,7 @@ class SeaweedServer(S3Store):
             self.https_port = free_port()
             cmd += [f"-s3.port.https={self.https_port}", f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}"]
         env = dict(os.environ, GOMEMLIMIT="300MiB")
-        log = open(self.workdir / "weed.log", "wb")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
+        self.process = spawn_logged(cmd, env=env, log=self.workdir / "weed.log")
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> SeaweedServer:
@@ -346,12 +341,7 @@ class SeaweedServer(S3Store):
     def stop(self) -> None:
         if self.process is None:
             return
-        self.request_stop()
-        try:
-            self.process.wait(timeout=5)  # a throwaway server: no need to wait for a slow flush
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=5)  # a throwaway server: no need to wait for a slow flush
         self.process = None
 
     def __enter__(self) -> SeaweedServer:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import PrefectClient
 
 from projmig.s3 import s3_client
 from projmig.sandbox import free_port
+from projmig.sandbox.processes import prefect_server_env, spawn_logged, start_prefect_server, stop_process
 from projmig.sandbox.sample import SampleSpec, build_sample_project
 from projmig.sandbox.simcore import asyncpg_dsn
 from projmig.settings import S3Settings
@@ -60,19 +59,12 @@ class PrefectServer:
 
 
 def stop(process: subprocess.Popen, timeout: float = 20) -> None:
-    """Stop a process group this test started (SIGTERM, then SIGKILL)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
+    """Stop a process this test started, with its whole group (a worker's flow-run processes too)."""
+    stop_process(process, timeout=timeout, group=True)
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, start_new_session=True)
+    return spawn_logged(cmd, env=env, log=log, cwd=log.parent)
 
 
 def run_cli(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -83,21 +75,11 @@ def run_cli(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 300
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     home = tmp_path_factory.mktemp("prefect-server")
     server = PrefectServer(url=f"http://127.0.0.1:{free_port()}/api", home=home)
-    port = server.url.split(":")[2].split("/")[0]
-    env = server.env(PREFECT_HOME=str(home), PREFECT_SERVER_UI_ENABLED="false", PREFECT_SERVER_API_AUTH_STRING=AUTH)
-    process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port, "--no-ui"],
-                    env, home / "server.log")
+    port = int(server.url.split(":")[2].split("/")[0])
+    env = server.env(PREFECT_HOME=str(home), PREFECT_SERVER_API_AUTH_STRING=AUTH)
+    process = start_prefect_server(port, env=prefect_server_env(env, services=True), log=home / "server.log",
+                                   services=True)  # (its late-runs and cancellation services: what workers need)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (home / "server.log").read_text()
-            try:
-                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:  # (the one path open without auth)
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the Prefect server did not start in 120 s"
-            time.sleep(0.3)
         yield server
     finally:
         stop(process)
