@@ -15,7 +15,7 @@ from prefect.utilities.annotations import quote
 
 from projmig.buckets import ObjectState
 from projmig.copier import CopyOutcome
-from projmig.insert import RootInsert
+from projmig.insert import Confirm, RootInsert
 from projmig.pipeline import Steps
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.preflight import PreflightReport
@@ -73,12 +73,14 @@ class TaskSteps(Steps):
             yield result
 
     async def insert_roots(
-        self, run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
+        self, run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str],
+        confirm: Confirm | None = None,
     ) -> list[RootInsert]:
         owner = next((p.owner_id for p in plan.projects if p.src_uuid in roots), None)
         named = tasks.insert_rows.with_options(task_run_name=f"insert {len(roots)} projects of user {owner}") \
             if plan.projects and len({p.owner_id for p in plan.projects}) > 1 else tasks.insert_rows
-        return await named(run, quote(plan), quote(verified), roots)
+        # (an async task runs in the flow's event loop: ``confirm`` awaits the flow's listing there)
+        return await named(run, quote(plan), quote(verified), roots, quote(confirm))
 
 
     async def rollback_rows(self, run: MigrationRun, *, dry_run: bool) -> RollbackResult:

@@ -20,7 +20,7 @@ from prefect.context import TaskRunContext
 from projmig import steps
 from projmig.buckets import ObjectState
 from projmig.copier import CopyOutcome
-from projmig.insert import RootInsert
+from projmig.insert import Confirm, RootInsert
 from projmig.pipeline import Steps
 from projmig.plan import MigrationPlan, ObjectCopy
 from projmig.preflight import PreflightReport
@@ -78,9 +78,10 @@ async def copy_objects(transfer: TransferSettings, batch: Batch, run: MigrationR
 
 @task(name="insert-rows", cache_policy=NONE)
 async def insert_rows(
-    run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
+    run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str],
+    confirm: Confirm | None = None,
 ) -> list[RootInsert]:
-    return await steps.insert_roots(run, plan, verified, roots)
+    return await steps.insert_roots(run, plan, verified, roots, confirm)
 
 
 @task(name="rollback-rows", cache_policy=NONE)

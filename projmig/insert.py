@@ -18,7 +18,7 @@ advisory lock, so that neither fails on the other's ``CREATE``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,17 +92,29 @@ class InsertRecord(BaseModel):
     inserted_at: datetime
 
 
+Confirm = Callable[[MigrationPlan], Awaitable[None]]
+"""Called with a root's plan just before its COMMIT: raises :class:`NotConfirmed` (the transaction
+is rolled back) unless the destination holds that root's objects in the states the rows record."""
+
+
+class NotConfirmed(InsertError):
+    """The objects were not confirmed in the states the rows record: rolled back, to be inserted again
+    from what the destination's listing shows (:func:`projmig.pipeline.migrate` does)."""
+
+
 async def insert_plan(
     engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], *, source: AsyncEngine,
-    source_listing: Lister,
+    source_listing: Lister, confirm: Confirm | None = None,
 ) -> InsertResult:
     """``verified``: destination key -> state, as verified after copying (sizes and ETags to record).
     ``source``, ``source_listing`` (prefix -> {key: (size, ETag)} in the source bucket): the source,
-    read again just before COMMIT (:func:`_refuse_changed_source`)."""
+    read again just before COMMIT (:func:`_refuse_changed_source`), after ``confirm``, if given."""
     committing = False
     try:
         async with engine.begin() as conn:
             result = await _insert(conn, plan, verified)
+            if confirm is not None:  # (first: the source is read again as late as it can be)
+                await confirm(plan)
             await _refuse_changed_source(
                 source, source_listing, [p for p in plan.projects if p.dst_uuid not in result.already_present])
             committing = True  # leaving the block sends COMMIT
@@ -370,10 +382,11 @@ class RootInsert:
 
 async def insert_each(
     engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], roots: list[str], *,
-    source: AsyncEngine, source_listing: Lister, concurrency: int = 4,
+    source: AsyncEngine, source_listing: Lister, concurrency: int = 4, confirm: Confirm | None = None,
 ) -> list[RootInsert]:
     """Each root's graph (the root and its hidden children) in a transaction of its own, ``concurrency``
-    at once: a project that fails is rolled back alone and the others are kept."""
+    at once: a project that fails is rolled back alone and the others are kept. ``confirm``: as
+    :func:`insert_plan` takes it, for each root."""
     groups = plan.roots()
     slots = asyncio.Semaphore(concurrency)
 
@@ -382,7 +395,8 @@ async def insert_each(
         async with slots:
             try:
                 return RootInsert(root, uuids, result=await insert_plan(
-                    engine, plan.subset(uuids), verified, source=source, source_listing=source_listing))
+                    engine, plan.subset(uuids), verified, source=source, source_listing=source_listing,
+                    confirm=confirm))
             except InsertError as exc:
                 return RootInsert(root, uuids, error=exc)
 

@@ -21,14 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from . import steps as library
 from .buckets import ObjectState
 from .copier import CopyOutcome
 from .errors import ProjmigError, TransferError, VerificationError
-from .insert import RootInsert
+from .insert import Confirm, NotConfirmed, RootInsert
 from .marks import project_of
 from .objects import batch_transfers
 from .plan import MigrationPlan, ObjectCopy
@@ -40,6 +41,8 @@ from .run import MigrationRun
 from .steps import Batch, Listed
 from .units import human_bytes
 from .verify import verified_states
+
+T = TypeVar("T")
 
 
 class Steps:
@@ -102,9 +105,11 @@ class Steps:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def insert_roots(
-        self, run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
+        self, run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str],
+        confirm: Confirm | None = None,
     ) -> list[RootInsert]:
-        return await library.insert_roots(run, plan, verified, roots)
+        """``confirm``: asked before each root's COMMIT (:func:`projmig.insert.insert_plan`)."""
+        return await library.insert_roots(run, plan, verified, roots, confirm)
 
     async def abort_uploads(self, run: MigrationRun, copies: list[ObjectCopy]) -> list[str]:
         return await library.abort_our_uploads(run, copies)
@@ -186,35 +191,38 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
             _count_users(report, checked)
             return await _end(steps, report, timer)
 
-    outcomes, there, lacking, copy_error = await _copy(run, steps, plan, report, timer, listed)
+    copied = await _copy(run, steps, plan, report, timer, listed)
     groups = plan.roots()
     causes: dict[str, BaseException] = {}
     kept: set[str] = set()  # keys whose unfinished uploads stay for a rerun to continue
-    for root, projects in groups.items():
-        own = {p.dst_uuid for p in projects}
-        mine = [(c, s) for c, s in lacking if project_of(c.dst_key) in own]
-        if not mine:
-            continue
-        if copy_error is not None:
-            causes[root] = copy_error
-            report.failed[root] = f"{len(mine)} objects not copied (e.g. {mine[0][0].dst_key}): {copy_error}"
-            if isinstance(copy_error, TransferError) and copy_error.transient:
-                kept.update(c.dst_key for c, _ in mine)
-        else:
-            total = sum(1 for c in plan.copies if project_of(c.dst_key) in own)
-            causes[root] = _not_matching(mine, total)
-            report.failed[root] = str(causes[root])
+    confirming = copied.verifying
+    try:
+        _fail_lacking(plan, list(groups), copied, causes, kept, report)
+        ready = [root for root in groups if root not in causes]
+        verified = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in copied.there}
+        gate = _ListingGate(confirming, verified) if confirming is not None else None
+        with timer("insert"):
+            inserted = await _insert(run, steps, plan, verified, ready, gate)
+        if confirming is not None:
+            held = [r.root for r in inserted if isinstance(r.error, NotConfirmed)]
+            inserted = [r for r in inserted if not isinstance(r.error, NotConfirmed)]
+            listing = await confirming  # (a listing that failed fails the run, as after any copy)
+            if held:
+                log.warning("the destination's listing did not confirm every object as copied: %d projects are "
+                            "inserted again from what it shows", len(held))
+                copied = await _verify(run, steps, plan.copies, copied.before, copied.copied, None, report, timer,
+                                       listing=listing)
+                _fail_lacking(plan, held, copied, causes, kept, report)
+                verified = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in copied.there}
+                with timer("insert"):
+                    inserted += await _insert(run, steps, plan, verified, [r for r in held if r not in causes], None)
+    finally:
+        if confirming is not None and not confirming.done():
+            confirming.cancel()
+            await asyncio.gather(confirming, return_exceptions=True)
     if kept:
         log.warning("network or server trouble: unfinished multipart uploads are kept so that a rerun continues "
                     "them (or run `projmig cleanup` to abort them)")
-
-    ready = [root for root in groups if root not in causes]
-    verified = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
-    with timer("insert"):
-        inserted = []
-        # owners in accounts of their own: one insert step per account (a unit per user in Prefect's UI)
-        for roots in _by_owner(plan, ready).values():
-            inserted += await steps.insert_roots(run, plan, verified, roots)
     for result in inserted:
         if result.error is not None:
             causes[result.root] = result.error
@@ -222,6 +230,7 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
         else:
             assert result.result is not None
             report.count_inserted(result.result)
+    outcomes = copied.outcomes
     # uploads of ours that this run, or an earlier different attempt (another part layout), left behind
     aborted = await steps.abort_uploads(run, [c for c in plan.copies if c.dst_key not in kept])
     if aborted and causes:
@@ -279,60 +288,163 @@ async def _end(steps: Steps, report: MigrationReport, timer: StageTimer, *, conc
     return report
 
 
+@dataclass
+class _Copied:
+    """What the copy left: ``outcomes`` (copied or already there), ``there`` (each object's state
+    to record: the last listing's, or while ``verifying`` runs, what the copies reported), ``lacking``
+    (planned objects the last listing did not see as their source), ``failure`` (the first copy
+    failure). ``before`` and ``copied``: the outcomes before the last pass and of it."""
+
+    outcomes: list[CopyOutcome]
+    there: list[CopyOutcome]
+    lacking: Batch
+    failure: Exception | None
+    verifying: asyncio.Future[tuple[list[CopyOutcome], Batch]] | None = None
+    before: list[CopyOutcome] = field(default_factory=list)
+    copied: list[CopyOutcome] = field(default_factory=list)
+
+
 async def _copy(
     run: MigrationRun, steps: Steps, plan: MigrationPlan, report: MigrationReport, timer: StageTimer,
     listed: Listed | None,
-) -> tuple[list[CopyOutcome], list[CopyOutcome], Batch, Exception | None]:
+) -> _Copied:
     """Copy what the destination lacks (``listed``: its listings taken earlier in this run), then list
-    it again: that listing verifies every planned object (size and ETag, or projmig's mark), and what
-    still differs (a cached task result can be stale if someone deleted the objects since) is copied
-    once more. Returns (what was copied or already there, the last listing's matches, what still
-    differs, the first copy failure). Timed as "copy" and "verify"."""
+    it again: that listing verifies every planned object (size and ETag, or projmig's mark). A first
+    pass without failure returns at once with that listing running (``verifying``): the rows are
+    inserted meanwhile, and each root commits only once the listing saw its objects as the copies
+    reported them (:class:`_ListingGate`). Else the listing is awaited here (:func:`_verify`).
+    Timed as "copy" and "verify"."""
     copies = plan.copies
     started = time.monotonic()
-    total_bytes = sum(c.size for c in copies)
     there, todo = await steps.compare(run, copies, listed)
-    outcomes = list(there)
     if there:
         steps.log.info("%d objects (%s) already in the destination", len(there), human_bytes(sum(o.size for o in there)))
     if not todo:  # that listing, taken in this run, saw every object with its source's size and ETag
         timer.add("verify", time.monotonic() - started)
-        return outcomes, there, [], None
+        return _Copied(list(there), there, [], None)
     timer.add("copy", time.monotonic() - started)
+    copied, failure = await _copy_pass(run, steps, copies, todo, there, report, timer, again=False)
+    if failure is None:
+        verifying = asyncio.ensure_future(_timed(timer, "verify", steps.compare(run, copies)))
+        return _Copied([*there, *copied], [*there, *copied], [], None, verifying, list(there), copied)
+    return await _verify(run, steps, copies, list(there), copied, failure, report, timer)
+
+
+async def _copy_pass(
+    run: MigrationRun, steps: Steps, copies: list[ObjectCopy], todo: Batch, there: list[CopyOutcome],
+    report: MigrationReport, timer: StageTimer, *, again: bool,
+) -> tuple[list[CopyOutcome], Exception | None]:
+    """Copy ``todo`` in batches (``again``: the second pass, not from cached results): (the outcomes,
+    the first failure)."""
     opts = run.settings.options
+    started = time.monotonic()
+    total_bytes = sum(c.size for c in copies)
+    done_bytes = sum(o.size for o in there)  # counted again from what the last listing saw
+    batches = batch_transfers(
+        todo, large=opts.multipart_threshold, max_files=opts.batch_max_files, max_bytes=opts.batch_max_bytes
+    )
+    report.copy_task_runs += len(batches)
+    steps.log.info("copying %d objects (%s) in %d task runs", len(todo), human_bytes(sum(c.size for c, _ in todo)), len(batches))
+    await steps.copying(len(todo), sum(c.size for c, _ in todo))
+    copied: list[CopyOutcome] = []
     failure: Exception | None = None
+    async for result in steps.copy_batches(run, batches, again=again):
+        if isinstance(result, Exception):
+            failure = failure or result
+            continue
+        copied += result
+        done_bytes += sum(o.size for o in result)
+        await steps.copied(result, len(there) + len(copied), len(copies), done_bytes, total_bytes)
+    timer.add("copy", time.monotonic() - started)
+    return copied, failure
+
+
+async def _verify(
+    run: MigrationRun, steps: Steps, copies: list[ObjectCopy], before: list[CopyOutcome], copied: list[CopyOutcome],
+    failure: Exception | None, report: MigrationReport, timer: StageTimer,
+    listing: tuple[list[CopyOutcome], Batch] | None = None,
+) -> _Copied:
+    """The destination listed (or ``listing``, taken since the copy) and compared with every planned
+    object; what still differs after a copy without failure (a cached task result can be stale if
+    someone deleted the objects since) is copied once more, and listed again."""
     for again in (False, True):
-        started = time.monotonic()
-        done_bytes = sum(o.size for o in there)  # counted again from what the last listing saw
-        batches = batch_transfers(
-            todo, large=opts.multipart_threshold, max_files=opts.batch_max_files, max_bytes=opts.batch_max_bytes
-        )
-        report.copy_task_runs += len(batches)
-        steps.log.info("copying %d objects (%s) in %d task runs", len(todo), human_bytes(sum(c.size for c, _ in todo)), len(batches))
-        await steps.copying(len(todo), sum(c.size for c, _ in todo))
-        copied: list[CopyOutcome] = []
-        async for result in steps.copy_batches(run, batches, again=again):
-            if isinstance(result, Exception):
-                failure = failure or result
-                continue
-            copied += result
-            done_bytes += sum(o.size for o in result)
-            await steps.copied(result, len(outcomes) + len(copied), len(copies), done_bytes, total_bytes)
-        timer.add("copy", time.monotonic() - started)
         try:
             with timer("verify"):
-                there, todo = await steps.compare(run, copies)
+                there, todo = listing if listing is not None else await steps.compare(run, copies)
         except ProjmigError:
             if failure is None:
                 raise
             raise failure from None  # what went wrong is the copy's; the destination cannot even be listed now
+        listing = None
         differing = {c.dst_key for c, _ in todo}
-        outcomes += [o for o in copied if o.dst_key not in differing]
-        if failure is not None or not todo:
+        before = before + [o for o in copied if o.dst_key not in differing]
+        if failure is not None or not todo or again:
             break
-        if not again:
-            steps.log.warning("%d objects still differ from their source after copying: copying them again", len(todo))
-    return outcomes, there, todo, failure
+        steps.log.warning("%d objects still differ from their source after copying: copying them again", len(todo))
+        copied, failure = await _copy_pass(run, steps, copies, todo, there, report, timer, again=True)
+    return _Copied(before, there, todo, failure)
+
+
+async def _timed(timer: StageTimer, stage: str, step: Awaitable[T]) -> T:
+    with timer(stage):
+        return await step
+
+
+class _ListingGate:
+    """The listing that verifies the copies, running while the rows are inserted: each root's
+    transaction waits for it before COMMIT, and commits only if it saw every object of the root in
+    the state its rows record (what the copy reported); else :class:`NotConfirmed` (rolled back)."""
+
+    def __init__(self, listing: asyncio.Future[tuple[list[CopyOutcome], Batch]], recorded: dict[str, ObjectState]):
+        self.listing, self.recorded = listing, recorded
+        self._seen: dict[str, ObjectState] | None = None
+
+    async def confirm(self, plan: MigrationPlan) -> None:
+        try:
+            there, _ = await asyncio.shield(self.listing)  # (one root giving up must not cancel it for the others)
+        except ProjmigError as exc:
+            raise NotConfirmed(f"not committed: the destination could not be listed to verify the copies: {exc}") from None
+        if self._seen is None:
+            self._seen = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
+        for copy in plan.copies:
+            seen = self._seen.get(copy.dst_key)
+            if seen != self.recorded.get(copy.dst_key):
+                what = "missing" if seen is None else f"{seen.size} bytes, ETag {seen.etag}"
+                raise NotConfirmed(f"not committed: the destination's listing shows {copy.dst_key} {what}, not as copied")
+
+
+def _fail_lacking(
+    plan: MigrationPlan, roots: list[str], copied: _Copied, causes: dict[str, BaseException], kept: set[str],
+    report: MigrationReport,
+) -> None:
+    """The ``roots`` with planned objects the copy left lacking: failed (``causes``, ``report``), and
+    with a transient copy failure, their unfinished uploads ``kept`` for a rerun."""
+    groups = plan.roots()
+    for root in roots:
+        own = {p.dst_uuid for p in groups[root]}
+        mine = [(c, s) for c, s in copied.lacking if project_of(c.dst_key) in own]
+        if not mine:
+            continue
+        if copied.failure is not None:
+            causes[root] = copied.failure
+            report.failed[root] = f"{len(mine)} objects not copied (e.g. {mine[0][0].dst_key}): {copied.failure}"
+            if isinstance(copied.failure, TransferError) and copied.failure.transient:
+                kept.update(c.dst_key for c, _ in mine)
+        else:
+            total = sum(1 for c in plan.copies if project_of(c.dst_key) in own)
+            causes[root] = _not_matching(mine, total)
+            report.failed[root] = str(causes[root])
+
+
+async def _insert(
+    run: MigrationRun, steps: Steps, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str],
+    gate: _ListingGate | None,
+) -> list[RootInsert]:
+    inserted: list[RootInsert] = []
+    # owners in accounts of their own: one insert step per account (a unit per user in Prefect's UI)
+    for group in _by_owner(plan, roots).values():
+        inserted += await steps.insert_roots(run, plan, verified, group, gate.confirm if gate else None)
+    return inserted
 
 
 def _not_matching(lacking: Batch, total: int) -> VerificationError:

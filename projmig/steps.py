@@ -23,7 +23,7 @@ from .copier import CopyOutcome, refuse_oversized
 from .db import alembic_revision, create_engine, open_engine
 from .errors import PreflightError, TransferError
 from .graph import ProjectGraph, snapshot
-from .insert import RootInsert, insert_each
+from .insert import Confirm, RootInsert, insert_each
 from .marks import mark_of
 from .objects import compare_with_destination
 from .placement import Placed, placements_of, read_placed
@@ -165,18 +165,20 @@ async def copy_objects(
 
 
 async def insert_roots(
-    run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str]
+    run: MigrationRun, plan: MigrationPlan, verified: dict[str, ObjectState], roots: list[str],
+    confirm: Confirm | None = None,
 ) -> list[RootInsert]:
-    """Each root's graph in a transaction of its own (``options.project_concurrency`` at once), the
-    source read again just before each COMMIT (a project changed meanwhile: that root is not
-    committed); a root that fails is rolled back alone (:func:`projmig.insert.insert_each`)."""
+    """Each root's graph in a transaction of its own (``options.project_concurrency`` at once),
+    ``confirm`` asked (if given), then the source read again just before each COMMIT (a project
+    changed meanwhile: that root is not committed); a root that fails is rolled back alone
+    (:func:`projmig.insert.insert_each`)."""
     concurrency = run.settings.options.project_concurrency
     engine = create_engine(run.settings.destination.db, pool_size=concurrency, role="destination")
     source = create_engine(run.settings.source.db, pool_size=concurrency, role="source")
     try:
         await run.confirm_locks()
         return await insert_each(engine, plan, verified, roots, concurrency=concurrency, source=source,
-                                 source_listing=source_listing(run))
+                                 source_listing=source_listing(run), confirm=confirm)
     finally:
         await engine.dispose()
         await source.dispose()
