@@ -207,6 +207,8 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
             held = [r.root for r in inserted if isinstance(r.error, NotConfirmed)]
             inserted = [r for r in inserted if not isinstance(r.error, NotConfirmed)]
             listing = await confirming  # (a listing that failed fails the run, as after any copy)
+            differing = {c.dst_key for c, _ in listing[1]}  # (of roots whose insert failed, if any)
+            copied.outcomes = [o for o in copied.outcomes if o.dst_key not in differing]
             if held:
                 log.warning("the destination's listing did not confirm every object as copied: %d projects are "
                             "inserted again from what it shows", len(held))
@@ -217,7 +219,7 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
                 with timer("insert"):
                     inserted += await _insert(run, steps, plan, verified, [r for r in held if r not in causes], None)
     finally:
-        if confirming is not None and not confirming.done():
+        if confirming is not None:  # (an insert that raised: the listing stopped, its outcome taken)
             confirming.cancel()
             await asyncio.gather(confirming, return_exceptions=True)
     if kept:
