@@ -103,3 +103,23 @@ async def test_an_object_deleted_in_a_migrated_project_is_reported_not_restored(
                for w in report.warnings), report.warnings
     verified = await commands.verify(settings, deep=False)
     assert [d.where for d in verified.differences] == [victim]
+
+
+async def test_the_flows_insert_runs_while_its_final_listing_does(fixture_simcore: Simcore) -> None:
+    """In Prefect as in the library: the insert-rows task run starts before the compare-destination
+    task run (the listing that verifies the copies) ends, and ends after it (its COMMIT waits)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    simcore = fixture_simcore
+    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice,
+                                        spec=SampleSpec(multipart_size=0, files=20, hidden_children=0))
+    state = await migrate_project(simcore.settings(sample.uuid), return_state=True)
+    report = await state.result()
+    assert report.status == "migrated"
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    by_name = {r.name.rsplit("-", 1)[0]: r for r in runs}  # ("compare-destination-1a2", ...)
+    listing, insert = by_name["compare-destination"], by_name["insert-rows"]
+    assert listing.state.is_completed() and insert.state.is_completed()
+    assert insert.start_time < listing.end_time <= insert.end_time
