@@ -12,7 +12,7 @@ package: bench/releases.py); ``consolidation`` (not part of ``all``) 50 users ×
 own accounts against one owner's 500 studies, and on a Dask cluster (``--consolidation USERSxSTUDIES``:
 bench/consolidation.py); ``dask`` (not part of ``all``) the many-small-files migration at 10,000 objects on
 a Dask cluster of two worker processes next to one process (``--dask-files N``: bench/cluster.py);
-``smoke`` runs everything at tiny sizes.
+``smoke`` runs everything at tiny sizes (``smoke scale``: only that scenario, at tiny sizes).
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def run(
     began = time.perf_counter()
     load_at_start = _load()
     smoke = "smoke" in selection
-    if smoke:
-        selection = [*SCENARIOS, *EXTRA]
+    if smoke:  # every scenario at tiny sizes, or those named beside it
+        selection = [s for s in selection if s != "smoke"] or [*SCENARIOS, *EXTRA]
     elif "all" in selection:
         selection = list(dict.fromkeys([*SCENARIOS, *(s for s in selection if s in EXTRA)]))
     if "memory" in selection:
@@ -140,7 +140,7 @@ def run(
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     total = time.perf_counter() - began
-    meta = {"selection": "smoke" if smoke else "+".join(selection), "runs": runs, "options": options,
+    meta = {"selection": "+".join(["smoke"] * smoke + selection), "runs": runs, "options": options,
             "sizes": sizes.__dict__, "total_seconds": round(total, 1), "prefect_api": "bench-wide server"
             if prefect_api_url is None else "given", "load_average": {"start": load_at_start, "end": _load()}}
     if "scale" in selection:

@@ -1,14 +1,16 @@
 """The benchmark's smoke run (every scenario, tiny sizes, one run each) on the suite's servers, so
-that ``python -m bench`` keeps working. It asserts what was measured, never how fast."""
+that ``python -m bench`` keeps working, in three parts that the suite's workers run side by side.
+It asserts what was measured, never how fast."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from bench import cluster
-from bench.__main__ import EXTRA, SCENARIOS, run
+from bench.__main__ import SCENARIOS, run
 from bench.consolidation import CONSOLIDATION, DASK, SINGLE, ConsolidationSizes
 from bench.releases import ACROSS, PHASES, SAME, ReleasesSizes, label
 from bench.scale import STAGES, ScaleSizes
@@ -16,17 +18,27 @@ from bench.scenarios import Sizes
 from projmig.sandbox import Sandbox
 
 
-@pytest.mark.timeout(900)  # ~2 min on a quiet machine; a guard against a hang, not a timing
-def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, prefect: None, tmp_path) -> None:
+def smoke(selection: list[str], sandbox: Sandbox, tmp_path) -> tuple[dict, Path, str]:
+    """``python -m bench smoke <selection>`` on the suite's servers and Prefect API: (results, the JSON
+    written, what it printed)."""
     from prefect.settings import PREFECT_API_URL
 
     lines: list[str] = []
-    sizes = Sizes.smoke()
-    results, path = run(["smoke"], runs=1, sizes=sizes, sandbox=sandbox, prefect_api_url=PREFECT_API_URL.value(),
-                        workdir=tmp_path / "work", results_dir=tmp_path / "results", log=lines.append)
-    printed = "\n".join(lines)
+    results, path = run(["smoke", *selection], runs=1, sizes=Sizes.smoke(), sandbox=sandbox,
+                        prefect_api_url=PREFECT_API_URL.value(), workdir=tmp_path / "work",
+                        results_dir=tmp_path / "results", log=lines.append)
+    assert set(results) == set(selection) and set(json.loads(path.read_text())["scenarios"]) == set(selection)
+    for deployment in (sandbox.source, sandbox.destination):
+        for secret in (deployment.s3_secret_key, deployment.pg_password):
+            assert secret not in path.read_text()
+    return results, path, "\n".join(lines)
 
-    assert set(results) == {*SCENARIOS, *EXTRA}
+
+@pytest.mark.timeout(900)  # ~1 min on a quiet machine; a guard against a hang, not a timing
+def test_every_scenario_of_all_measures_every_tool_on_the_same_data(sandbox: Sandbox, prefect: None, tmp_path) -> None:
+    sizes = Sizes.smoke()
+    results, path, printed = smoke(SCENARIOS, sandbox, tmp_path)
+
     for name in ("large", "small", "mixed", "rerun"):
         tools = results[name].samples
         assert any(t.startswith("projmig") for t in tools) and any(t.startswith("rclone") for t in tools), name
@@ -51,6 +63,15 @@ def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, p
     assert insert["rows_per_table"]["file_meta_data"] == sizes.rerun_files
     assert results["memory"].targets and "peak RSS" in printed
     assert "projmig time split" in printed and printed.splitlines()[-1].startswith("met: ")
+    written = json.loads(path.read_text())
+    assert written["meta"]["load_average"]["start"] and written["meta"]["selection"] == "+".join(["smoke", *SCENARIOS])
+    picture = path.with_suffix(".png")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (path.parent / "latest.png").exists()
+
+
+@pytest.mark.timeout(900)
+def test_scale_and_across_releases_measure_every_stage_at_every_size(sandbox: Sandbox, prefect: None, tmp_path) -> None:
+    results, path, printed = smoke(["scale", "releases"], sandbox, tmp_path)
 
     # the scale scenario: every stage at every size, on projects of the sizes asked for
     curve = results["scale"].split["curve"]
@@ -81,6 +102,13 @@ def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, p
             assert set(PHASES) <= set(across["release"]["seconds"]) and across["release"]["seconds"]["total"] > 0
             assert releases.split["points"][str(n)]["staged_rows"]["projects"] == across["projects"]
         assert len(releases.targets) == len(points) and "extra (flow)" in printed and "staging: template" in printed
+    assert json.loads(path.read_text())["meta"]["scale_sizes"]["points"] == list(scale.points)
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # (the scale curve)
+
+
+@pytest.mark.timeout(900)
+def test_consolidation_and_a_dask_cluster_migrate_every_study(sandbox: Sandbox, prefect: None, tmp_path) -> None:
+    results, _, printed = smoke(["consolidation", "dask"], sandbox, tmp_path)
 
     # the consolidation: every user into their own account, beside one owner's as many studies, and on Dask
     consolidation = results["consolidation"]
@@ -100,12 +128,3 @@ def test_every_scenario_measures_every_tool_on_the_same_data(sandbox: Sandbox, p
         detail = dask.samples[f"{tool} (flow)"][0].detail
         assert detail["status"] == "migrated" and detail["objects_copied"] == cluster.DaskSizes.smoke().files, tool
     assert "on the cluster:" in printed
-
-    written = json.loads(path.read_text())
-    assert set(written["scenarios"]) == {*SCENARIOS, *EXTRA}
-    assert written["meta"]["load_average"]["start"] and written["meta"]["scale_sizes"]["points"] == list(scale.points)
-    picture = path.with_suffix(".png")
-    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (path.parent / "latest.png").exists()
-    for deployment in (sandbox.source, sandbox.destination):
-        for secret in (deployment.s3_secret_key, deployment.pg_password):
-            assert secret not in path.read_text()
