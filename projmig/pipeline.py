@@ -40,7 +40,7 @@ from .rollback import RollbackResult
 from .run import MigrationRun
 from .steps import Batch, Listed
 from .units import human_bytes
-from .verify import verified_states
+from .verify import states_of, verified_states
 
 T = TypeVar("T")
 
@@ -199,7 +199,7 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
     try:
         _fail_lacking(plan, list(groups), copied, causes, kept, report)
         ready = [root for root in groups if root not in causes]
-        verified = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in copied.there}
+        verified = states_of(copied.there)
         gate = _ListingGate(confirming, verified) if confirming is not None else None
         with timer("insert"):
             inserted = await _insert(run, steps, plan, verified, ready, gate)
@@ -215,7 +215,7 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
                 copied = await _verify(run, steps, plan.copies, copied.before, copied.copied, None, report, timer,
                                        listing=listing)
                 _fail_lacking(plan, held, copied, causes, kept, report)
-                verified = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in copied.there}
+                verified = states_of(copied.there)
                 with timer("insert"):
                     inserted += await _insert(run, steps, plan, verified, [r for r in held if r not in causes], None)
     finally:
@@ -407,7 +407,7 @@ class _ListingGate:
         except ProjmigError as exc:
             raise NotConfirmed(f"not committed: the destination could not be listed to verify the copies: {exc}") from None
         if self._seen is None:
-            self._seen = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
+            self._seen = states_of(there)
         for copy in plan.copies:
             seen = self._seen.get(copy.dst_key)
             if seen != self.recorded.get(copy.dst_key):

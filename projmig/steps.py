@@ -33,7 +33,7 @@ from .rollback import RollbackResult, find_objects, recompute_plan, refuse_share
 from .rowcheck import Difference, compare as compare_row_texts, read_text_rows
 from .run import MigrationRun, Side, Transfers
 from .selection import Selection, plan_selection, read_selection
-from .verify import VerifyReport, compare_objects_sha256
+from .verify import VerifyReport, compare_objects_sha256, states_of
 
 LISTINGS_AT_ONCE = 4  # prefix listings in flight at once (one per project)
 
@@ -223,7 +223,7 @@ async def verify_migration(run: MigrationRun, *, deep: bool = True) -> VerifyRep
         )
         result.bytes_hashed = 2 * sum(c.size for c in plan.copies)
     result.objects_checked = len(plan.copies)
-    dest_objects = {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
+    dest_objects = states_of(there)
     assert plan.expected is not None  # every plan built from a graph carries the source's rows as text
     async with open_engine(run.settings.destination.db, "destination") as engine, engine.connect() as conn:
         rows = compare_row_texts(plan.expected, await read_text_rows(conn, result.projects), dest_objects)

@@ -38,7 +38,12 @@ def verified_states(
         )
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise VerificationError(f"{len(missing)} of {total} objects do not match their source: {shown}{more}")
-    return {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in there}
+    return states_of(there)
+
+
+def states_of(outcomes: list[CopyOutcome]) -> dict[str, ObjectState]:
+    """destination key -> the state its outcome (a copy's, or a listing's) gives."""
+    return {o.dst_key: ObjectState(size=o.size, etag=o.etag) for o in outcomes}
 
 
 
