@@ -91,9 +91,12 @@ def case_id(case: tuple[str, tuple[str, str]]) -> str:
 # other test is ``quick``: pure, or on the session's PostgreSQL and SeaweedFS servers only (`make
 # test-quick`). A test that starts one of these servers itself carries its mark explicitly.
 #
-# `make test` runs the suite on parallel workers (pytest-xdist, ``--dist load``): each worker is a
+# `make test` runs the suite on parallel workers (pytest-xdist, ``--dist loadgroup``): each worker is a
 # session of its own, with its own servers (ports: projmig.sandbox.free_port), temporary directories
-# and PREFECT_HOME (above). No grouping of tests is needed: Ceph starts in ~2 s, the Prefect API in ~10 s.
+# and PREFECT_HOME (above). Session servers are not grouped for (Ceph starts in ~2 s, the Prefect API
+# in ~10 s); a module whose fixture costs a minute or more keeps its tests on one worker
+# (``xdist_group``: the docs' examples, the deployment boundaries' setup), as do tests that share
+# osparc's migrated templates (``osparc-releases``).
 
 MARKS_BY_FIXTURE = {
     "prefect": "prefect_api", "prefect_session_api": "prefect_api", "prefect_server": "prefect_api",

@@ -465,6 +465,12 @@ async def examples(
     return results
 
 
+# the tests that read the examples' results share one worker: each worker would run all examples
+# (~85 s of CLI processes) for the module fixture of its own
+ON_ONE_WORKER = pytest.mark.xdist_group("docs-examples")
+
+
+@ON_ONE_WORKER
 @pytest.mark.parametrize("page", PAGES, ids=rel)
 def test_every_example_runs_as_written(page: Path, examples: dict[Path, list[Ran]]) -> None:
     runnable = [b for b in blocks(page) if b.lang in ("bash", "python") and b.not_run is None]
@@ -479,6 +485,7 @@ def test_every_example_runs_as_written(page: Path, examples: dict[Path, list[Ran
     assert len(ran) == len(runnable)
 
 
+@ON_ONE_WORKER
 def test_a_plain_python_call_of_the_library_and_of_the_flow_returns_a_report(examples: dict[Path, list[Ran]]) -> None:
     """running.md's examples: ``asyncio.run(commands.migrate(settings))`` and
     ``asyncio.run(migrate_project(settings))``, each in a plain Python process, return the report."""

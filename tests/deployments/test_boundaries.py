@@ -53,6 +53,10 @@ from .conftest import (
     wait_for_workers,
 )
 
+# one worker for the module: its setup (two deployments registered, a worker started) is a module
+# fixture, which each worker taking one of these tests would build again
+pytestmark = pytest.mark.xdist_group("deployment-boundaries")
+
 POOL = "bounded"  # closed, from deployments/process-pool.json
 
 
