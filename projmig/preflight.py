@@ -150,7 +150,7 @@ async def write_probe(run: MigrationRun, report: PreflightReport) -> None:
     problems: list[str] = []
     settings = run.settings
     report.verification = await probe_verification(
-        settings, report.selection.roots, Retrier.of(settings.options), problems, run.transfers.session
+        settings, report.selection.roots, Retrier.of(settings.options), problems, run.transfers.session, run.source.data
     )
     if problems:
         raise PreflightError(problems)
