@@ -382,7 +382,7 @@ def _file_entries(rows: list[Row], listing: dict[str, tuple[int, str]]) -> tuple
             prefix = directory_prefix(object_name)
             keys = keys if keys is not None else sorted(listing)
             objects = [
-                SourceObject(key=k, size=listing[k][0], etag=listing[k][1]) for k in keys_under(keys, prefix)
+                SourceObject(key=k, size=listing[k][0], etag=listing[k][1]) for k in _under(keys, prefix)
             ]
             referenced.update(o.key for o in objects)
             missing = None if objects else f"directory {file_id}: no object under {prefix} in the source bucket"
@@ -410,7 +410,7 @@ def directory_prefix(object_name: str) -> str:
     return object_name.rstrip("/") + "/"
 
 
-def keys_under(keys: list[str], prefix: str) -> list[str]:
+def _under(keys: list[str], prefix: str) -> list[str]:
     """The keys (sorted) that start with ``prefix``: one contiguous run, found by bisection."""
     first = bisect_left(keys, prefix)
     last = first

@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import InsertError
-from .graph import Row, keys_under, listing_digest, snapshot, source_states
+from .graph import Row, listing_digest, snapshot, source_states
 from .buckets import ObjectState
 from .placement import FOLDERS_TABLE, PLACEMENT_DDL, TAGS_TABLE, place
 from .plan import MigrationPlan, PlannedProject
@@ -78,7 +78,6 @@ RECORD_DDL = (
 # two-key advisory locks: apart from the insert's one-key locks and from locks.py's (LOCK_SPACE, project)
 RECORD_LOCK = (0x706D6968, 0)
 LISTINGS_AT_ONCE = 8  # directory listings in flight while the insert re-reads the source
-LISTING_PAGE = 1000  # keys per page of a listing (S3's most)
 INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
 
 
@@ -296,25 +295,17 @@ async def _refuse_changed_source(source: AsyncEngine, listing: Lister, projects:
         now = await source_states(conn, [p.src_uuid for p in projects])
     slots = asyncio.Semaphore(LISTINGS_AT_ONCE)
 
-    async def listed(prefix: str) -> dict[str, tuple[int, str]]:
+    async def listed(prefix: str) -> str:
         async with slots:
-            return await listing(prefix)
+            found = await listing(prefix)
+        return listing_digest((key, size, etag) for key, (size, etag) in found.items())
 
-    async def directories(project: PlannedProject) -> dict[str, str]:
-        # (the graph's directories are under the project's prefix) each listed on its own, or, when
-        # that takes more requests, the project's prefix once (10,000 objects in 200 directories:
-        # 10 pages instead of 200 listings)
-        prefixes = sorted(project.source_state.directories) if project.source_state is not None else []
-        if len(prefixes) > project.objects // LISTING_PAGE + 1:
-            found = await listed(f"{project.src_uuid}/")
-            keys = sorted(found)
-            return {d: listing_digest((k, *found[k]) for k in keys_under(keys, d)) for d in prefixes}
-        return {d: listing_digest((k, *v) for k, v in (await listed(d)).items()) for d in prefixes}
-
-    for p, digests in zip(projects, await asyncio.gather(*(directories(p) for p in projects))):
+    prefixes = sorted({d for p in projects if p.source_state is not None for d in p.source_state.directories})
+    digests = dict(zip(prefixes, await asyncio.gather(*(listed(d) for d in prefixes))))
+    for p in projects:
         state = now.get(p.src_uuid)
         if state is not None and p.source_state is not None:
-            state.directories = digests
+            state.directories = {d: digests[d] for d in p.source_state.directories}
     changed = [
         f"source project {p.src_uuid} changed during the migration ({how}); rerun to migrate its current state"
         for p in projects

@@ -226,36 +226,6 @@ async def test_a_row_changed_in_the_source_during_the_run_commits_nothing_and_th
         assert there == here, (project, there, here)
 
 
-@pytest.mark.parametrize("directories", [1, 3], ids=["each-directory-listed", "the-project-listed-once"])
-async def test_an_object_added_under_a_directory_entry_is_seen_by_either_listing(simcore: Simcore, directories: int) -> None:
-    """Before COMMIT the insert lists each directory entry's prefix again, or, when that takes more
-    requests than listing the project's prefix (more directories than pages), the project once: either
-    way an object added under one directory names that directory alone and commits nothing, and once
-    it is gone again the same plan commits."""
-    sample = await build_sample_project(simcore.source_db, simcore.source_s3, owner_id=simcore.alice, spec=SampleSpec(
-        files=2, file_size=4096, multipart_size=0, directory_objects=2, directories=directories, hidden_children=0,
-        soft_link=False, deployment_bound_rows=False, special_names=False))
-    listed = sorted(r[0] for r in await rows_of(
-        simcore.source_db, f"SELECT file_id FROM file_meta_data WHERE project_id = '{sample.uuid}' AND is_directory"))
-    assert len(listed) == directories
-    added = f"{listed[-1]}/added during the run.txt"
-    async with MigrationRun.open(simcore.settings(sample.uuid)) as run:
-        report = await steps.preflight(run, probe_write=False)
-        plan = steps.make_plan(await steps.read_graph(run, report), report)
-        await steps.copy_objects(run.transfers, [(c, None) for c in plan.copies])
-        verified = await verified_objects(run, plan.copies)
-        async with s3_client(simcore.source_s3) as client:
-            await client.put_object(Bucket=simcore.source_s3.bucket, Key=added, Body=b"added\n")
-            with pytest.raises(SourceChanged) as changed:
-                await insert_rows(run, plan, verified)
-            assert f"(objects changed under directory {listed[-1]}/)" in str(changed.value), changed.value
-            assert await rows_of(simcore.destination_db, "SELECT uuid FROM projects") == []
-            await client.delete_object(Bucket=simcore.source_s3.bucket, Key=added)
-        inserted = await insert_rows(run, plan, verified)
-    assert inserted.inserted["file_meta_data"] == 2 + directories
-    assert await rows_of(simcore.destination_db, "SELECT uuid FROM projects") == [(sample.uuid,)]
-
-
 async def rows_of(db, query: str) -> list[tuple]:
     conn = await asyncpg.connect(asyncpg_dsn(db))
     try:
