@@ -5,7 +5,7 @@ Starts its own servers (two SeaweedFS, two PostgreSQL on 127.0.0.1) and a Prefec
 the source with the sample builder, measures projmig against rclone / s5cmd / a raw aiobotocore
 loop on the same data in the same run, prints one table per scenario and writes
 ``bench/results/bench-<selection>-<time>.json`` (and ``latest.json``). ``scale`` (not part of
-``all``: ~30 min) measures every stage of one project at 1,000 / 10,000 / 100,000 objects
+``all``: over an hour here) measures every stage of one project at 1,000 / 10,000 / 100,000 objects
 (``--scale-points``); ``releases`` (not part of ``all``) a migration across osparc releases next to
 the same one between equal releases at 1, 5 and 20 studies (``--release-studies``; needs osparc's
 package: bench/releases.py); ``consolidation`` (not part of ``all``) 50 users × 10 studies into their
