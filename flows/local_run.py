@@ -44,11 +44,11 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
     from projmig.run import MigrationRun
 
     quiet_prefect(verbose)
-    # all at once: Prefect imported (~1.5 s of CPU) while the preflight waits on the servers, and
-    # the local Prefect server, where none runs yet, starting beside both (another process: ~5 s
-    # here; it stays for later commands, also when this one's checks refuse the run)
-    api = use_prefect_api(wait=False)
-    importing = _import_in_background("flows.migrate")
+    # with a Prefect API at hand (or the local server still starting), Prefect is imported (~1.5 s of
+    # CPU) while the preflight waits on the servers; without, the local server is started only after
+    # the preflight passed, and Prefect imported while it starts (another process: ~15 s here)
+    api = use_prefect_api(start=False, wait=False)
+    importing = _import_in_background("flows.migrate") if api is not False else None
     try:
         # credentials resolved once for the run (the flow gets their values, masked in its parameters);
         # bad input fails here, in seconds, before Prefect starts
@@ -57,10 +57,14 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
             # (across osparc releases the rows are staged once, by the flow's own preflight)
             await steps.preflight(checking, probe_write=False, stage=False)
     finally:
-        # also when a check failed: a daemon thread still importing when the interpreter exits is
-        # stopped inside native code, and the process aborts ("FATAL: exception not rethrown")
-        # instead of exiting 2 after its error line
-        importing.join()
+        if importing is not None:
+            # also when a check failed: a daemon thread still importing when the interpreter exits is
+            # stopped inside native code, and the process aborts ("FATAL: exception not rethrown")
+            # instead of exiting 2 after its error line
+            importing.join()
+    if importing is None:
+        api = use_prefect_api(wait=False)
+        importlib.import_module("flows.migrate")
     if api:
         wait_for_local_api()
     from flows.migrate import migrate_project

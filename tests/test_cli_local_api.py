@@ -1,7 +1,6 @@
 """`projmig migrate` on a machine with no Prefect API configured: the first command starts a local
-Prefect server in the background (flows/local_api.py) while it checks the deployments (so a command
-its checks refuse has started it too), the next ones reuse it, and Prefect's own `prefect server
-stop` stops it."""
+Prefect server in the background (flows/local_api.py), the next ones reuse it, and Prefect's own
+`prefect server stop` stops it."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -46,29 +44,26 @@ async def test_the_first_command_starts_a_local_server_and_the_next_reuse_it(fix
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PROJMIG_"))},
            "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "SOURCE_DB_PASSWORD": secret, "PROJMIG_OPTIONS__COPY_CONCURRENCY": "3", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    unknown = tmp_path / "unknown.json"
-    unknown.write_text(json.dumps(fixture_simcore.config(str(uuid.uuid4()))))
     pid = None
     try:
-        # the server starts beside the checks: a run they refuse has started it for the next command
-        refused = subprocess.run([str(BIN / "projmig"), "migrate", "--config", str(unknown)], capture_output=True,
-                                 text=True, timeout=400, env=env)
-        assert refused.returncode == 2 and "does not exist (choices.project_uuid)" in refused.stderr, refused.stderr
-        assert "Starting a local Prefect server in the background" in refused.stderr
-        record = json.loads((home / RECORD).read_text())
-        pid = record["pid"]
-        assert alive(pid) and (home / "server.pid").read_text() == str(pid)
-
         first = subprocess.run([str(BIN / "projmig"), "migrate", "--config", str(cfg)], capture_output=True, text=True,
                                timeout=400, env=env)
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "Starting" not in first.stderr
-        assert json.loads((home / RECORD).read_text())["pid"] == pid and healthy(record["api_url"])
+        assert "Starting a local Prefect server in the background" in first.stderr
+        record = json.loads((home / RECORD).read_text())
+        pid = record["pid"]
+        assert healthy(record["api_url"]) and (home / "server.pid").read_text() == str(pid)
         # the server outlives the command, and any local user may ask its API: it took none of that
         server_env = dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)
         assert secret not in server_env.values()
         assert not {name for name in server_env if name.startswith("PROJMIG_") or name.endswith("_PROXY")}, sorted(server_env)
         assert server_env["PREFECT_HOME"] == str(home)
+
+        again = subprocess.run([str(BIN / "projmig"), "migrate", "--config", str(cfg)], capture_output=True, text=True,
+                               timeout=400, env=env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "nothing to do" in again.stdout and "Starting" not in again.stderr
+        assert json.loads((home / RECORD).read_text())["pid"] == pid and alive(pid)
 
         stopped = subprocess.run([str(BIN / "prefect"), "server", "stop"], capture_output=True, text=True, timeout=120, env=env)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
