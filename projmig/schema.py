@@ -7,11 +7,9 @@ the table of rules in docs/table-rules.md.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from sqlalchemy import MetaData, Table, inspect, text
+from sqlalchemy import MetaData, Table, inspect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 # Tables copied with a project, in the order rows must be inserted (parents before children).
@@ -83,54 +81,8 @@ DEPLOYMENT_BOUND_TABLES: dict[str, str] = {
 }
 
 
-# What SQLAlchemy's reflection of these tables reads, as one text per table element: columns (name,
-# position, type, NOT NULL, default, identity, generated), constraints (keys, FKs, checks), indexes,
-# and the labels of the enum types their columns use. Equal fingerprints: equal reflections.
-SCHEMA_FINGERPRINT = text("""
-WITH tables AS (
-    SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relname = ANY(:tables) AND c.relkind IN ('r', 'p') AND n.nspname = current_schema()
-), columns AS (
-    SELECT t.relname, a.* FROM tables t JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
-)
-SELECT current_setting('server_version_num') || ' ' || md5(coalesce(string_agg(part, E'\n' ORDER BY part), ''))
-FROM (
-    SELECT format('column %s %s %s %s %s %s %s %s', c.relname, c.attnum, c.attname, format_type(c.atttypid, c.atttypmod),
-                  c.attnotnull, pg_get_expr(d.adbin, d.adrelid), c.attidentity, c.attgenerated)
-    FROM columns c LEFT JOIN pg_attrdef d ON d.adrelid = c.attrelid AND d.adnum = c.attnum
-    UNION ALL
-    SELECT format('constraint %s %s %s', t.relname, k.conname, pg_get_constraintdef(k.oid))
-    FROM tables t JOIN pg_constraint k ON k.conrelid = t.oid
-    UNION ALL
-    SELECT format('index %s %s', t.relname, pg_get_indexdef(i.indexrelid)) FROM tables t JOIN pg_index i ON i.indrelid = t.oid
-    UNION ALL
-    SELECT format('enum %s %s', e.enumtypid::regtype, string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder))
-    FROM pg_enum e
-    WHERE e.enumtypid IN (SELECT coalesce(nullif(y.typelem, 0), y.oid) FROM columns c JOIN pg_type y ON y.oid = c.atttypid)
-    GROUP BY e.enumtypid
-) AS parts (part)
-""")
-
-_REFLECTED: OrderedDict[tuple[tuple[str, ...], str], MetaData] = OrderedDict()
-REFLECTIONS_KEPT = 16
-_REFLECTED_LOCK = threading.Lock()
-
-
 async def reflect(conn: AsyncConnection, tables: tuple[str, ...] | list[str]) -> MetaData:
-    """Reflect the given tables (those that exist) with their columns, keys and FKs.
-
-    Once per process for each shape of them (:data:`SCHEMA_FINGERPRINT`, one query): a run reflects
-    both databases in its preflight, the source again for its graph and the destination for its
-    insert, each time on an engine of its own, where SQLAlchemy's reflection costs ~0.1 s of CPU.
-    The :class:`MetaData` returned is shared: read it, never change it."""
-    names = tuple(tables)
-    fingerprint = await conn.scalar(SCHEMA_FINGERPRINT, {"tables": list(names)})
-    key = (names, str(fingerprint))
-    with _REFLECTED_LOCK:  # (task runs on threads of their own may reflect at once)
-        known = _REFLECTED.get(key)
-        if known is not None:
-            _REFLECTED.move_to_end(key)
-            return known
+    """Reflect the given tables (those that exist) with their columns, keys and FKs."""
 
     def _reflect(sync_conn) -> MetaData:
         existing = set(inspect(sync_conn).get_table_names())
@@ -138,12 +90,7 @@ async def reflect(conn: AsyncConnection, tables: tuple[str, ...] | list[str]) ->
         metadata.reflect(sync_conn, only=[t for t in tables if t in existing], resolve_fks=False)
         return metadata
 
-    metadata = await conn.run_sync(_reflect)
-    with _REFLECTED_LOCK:
-        _REFLECTED[key] = metadata
-        while len(_REFLECTED) > REFLECTIONS_KEPT:
-            _REFLECTED.popitem(last=False)
-    return metadata
+    return await conn.run_sync(_reflect)
 
 
 def insert_order(metadata: MetaData) -> list[Table]:
