@@ -127,6 +127,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker("quick")
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """On an xdist worker under ``--dist loadgroup``, a grouped test's node id carries its group
+    (``...@docs-examples``): that suffix is how the controller keeps the group on one worker. With a
+    pytest whose node ids xdist cannot change (9.2: pytest-xdist issue 1386) the groups would spread
+    silently; their tests fail here instead, saying so."""
+    if item.config.getvalue("loadgroup") and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+        pytest.fail("--dist loadgroup does not keep this xdist_group on one worker: this pytest and pytest-xdist "
+                    "do not work together (pyproject.toml's pin says which pytest)", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     box = Sandbox(tmp_path_factory.mktemp("sandbox")).start()
