@@ -132,7 +132,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     (``...@docs-examples``): that suffix is how the controller keeps the group on one worker. With a
     pytest whose node ids xdist cannot change (9.2: pytest-xdist issue 1386) the groups would spread
     silently; their tests fail here instead, saying so."""
-    if item.config.getvalue("loadgroup") and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+    if getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
         pytest.fail("--dist loadgroup does not keep this xdist_group on one worker: this pytest and pytest-xdist "
                     "do not work together (pyproject.toml's pin says which pytest)", pytrace=False)
 
