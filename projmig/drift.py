@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Column, Table, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .schema import GENERATED_COLUMNS, PROJECT_TABLES, ColumnDiff, compare_tables, reflect
+from .schema import GENERATED_COLUMNS, PROJECT_TABLES, ColumnDiff, Reflections, compare_tables, reflect
 
 
 @dataclass
@@ -46,9 +46,10 @@ def default_sql(column: Column) -> str | None:
 
 
 async def check_drift(
-    src: AsyncConnection, dst: AsyncConnection, projects: list[str], *, revisions: tuple[str, str]
+    src: AsyncConnection, dst: AsyncConnection, projects: list[str], *, revisions: tuple[str, str],
+    known: Reflections | None = None,
 ) -> DriftCheck:
-    source, destination = await reflect(src, PROJECT_TABLES), await reflect(dst, PROJECT_TABLES)
+    source, destination = await reflect(src, PROJECT_TABLES, known), await reflect(dst, PROJECT_TABLES, known)
     check = DriftCheck(diffs=[d for d in compare_tables(source, destination) if not d.identical])
     for diff in check.diffs:
         table = source.tables[diff.table]

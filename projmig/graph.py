@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .errors import PreflightError
 from .placement import Placement
 from .rowcheck import TextTables, read_text_rows, table_digests
-from .schema import DEPLOYMENT_BOUND_TABLES, PROJECT_TABLES, reflect
+from .schema import DEPLOYMENT_BOUND_TABLES, PROJECT_TABLES, Reflections, reflect
 
 Row = dict[str, Any]
 SIMCORE_LOCATION = "0"
@@ -285,13 +285,14 @@ async def _dates_out_of_range(conn: AsyncConnection, table: Table, key: str, uui
 async def read_graph(
     conn: AsyncConnection, list_prefix, roots: list[str], *, include_hidden: bool, only: Collection[str] | None = None,
     source: AsyncConnection | None = None, states: dict[str, SourceState] | None = None,
+    known: Reflections | None = None,
 ) -> ProjectGraph:
     """The graph of ``roots``; ``list_prefix(prefix) -> {key: (size, etag)}`` lists the source bucket.
     ``only``: the projects the preflight found (and locked); a hidden child made since is left for a rerun.
     Across osparc releases ``conn`` holds the projects' staged rows (:mod:`projmig.staging`): then
     ``source`` is the source itself, where the rows that were not staged are counted (left behind),
     and ``states`` the projects' states read from it before they were staged."""
-    metadata = await reflect(conn, PROJECT_TABLES)
+    metadata = await reflect(conn, PROJECT_TABLES, known)
     parents: dict[str, str | None] = {r: None for r in roots}
     if include_hidden and "projects_metadata" in metadata.tables:
         for child, parent in await hidden_descendants(conn, roots):
@@ -344,7 +345,7 @@ async def read_graph(
     copied = {o.key for o in graph.objects}
     for entry in (e for p in graph.projects for e in p.files if e.kind == "soft_link" and e.object_name not in copied):
         entry.missing = f"soft link {entry.file_id}: its target {entry.object_name} is not copied with these projects"
-    graph.left_behind = await _count_left_behind(source or conn, uuids)
+    graph.left_behind = await _count_left_behind(source or conn, uuids, known)
     if graph.unreferenced_objects:
         graph.warnings.append(
             f"{graph.unreferenced_objects} objects ({graph.unreferenced_bytes} bytes) under the projects' prefixes "
@@ -419,8 +420,8 @@ def _under(keys: list[str], prefix: str) -> list[str]:
     return keys[first:last]
 
 
-async def _count_left_behind(conn: AsyncConnection, uuids: list[str]) -> dict[str, int]:
-    metadata = await reflect(conn, list(DEPLOYMENT_BOUND_TABLES))
+async def _count_left_behind(conn: AsyncConnection, uuids: list[str], known: Reflections | None) -> dict[str, int]:
+    metadata = await reflect(conn, list(DEPLOYMENT_BOUND_TABLES), known)
     counts = {}
     for name, column in DEPLOYMENT_BOUND_TABLES.items():
         table = metadata.tables.get(name)

@@ -36,7 +36,7 @@ from .buckets import ObjectState
 from .placement import FOLDERS_TABLE, PLACEMENT_DDL, TAGS_TABLE, place
 from .plan import MigrationPlan, PlannedProject
 from .rowcheck import compare, read_text_rows, use_text_form
-from .schema import PROJECT_TABLES, insert_order, reflect
+from .schema import PROJECT_TABLES, Reflections, insert_order, reflect
 from .selection import Lister
 
 SHOWN_DIFFERENCES = 5  # in the error of a failed check (the rest are counted)
@@ -104,7 +104,7 @@ class NotConfirmed(InsertError):
 
 async def insert_plan(
     engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], *, source: AsyncEngine,
-    source_listing: Lister, confirm: Confirm | None = None,
+    source_listing: Lister, confirm: Confirm | None = None, known: Reflections | None = None,
 ) -> InsertResult:
     """``verified``: destination key -> state, as verified after copying (sizes and ETags to record).
     ``source``, ``source_listing`` (prefix -> {key: (size, ETag)} in the source bucket): the source,
@@ -112,7 +112,7 @@ async def insert_plan(
     committing = False
     try:
         async with engine.begin() as conn:
-            result = await _insert(conn, plan, verified)
+            result = await _insert(conn, plan, verified, known)
             if confirm is not None:  # (first: the source is read again as late as it can be)
                 await confirm(plan)
             await _refuse_changed_source(
@@ -215,8 +215,10 @@ async def forget_records(conn: AsyncConnection, uuids: list[str]) -> None:
         await conn.execute(text(f"DELETE FROM {RECORD_TABLE} WHERE project_uuid = ANY(:u)"), {"u": uuids})
 
 
-async def _insert(conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[str, ObjectState]) -> InsertResult:
-    metadata = await reflect(conn, PROJECT_TABLES)
+async def _insert(
+    conn: AsyncConnection, plan: MigrationPlan, verified: Mapping[str, ObjectState], known: Reflections | None
+) -> InsertResult:
+    metadata = await reflect(conn, PROJECT_TABLES, known)
     result = InsertResult()
     uuids = [p.dst_uuid for p in plan.projects]
     # serialise concurrent runs of the same migration on the projects they create
@@ -383,6 +385,7 @@ class RootInsert:
 async def insert_each(
     engine: AsyncEngine, plan: MigrationPlan, verified: Mapping[str, ObjectState], roots: list[str], *,
     source: AsyncEngine, source_listing: Lister, concurrency: int = 4, confirm: Confirm | None = None,
+    known: Reflections | None = None,
 ) -> list[RootInsert]:
     """Each root's graph (the root and its hidden children) in a transaction of its own, ``concurrency``
     at once: a project that fails is rolled back alone and the others are kept. ``confirm``: as
@@ -396,7 +399,7 @@ async def insert_each(
             try:
                 return RootInsert(root, uuids, result=await insert_plan(
                     engine, plan.subset(uuids), verified, source=source, source_listing=source_listing,
-                    confirm=confirm))
+                    confirm=confirm, known=known))
             except InsertError as exc:
                 return RootInsert(root, uuids, error=exc)
 

@@ -230,7 +230,8 @@ async def _check_databases(
         if rows is not None and projects and src_rev is not None and dst_rev is not None and comparable:
             # every table a project touches, column by column, even at one revision (a destination
             # altered by hand would lose a column's data silently): where the rows would not fit, refused
-            checked = await check_drift(rows, dst, projects, revisions=(dst_rev if release else src_rev, dst_rev))
+            checked = await check_drift(rows, dst, projects, revisions=(dst_rev if release else src_rev, dst_rev),
+                                        known=run.reflections)
             problems += checked.problems
             drift, drift_notes = checked.diffs, checked.notes
         # who receives it

@@ -29,6 +29,7 @@ from .plan import ObjectCopy
 from .s3 import Retrier, new_session, s3_client
 from .releases import OsparcMigrations
 from .s3data import DataPath, data_path
+from .schema import Reflections
 from .settings import DatabaseSettings, MigrationOptions, MigrationSettings, S3Settings
 from .staging import StagedDatabase, StagingServer, staging_database
 
@@ -129,6 +130,7 @@ class MigrationRun:
         self.transfers = transfers
         self.locks = locks
         self.staged: StagedDatabase | None = None
+        self.reflections = Reflections()  # of both databases' tables, one per shape
         self._resources = resources  # what the run opens as it goes, closed when it ends
 
     @classmethod

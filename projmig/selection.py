@@ -37,6 +37,7 @@ from .graph import (
 )
 from .plan import DestinationFacts, MigrationPlan, build_plan
 from .remap import copy_namespace, destination_identity, legacy_destination_identity, new_project_uuid, root_of
+from .schema import Reflections
 from .settings import MigrationSettings, UuidPolicy
 
 Lister = Callable[[str], Awaitable[dict[str, tuple[int, str]]]]  # prefix -> {key: (size, etag)} in the source
@@ -116,13 +117,13 @@ async def select_projects(
 
 async def read_selection(
     conn: AsyncConnection, lister: Lister, selection: Selection, *, source: AsyncConnection | None = None,
-    states: dict[str, SourceState] | None = None,
+    states: dict[str, SourceState] | None = None, known: Reflections | None = None,
 ) -> ProjectGraph:
     """The graph of exactly the selected projects (a hidden child made since is left for a rerun).
     ``source``/``states``: when ``conn`` holds staged rows (:func:`projmig.graph.read_graph`)."""
     return await read_graph(
         conn, lister, selection.roots, include_hidden=selection.include_hidden, only=selection.projects,
-        source=source, states=states,
+        source=source, states=states, known=known,
     )
 
 

@@ -82,14 +82,15 @@ async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph
     try:
         if run.staged is None:
             async with open_engine(run.settings.source.db, "source") as engine, snapshot(engine) as conn:
-                graph = await read_selection(conn, lister, report.selection)
+                graph = await read_selection(conn, lister, report.selection, known=run.reflections)
                 graph.placements = await placements_of(conn, graph.root_owners(), run.settings.choices)
         else:  # across releases: the rows as staged; what the source holds besides them, from the source
             async with (
                 open_engine(run.staged.db, "staging") as engine, snapshot(engine) as conn,
                 open_engine(run.settings.source.db, "source") as source, source.connect() as source_conn,
             ):
-                graph = await read_selection(conn, lister, report.selection, source=source_conn, states=report.source_states)
+                graph = await read_selection(conn, lister, report.selection, source=source_conn,
+                                             states=report.source_states, known=run.reflections)
                 graph.placements = await placements_of(source_conn, graph.root_owners(), run.settings.choices)
         # before any byte moves: an object the destination cannot take fails the run now
         refuse_oversized(graph.objects, run.destination.s3.max_object_size, run.destination.bucket)
@@ -178,7 +179,7 @@ async def insert_roots(
     try:
         await run.confirm_locks()
         return await insert_each(engine, plan, verified, roots, concurrency=concurrency, source=source,
-                                 source_listing=source_listing(run), confirm=confirm)
+                                 source_listing=source_listing(run), confirm=confirm, known=run.reflections)
     finally:
         await engine.dispose()
         await source.dispose()
