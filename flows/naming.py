@@ -25,8 +25,11 @@ def migration_run_name() -> str:
 def copy_run_name() -> str:
     """``copy <file name>`` for one large object, ``copy <n> files`` for a batch."""
     from prefect.runtime import task_run
+    from prefect.utilities.annotations import BaseAnnotation
 
     batch = task_run.parameters.get("batch") or []
+    if isinstance(batch, BaseAnnotation):  # (named before its parameters are resolved)
+        batch = batch.unwrap()
     if len(batch) == 1:
         return f"copy {batch[0][0].dst_key.rsplit('/', 1)[-1]}"
     return f"copy {len(batch)} files"

@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from prefect.futures import as_completed
+from prefect.utilities.annotations import quote
 
 from projmig.copier import CopyOutcome
 from projmig.errors import ConfigError
@@ -51,7 +52,9 @@ class CopyRunner:
 
         async def one(batch: Batch) -> list[CopyOutcome]:
             async with runs:
-                return await copy_task(transfer=transfer, batch=batch, run=run)
+                # quoted: Prefect would walk each object of the batch (twice) looking for futures (not for
+                # Dask, above: its arguments would lose the quote on the way, a tuple to Dask)
+                return await copy_task(transfer=transfer, batch=quote(batch), run=run)
 
         pending = [asyncio.ensure_future(one(batch)) for batch in batches]
         try:

@@ -123,3 +123,6 @@ async def test_the_flows_insert_runs_while_its_final_listing_does(fixture_simcor
     listing, insert = by_name["compare-destination"], by_name["insert-rows"]
     assert listing.state.is_completed() and insert.state.is_completed()
     assert insert.start_time < listing.end_time <= insert.end_time
+    # each copy task run is named for what it copies ("copy 12 files", "copy <name>" for one object)
+    copies = [r.name.split(" ") for r in runs if r.name.startswith("copy ")]
+    assert copies and sum(int(w[1]) if w[-1] == "files" else 1 for w in copies) == report.objects_copied > 1
