@@ -82,7 +82,7 @@ def run_dask(env: BenchEnv, runs: int, sizes: DaskSizes, options: dict[str, Any]
 
     def migrate(label: str, address: str | None) -> Callable[[], list[Sample]]:
         def step() -> list[Sample]:
-            dest = env.fresh_destination()
+            dest = env.fresh_destination(new_bucket=True)  # the workers' cache is shared by the rounds
             try:
                 settings = env.settings(sample.uuid, dest, options)
                 if address:

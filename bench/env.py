@@ -1,6 +1,12 @@
 """The bench's deployments: two PostgreSQL + two SeaweedFS servers on 127.0.0.1 (the sandbox the
 tests use), a source database and bucket seeded with the sample builder, and a fresh destination
-(database from a template + empty bucket) for every measured run, so that runs are comparable."""
+(database from a template + empty bucket) for every measured run, so that runs are comparable.
+
+A destination's bucket is emptied after its run and handed to the next one, not deleted: a deployment
+keeps its bucket, and a new bucket per run made SeaweedFS slower round after round (its CPU per
+request grew ~2x over 6-8 rounds; docs/performance.md). Each destination has a Prefect result
+storage of its own, so that a projmig run never finds the copy task cache of an earlier round's run
+into the same bucket name (what a fresh bucket name ensured before)."""
 
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ class Destination:
     db: DatabaseSettings
     s3: S3Settings
     deployment: LocalDeployment  # whose S3 server holds the bucket
+    serial: int = 0  # this destination's number in the bench env (its own Prefect result storage)
+    keep_bucket: bool = True  # emptied after the run for the next one (else deleted)
 
 
 class BenchEnv:
@@ -57,6 +65,7 @@ class BenchEnv:
         self.prefect_api_url = prefect_api_url
         self._prefect: subprocess.Popen[bytes] | None = None
         self._counter = itertools.count()
+        self._spare_buckets: dict[str, list[S3Settings]] = {}  # emptied, by S3 endpoint: the next runs'
         self.owner_id = 0
         self.dst_user_id = 0
         self.profile_dir: Path | None = None  # py-spy profiles of the projmig runs go here
@@ -130,6 +139,10 @@ class BenchEnv:
         for dep, name in getattr(self, "_databases_made", []):
             await dep.drop_database(name)
         await empty_bucket(self.source_s3, delete=True)
+        for spare in self._spare_buckets.values():
+            for s3 in spare:
+                await empty_bucket(s3, delete=True)
+        self._spare_buckets.clear()
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -138,9 +151,11 @@ class BenchEnv:
         return arun(build_sample_project(self.source_db, self.source_s3, owner_id=self.owner_id, spec=spec))
 
     def fresh_destination(self, *, same_endpoint: bool = False, with_db: bool = True,
-                          template: str | None = None) -> Destination:
+                          template: str | None = None, new_bucket: bool = False) -> Destination:
         """A new database (from the destination template, or ``template`` on the destination's server)
-        and a new empty bucket."""
+        and an empty bucket (one an earlier destination emptied, or a new one; ``new_bucket``: a new
+        one, deleted after: for copy task runs whose Prefect results are not this destination's own,
+        e.g. on Dask workers)."""
         n = next(self._counter)
         dep = self.sandbox.source if same_endpoint else self.sandbox.destination
         template = template or self.template
@@ -149,8 +164,9 @@ class BenchEnv:
             db = self.sandbox.destination.database(template)
             if with_db:
                 db = await self.sandbox.destination.create_database(f"bench_dst_{self.tag}_{n}", template=template)
-            s3 = await dep.create_bucket(f"bench-dst-{self.tag}-{n}")
-            return Destination(db=db, s3=s3, deployment=dep)
+            spare = [] if new_bucket else self._spare_buckets.get(dep.s3.endpoint or "")
+            s3 = spare.pop() if spare else await dep.create_bucket(f"bench-dst-{self.tag}-{n}")
+            return Destination(db=db, s3=s3, deployment=dep, serial=n, keep_bucket=not new_bucket)
 
         return arun(make())
 
@@ -158,9 +174,15 @@ class BenchEnv:
         async def drop() -> None:
             if dest.db.database != self.template:
                 await self.sandbox.destination.drop_database(dest.db.database or "")
-            await empty_bucket(dest.s3, delete=True)
+            await empty_bucket(dest.s3, delete=not dest.keep_bucket)
+            if dest.keep_bucket:
+                self._spare_buckets.setdefault(dest.deployment.s3.endpoint or "", []).append(dest.s3)
 
         arun(drop())
+
+    def result_storage(self, dest: Destination) -> Path:
+        """Where a projmig run into ``dest`` keeps its Prefect results (the copy task's cache)."""
+        return self.workdir / "prefect-results" / str(dest.serial)
 
     def settings(self, project: str, dest: Destination, options: dict[str, Any] | None = None) -> dict[str, Any]:
         return {

@@ -57,13 +57,13 @@ def projmig(
     ``job`` adds to what the child is told (e.g. ``{"deep": False}``); ``settings``: the whole
     configuration (sections ``source``, ``destination``, ``choices``, ``host``, ``options``) instead
     of ``project`` from the bench's source into ``dest`` for its destination user."""
-    prefect = env.prefect_env()
+    prefect = {**env.prefect_env(), "PREFECT_LOCAL_STORAGE_PATH": str(env.result_storage(dest))}
     if ephemeral or local_api:
         prefect.pop("PREFECT_API_URL", None)
     if ephemeral:
         prefect["PROJMIG_PREFECT_API"] = "ephemeral"
     settings = settings if settings is not None else env.settings(project, dest, options)
-    config = env.workdir / f"cfg-{os.getpid()}-{dest.s3.bucket}.json"  # the sandbox's throwaway credentials
+    config = env.workdir / f"cfg-{os.getpid()}-{dest.serial}.json"  # the sandbox's throwaway credentials
     config.write_text(json.dumps(settings))
     config.chmod(0o600)
     job = {"mode": mode, "settings": settings, "config": str(config), **(job or {})}
@@ -80,6 +80,11 @@ def projmig(
         ).check(label)
         result = json.loads(Path(out.name).read_text())
     config.unlink(missing_ok=True)
+    if mode == "cli" and not settings.get("options", {}).get("dask_address"):  # (on Dask: copied in the workers)
+        copies = result["steps"].get("copy_objects", {}).get("calls", 0)
+        if copies != result["copy_task_runs"]:  # what a destination's own result storage prevents
+            raise RuntimeError(f"{label}: {result['copy_task_runs'] - copies} of {result['copy_task_runs']} copy task "
+                               f"runs came from Prefect's cache: the bench would measure another path")
     inner = result["flow_seconds"] if mode == "cli" else result[f"{mode}_seconds"]
     rss = result["self_peak_rss_mb"]  # projmig's process alone (an ephemeral Prefect API is a child)
     flow = Sample(f"{label} (flow)", inner, rss, proc.tree_peak_rss_mb, proc.cpu_seconds, result)
