@@ -61,6 +61,12 @@ class BenchEnv:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._own_sandbox = sandbox is None
         self.sandbox = sandbox or Sandbox(self.workdir / "servers")
+        if self._own_sandbox:
+            # SeaweedFS without the suite's Go memory limit (300 MiB): near it, Go's collector ran so
+            # often that each server's CPU per request doubled after a few rounds; a deployment's S3
+            # server has its memory (docs/performance.md)
+            for dep in (self.sandbox.source, self.sandbox.destination):
+                dep.s3.memory_limit = None
         self.tag = f"{os.getpid()}"
         self.prefect_api_url = prefect_api_url
         self._prefect: subprocess.Popen[bytes] | None = None

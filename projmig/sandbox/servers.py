@@ -240,6 +240,8 @@ class SeaweedServer(S3Store):
     """One SeaweedFS ``weed mini`` (master, volume, filer, S3) with fixed credentials."""
 
     provider = Provider.MINIO  # MinIO-class: path-style addressing, MD5 ETags
+    # Go's soft memory limit: keeps RSS near 165 MB in the suite (else 1-2 GB under load); None: no limit
+    memory_limit: str | None = "300MiB"
 
     def __init__(
         self, workdir: Path, *, access_key: str, secret_key: str, extra_identities: list[dict] | None = None,
@@ -307,7 +309,7 @@ class SeaweedServer(S3Store):
         if self.tls:
             self.https_port = free_port()
             cmd += [f"-s3.port.https={self.https_port}", f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}"]
-        env = dict(os.environ, GOMEMLIMIT="300MiB")
+        env = dict(os.environ, **({"GOMEMLIMIT": self.memory_limit} if self.memory_limit else {}))
         self.process = spawn_logged(cmd, env=env, log=self.workdir / "weed.log")
         return self
 
