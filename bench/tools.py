@@ -80,7 +80,7 @@ def projmig(
         ).check(label)
         result = json.loads(Path(out.name).read_text())
     config.unlink(missing_ok=True)
-    if mode == "cli" and not settings.get("options", {}).get("dask_address"):  # (on Dask: copied in the workers)
+    if mode == "cli" and settings.get("options", {}).get("task_runner") != "dask":  # (on Dask: copied in the workers)
         copies = result["steps"].get("copy_objects", {}).get("calls", 0)
         if copies != result["copy_task_runs"]:  # what a destination's own result storage prevents
             raise RuntimeError(f"{label}: {result['copy_task_runs'] - copies} of {result['copy_task_runs']} copy task "
