@@ -374,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     key = secrets.token_hex(8)
     servers = [SeaweedServer(workdir / side, access_key=f"AK{key.upper()}", secret_key=secrets.token_urlsafe(24))
                for side in ("source", "destination")]
+    for server in servers:
+        server.memory_limit = None  # as the bench's own servers (bench/env.py): no Go memory limit
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit, "load_before": os.getloadavg(),
                               "runs": args.runs, "samples": {}}
