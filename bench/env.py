@@ -3,8 +3,9 @@ tests use), a source database and bucket seeded with the sample builder, and a f
 (database from a template + empty bucket) for every measured run, so that runs are comparable.
 
 A destination's bucket is emptied after its run and handed to the next one, not deleted: a deployment
-keeps its bucket, and a new bucket per run made SeaweedFS slower round after round (its CPU per
-request grew ~2x over 6-8 rounds; docs/performance.md). Each destination has a Prefect result
+keeps its bucket (and a new bucket per run grew SeaweedFS's memory faster, which, under the suite's
+Go memory limit, slowed it round after round; the bench's servers now run without that limit:
+docs/performance.md). Each destination has a Prefect result
 storage of its own, so that a projmig run never finds the copy task cache of an earlier round's run
 into the same bucket name (what a fresh bucket name ensured before)."""
 
