@@ -20,7 +20,9 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, Date, DateTime, MetaData, Table, Text, cast, func, literal_column, select, text
+from sqlalchemy import JSON, Date, DateTime, MetaData, String, Table, Text, cast, func, literal_column, select, text
+from sqlalchemy import column as sa_column, table as sa_table
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import PreflightError
@@ -345,7 +347,7 @@ async def read_graph(
     copied = {o.key for o in graph.objects}
     for entry in (e for p in graph.projects for e in p.files if e.kind == "soft_link" and e.object_name not in copied):
         entry.missing = f"soft link {entry.file_id}: its target {entry.object_name} is not copied with these projects"
-    graph.left_behind = await _count_left_behind(source or conn, uuids, known)
+    graph.left_behind = await _count_left_behind(source or conn, uuids)
     if graph.unreferenced_objects:
         graph.warnings.append(
             f"{graph.unreferenced_objects} objects ({graph.unreferenced_bytes} bytes) under the projects' prefixes "
@@ -420,17 +422,27 @@ def _under(keys: list[str], prefix: str) -> list[str]:
     return keys[first:last]
 
 
-async def _count_left_behind(conn: AsyncConnection, uuids: list[str], known: Reflections | None) -> dict[str, int]:
-    metadata = await reflect(conn, list(DEPLOYMENT_BOUND_TABLES), known)
-    counts = {}
-    for name, column in DEPLOYMENT_BOUND_TABLES.items():
-        table = metadata.tables.get(name)
-        if table is None or column not in table.c:
-            continue
-        count = await conn.scalar(select(func.count()).select_from(table).where(table.c[column].in_(uuids)))
-        if count:
-            counts[name] = count
-    return counts
+async def _count_left_behind(conn: AsyncConnection, uuids: list[str]) -> dict[str, int]:
+    """Rows of the deployment-bound tables that name the projects, in one query (the columns' types
+    from the catalog, not SQLAlchemy's reflection: that took ~0.1 s per run, before any byte moved)."""
+    found = (await conn.execute(text(
+        "SELECT c.relname, a.attname, t.typname FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema()"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+        " JOIN pg_type t ON t.oid = a.atttypid"
+        " WHERE c.relkind IN ('r', 'p') AND c.relname = ANY(:tables) AND a.attname = ANY(:columns)"
+    ), {"tables": list(DEPLOYMENT_BOUND_TABLES), "columns": list(set(DEPLOYMENT_BOUND_TABLES.values()))})).all()
+    types = {(name, column): kind for name, column, kind in found}
+    kinds = {name: types[name, column] for name, column in DEPLOYMENT_BOUND_TABLES.items() if (name, column) in types}
+    counts = []
+    for name, kind in kinds.items():
+        column = sa_column(DEPLOYMENT_BOUND_TABLES[name], PG_UUID(as_uuid=False) if kind == "uuid" else String())
+        counts.append(select(func.count()).select_from(sa_table(name, column)).where(column.in_(uuids))
+                      .scalar_subquery().label(name))
+    if not counts:
+        return {}
+    row = (await conn.execute(select(*counts))).one()
+    return {name: n for name, n in zip(kinds, row) if n}
 
 
 def parse_uuid(value: str | UUID) -> str:
