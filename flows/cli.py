@@ -1,7 +1,8 @@
 """``projmig``: the command line.
 
-Bad input is caught before Prefect starts (a library preflight) and printed as one ``error:``
-line per problem, exit code 2. A migration that fails midway exits with 1 and says whether a
+Bad input is caught before anything is written (a library preflight: the command's own, or for
+``migrate`` with a Prefect API at hand the flow's) and printed as one ``error:`` line per problem,
+exit code 2. A migration that fails midway exits with 1 and says whether a
 rerun will continue where it stopped. Names, keys and error details are untrusted text: the
 consoles (``flows/console.py``) interpret no markup, and every line goes through
 :func:`projmig.text.printable`. A command's Prefect API and credentials: ``flows/local_run.py``.

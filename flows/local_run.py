@@ -1,8 +1,8 @@
 """A command run from a terminal (the CLI and the demo) as Prefect needs it: a Prefect API for this
 process (:func:`use_prefect_api`), the settings' credentials resolved (:func:`resolved`: through
 ``flows/credentials.py``, starting Prefect only for Secret blocks), and ``projmig migrate``'s run
-itself (:func:`migrate_with_progress`): the checks before Prefect starts, then the
-``migrate-project`` flow with a progress bar.
+itself (:func:`migrate_with_progress`): the ``migrate-project`` flow with a progress bar, its
+preflight the check (the command's own first, only when no Prefect API answers yet).
 """
 
 from __future__ import annotations
@@ -40,22 +40,19 @@ def _prefect_for_secrets(importing: threading.Thread | None) -> None:
 
 
 async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = False) -> MigrationReport:
-    from projmig import steps
-    from projmig.run import MigrationRun
-
     quiet_prefect(verbose)
-    # with a Prefect API at hand (or the local server still starting), Prefect is imported (~1.5 s of
-    # CPU) while the preflight waits on the servers; without, the local server is started only after
-    # the preflight passed, and Prefect imported while it starts (another process: ~15 s here)
     api = use_prefect_api(start=False, wait=False)
+    # Prefect is imported (~1.5 s of CPU) in the background meanwhile, unless no API runs: then the
+    # local server is started only after the CLI's own preflight passed (bad input costs no server),
+    # and Prefect imported while it starts (another process: ~5 s here)
     importing = _import_in_background("flows.migrate") if api is not False else None
     try:
-        # credentials resolved once for the run (the flow gets their values, masked in its parameters);
-        # bad input fails here, in seconds, before Prefect starts
+        # credentials resolved once for the run (the flow gets their values, masked in its parameters)
         settings = await resolved(settings, importing=importing)
-        async with MigrationRun.open(settings, lock=False) as checking:
-            # (across osparc releases the rows are staged once, by the flow's own preflight)
-            await steps.preflight(checking, probe_write=False, stage=False)
+        if not _answering(api):
+            # bad input fails here, in seconds, before a Prefect server has to start; with an API that
+            # answers, the flow's own preflight is the check (the same errors, one line each), not a second one
+            await _preflight(settings)
     finally:
         if importing is not None:
             # also when a check failed: a daemon thread still importing when the interpreter exits is
@@ -71,6 +68,21 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
 
     with copy_progress():
         return await migrate_project(settings)
+
+
+def _answering(api: bool | None) -> bool:
+    """A Prefect API this command reaches at once: the local server (running or starting), or one
+    configured; not Prefect's temporary one (``PROJMIG_PREFECT_API=ephemeral``: ~10 s to start)."""
+    return api is True or (api is None and os.environ.get("PROJMIG_PREFECT_API") != "ephemeral")
+
+
+async def _preflight(settings: MigrationSettings) -> None:
+    from projmig import steps
+    from projmig.run import MigrationRun
+
+    async with MigrationRun.open(settings, lock=False) as checking:
+        # (across osparc releases the rows are staged once, by the flow's own preflight)
+        await steps.preflight(checking, probe_write=False, stage=False)
 
 
 def quiet_prefect(verbose: bool) -> None:
