@@ -18,11 +18,10 @@ from projmig.copier import CopyOutcome
 from projmig.insert import Confirm, RootInsert
 from projmig.pipeline import Steps
 from projmig.plan import MigrationPlan, ObjectCopy
-from projmig.preflight import PreflightReport
 from projmig.report import MigrationReport
 from projmig.rollback import RollbackResult
 from projmig.run import MigrationRun
-from projmig.steps import Batch, Listed
+from projmig.steps import Batch, Listed, Survey
 from projmig.units import human_bytes
 
 from . import tasks
@@ -45,17 +44,15 @@ class TaskSteps(Steps):
     def __exit__(self, *exc: object) -> None:
         self.runner.close()
 
-    # Few task runs (each costs tens of milliseconds of orchestration): the preflight, the survey (the
-    # source's graph, the destination's listings and the plan in one), the copy batches (the only ones
-    # cached: the checkpoints a rerun skips), the listing that verifies the copies, one insert per
-    # account. Comparing with a listing already taken and aborting leftover uploads are plain calls.
+    # Few task runs (each costs tens of milliseconds of orchestration): the survey (the preflight, the
+    # source's graph, the write probe, the destination's listings and the plan in one), the copy
+    # batches (the only ones cached: the checkpoints a rerun skips), the listing that verifies the
+    # copies, one insert per account. Comparing with a listing already taken and aborting leftover
+    # uploads are plain calls.
     # Large values (graphs, plans, listings) are quoted: Prefect would otherwise walk each for futures.
 
-    async def preflight(self, run: MigrationRun, *, probe_write: bool) -> PreflightReport:
-        return await tasks.preflight(run, probe_write=probe_write)
-
-    async def survey(self, run: MigrationRun, report: PreflightReport, *, list_destination: bool) -> tuple[MigrationPlan, Listed | None]:
-        return await tasks.survey(run, report, list_destination=list_destination)
+    async def survey(self, run: MigrationRun, *, probe_write: bool) -> Survey:
+        return await tasks.survey(run, probe_write=probe_write)
 
     async def compare(
         self, run: MigrationRun, copies: list[ObjectCopy], listed: Listed | None = None

@@ -21,27 +21,20 @@ from projmig import steps
 from projmig.buckets import ObjectState
 from projmig.copier import CopyOutcome
 from projmig.insert import Confirm, RootInsert
-from projmig.pipeline import Steps
 from projmig.plan import MigrationPlan, ObjectCopy
-from projmig.preflight import PreflightReport
 from projmig.rollback import RollbackResult
 from projmig.run import MigrationRun, TransferSettings, Transfers
-from projmig.steps import Batch, Listed
+from projmig.steps import Batch, Survey
 
 from .naming import copy_run_name
 from .progress import report_bytes
 
 
-@task(name="preflight", cache_policy=NONE)
-async def preflight(run: MigrationRun, probe_write: bool = True) -> PreflightReport:
-    """Every check but the write probe, which the flow runs while the graph is read."""
-    return await steps.preflight(run, probe_write=probe_write, probe_now=False)
-
-
-@task(name="read-and-plan", cache_policy=NONE)
-async def survey(run: MigrationRun, report: PreflightReport, list_destination: bool = True) -> tuple[MigrationPlan, Listed | None]:
-    """The source's graph and the destination's listings (at once), and the plan."""
-    return await Steps().survey(run, report, list_destination=list_destination)
+@task(name="preflight-and-plan", cache_policy=NONE)
+async def survey(run: MigrationRun, probe_write: bool = True) -> Survey:
+    """The preflight's checks, the source's graph (read while they run), the write probe, the
+    destination's listings and the plan (:func:`projmig.steps.survey`)."""
+    return await steps.survey(run, probe_write=probe_write)
 
 
 @task(name="compare-destination", cache_policy=NONE)

@@ -34,7 +34,6 @@ from .marks import project_of
 from .objects import batch_transfers
 from .plan import MigrationPlan, ObjectCopy
 from .preflight import PreflightReport
-from .graph import ProjectGraph
 from .report import MigrationReport, StageTimer
 from .rollback import RollbackResult
 from .run import MigrationRun
@@ -53,28 +52,10 @@ class Steps:
     def __init__(self, logger: logging.Logger | Any | None = None):
         self.log = logger or logging.getLogger("projmig")
 
-    async def preflight(self, run: MigrationRun, *, probe_write: bool) -> PreflightReport:
-        """Every check but the write probe (``probe_write``: a run that writes: :meth:`write_probe` follows)."""
-        return await library.preflight(run, probe_write=probe_write, probe_now=False)
-
-    async def write_probe(self, run: MigrationRun, report: PreflightReport) -> None:
-        await library.write_probe(run, report)
-
-    async def read_graph(self, run: MigrationRun, report: PreflightReport) -> ProjectGraph:
-        return await library.read_graph(run, report)
-
-    async def list_destination(self, run: MigrationRun, prefixes: list[str]) -> Listed:
-        return await library.list_destination(run, prefixes)
-
-    def plan(self, graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
-        return library.make_plan(graph, report)
-
-    async def survey(self, run: MigrationRun, report: PreflightReport, *, list_destination: bool) -> tuple[MigrationPlan, Listed | None]:
-        """The plan, from the source's graph, and the destination's listings (``list_destination``),
-        both sides' servers read at once."""
-        listing = self.list_destination(run, report.selection.destination_prefixes) if list_destination else _nothing()
-        graph, listed = await asyncio.gather(self.read_graph(run, report), listing)
-        return self.plan(graph, report), listed
+    async def survey(self, run: MigrationRun, *, probe_write: bool) -> library.Survey:
+        """The preflight, the graph, the plan and (``probe_write``: a run that writes) the write probe
+        and the destination's listings, overlapped (:func:`projmig.steps.survey`)."""
+        return await library.survey(run, probe_write=probe_write)
 
     async def compare(
         self, run: MigrationRun, copies: list[ObjectCopy], listed: Listed | None = None
@@ -163,14 +144,14 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
     log = steps.log
     dry = run.settings.choices.dry_run
     timer = StageTimer()
-    with timer("preflight"):
-        checked = await steps.preflight(run, probe_write=not dry)
+    # the graph read while the preflight's later checks run; the write probe (the preflight's last
+    # check: nothing is copied before it passed) while the destination is listed
+    surveyed = await steps.survey(run, probe_write=not dry)
+    checked, plan, listed = surveyed.report, surveyed.plan, surveyed.listed
+    for stage, seconds in surveyed.seconds.items():
+        timer.add(stage, seconds)
     if checked.already_migrated:
         log.info("already in the destination from an earlier run: %s", ", ".join(checked.already_migrated))
-    with timer("graph"):
-        # the write probe (the preflight's last check: nothing is copied before it passed) while the
-        # graph is read and the destination listed, which write nothing
-        plan, listed = await _while_probing(steps, run, checked, probing=not dry)
     if not dry:
         log.info(checked.verification.describe())
         if run.settings.options.verification == "auto":  # what the probes chose, for every copy
@@ -250,22 +231,6 @@ async def migrate(run: MigrationRun, steps: Steps | None = None) -> MigrationRep
     if causes:
         raise run_failure(report, causes)
     return report
-
-
-async def _while_probing(
-    steps: Steps, run: MigrationRun, checked: PreflightReport, *, probing: bool
-) -> tuple[MigrationPlan, Listed | None]:
-    """The survey, and (``probing``) the write probe at the same time; a probe that refuses is the
-    run's error, whatever the survey found."""
-    surveyed, probed = await asyncio.gather(
-        steps.survey(run, checked, list_destination=probing),
-        steps.write_probe(run, checked) if probing else _nothing(),
-        return_exceptions=True,
-    )
-    for outcome in (probed, surveyed):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return surveyed  # type: ignore[return-value]
 
 
 def _by_owner(plan: MigrationPlan, roots: list[str]) -> dict[int, list[str]]:
@@ -500,10 +465,6 @@ async def rollback(run: MigrationRun, steps: Steps | None = None, *, dry_run: bo
     await steps.publish_rollback(result)
     steps.log.info(result.headline())
     return result
-
-
-async def _nothing() -> None:
-    return None
 
 
 __all__ = ["MigrationFailed", "ProjmigError", "Steps", "migrate", "rollback", "run_failure"]

@@ -6,6 +6,7 @@ to know or raises one :class:`PreflightError` listing every problem found, each 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,12 @@ class PreflightReport(BaseModel):
         return probe_key(self.selection.roots)
 
 
+Selected = Callable[[Selection, dict[str, SourceState]], None]
+
+
 async def run_preflight(
     run: MigrationRun, *, probe_write: bool = True, probe_now: bool = True, owner: bool = True, stage: bool = True,
+    on_selected: Selected | None = None,
 ) -> PreflightReport:
     """The checks of ``run`` (its settings; its locks: once the destination projects are known, and
     before they are looked for in the destination, they are locked, waiting for another run of them:
@@ -94,7 +99,10 @@ async def run_preflight(
     whoever would own them). ``stage``: across osparc releases, the projects' rows are staged now
     (the run keeps them) and the checks that need them run; else those are left to a later preflight.
     ``probe_write``: a run that will write (every owner must match; the write probe); ``probe_now=False``
-    leaves the write probe to the caller (:func:`write_probe`, while it reads the graph)."""
+    leaves the write probe to the caller (:func:`write_probe`, while it reads the graph).
+    ``on_selected(selection, states)``: called once the projects are known and their rows readable
+    (and no problem found so far), before the longer checks: the caller may read the graph meanwhile
+    (read-only; the checks' verdict still comes first)."""
     settings, session = run.settings, run.transfers.session
     quick = Retrier(attempts=2, timeout=20, initial_wait=0.5, max_wait=2)
     async with AsyncExitStack() as stack:
@@ -126,7 +134,7 @@ async def run_preflight(
         try:
             async with engines["source"].connect() as src, engines["destination"].connect() as dst:
                 try:
-                    report = await _check_databases(run, src, dst, problems, owner, stage, probe_write)
+                    report = await _check_databases(run, src, dst, problems, owner, stage, probe_write, on_selected)
                 except Exception as exc:
                     if not _connection_lost(exc):
                         raise
@@ -172,7 +180,7 @@ def _lost(settings: MigrationSettings, roles: list[str], exc: BaseException) -> 
 
 async def _check_databases(
     run: MigrationRun, src: AsyncConnection, dst: AsyncConnection, problems: list[str], owner: bool, stage: bool,
-    probe_write: bool,
+    probe_write: bool, on_selected: Selected | None = None,
 ) -> PreflightReport:
     settings = run.settings
     src_rev, dst_rev = await alembic_revision(src), await alembic_revision(dst)
@@ -224,6 +232,8 @@ async def _check_databases(
             release.staged_rows, release.gone, release.seconds = staged.rows, staged.gone, staged.timings
             engine = await staging.enter_async_context(open_engine(staged.db, "staging"))
             rows = await staging.enter_async_context(engine.connect())
+    if on_selected is not None and rows is not None and projects and not problems:
+        on_selected(selection, states)
 
     try:
         comparable = src_rev == dst_rev or release is not None or settings.options.allow_schema_drift

@@ -7,6 +7,8 @@ the table of rules in docs/table-rules.md.
 
 from __future__ import annotations
 
+import asyncio
+
 from dataclasses import dataclass, field
 
 from sqlalchemy import MetaData, Table, inspect, text
@@ -134,12 +136,15 @@ class Reflections:
 
     def __init__(self) -> None:
         self._known: dict[tuple[tuple[str, ...], str], MetaData] = {}
+        self._reflecting: dict[tuple[tuple[str, ...], str], asyncio.Lock] = {}
 
     async def reflect(self, conn: AsyncConnection, tables: tuple[str, ...] | list[str]) -> MetaData:
         names = tuple(tables)
         key = (names, str(await conn.scalar(SCHEMA_FINGERPRINT, {"tables": list(names)})))
-        if key not in self._known:  # (two steps at once may both reflect: either result is right)
-            self._known[key] = await reflect(conn, names)
+        # two steps at once (the preflight's checks and the graph's read) wait for one reflection
+        async with self._reflecting.setdefault(key, asyncio.Lock()):
+            if key not in self._known:
+                self._known[key] = await reflect(conn, names)
         return self._known[key]
 
 

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,13 +23,13 @@ from .choices import UuidPolicy
 from .copier import CopyOutcome, refuse_oversized
 from .db import alembic_revision, create_engine, open_engine
 from .errors import PreflightError, TransferError
-from .graph import ProjectGraph, snapshot
+from .graph import ProjectGraph, SourceState, snapshot
 from .insert import Confirm, RootInsert, insert_each
 from .marks import mark_of
 from .objects import compare_with_destination
 from .placement import Placed, placements_of, read_placed
 from .plan import MigrationPlan, ObjectCopy
-from .preflight import PreflightReport, release_path, run_preflight, write_probe
+from .preflight import PreflightReport, Selected, release_path, run_preflight, write_probe
 from .rollback import RollbackResult, find_objects, recompute_plan, refuse_shared_bucket, remove_objects, remove_rows
 from .rowcheck import Difference, compare as compare_row_texts, read_text_rows
 from .run import MigrationRun, Side, Transfers
@@ -43,12 +44,15 @@ Batch = list[tuple[ObjectCopy, ObjectState | None]]  # objects to copy, with wha
 
 async def preflight(
     run: MigrationRun, *, probe_write: bool = True, probe_now: bool = True, owner: bool = True, stage: bool = True,
+    on_selected: Selected | None = None,
 ) -> PreflightReport:
     """The checks before any byte moves; a run that holds locks locks its projects here, and a run
     across osparc releases stages their rows (``stage=False``: the CLI's early check before Prefect
     starts leaves that to the flow). ``owner``: the destination owner is checked (not by ``cleanup``).
-    ``probe_now=False``: the write probe is left to :func:`write_probe` (the pipeline's, while it reads the graph)."""
-    return await run_preflight(run, probe_write=probe_write, probe_now=probe_now, owner=owner, stage=stage)
+    ``probe_now=False``: the write probe is left to :func:`write_probe` (:func:`survey`'s, while it reads
+    the graph); ``on_selected``: :func:`projmig.preflight.run_preflight`'s."""
+    return await run_preflight(run, probe_write=probe_write, probe_now=probe_now, owner=owner, stage=stage,
+                               on_selected=on_selected)
 
 
 def source_listing(run: MigrationRun) -> Callable[[str], Awaitable[dict[str, tuple[int, str]]]]:
@@ -63,9 +67,17 @@ def source_listing(run: MigrationRun) -> Callable[[str], Awaitable[dict[str, tup
     return listing
 
 
-async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph:
+async def read_graph(
+    run: MigrationRun, report: PreflightReport | Selection, states: dict[str, SourceState] | None = None,
+) -> ProjectGraph:
     """The selected projects' rows (one snapshot of the source) and their objects (each project's
-    prefix listed once, while the database is read); missing source data fails the run here."""
+    prefix listed once, while the database is read); missing source data fails the run here.
+    ``report``: the preflight's, or the selection it found while it still runs (with ``states``, the
+    source states it read across releases)."""
+    if isinstance(report, PreflightReport):
+        selection, states = report.selection, report.source_states
+    else:
+        selection, states = report, states or {}
     slots = asyncio.Semaphore(LISTINGS_AT_ONCE)
     listed = source_listing(run)
 
@@ -73,7 +85,7 @@ async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph
         async with slots:
             return await listed(prefix)
 
-    early = {f"{u}/": asyncio.ensure_future(listing(f"{u}/")) for u in report.selection.projects}
+    early = {f"{u}/": asyncio.ensure_future(listing(f"{u}/")) for u in selection.projects}
 
     async def lister(prefix: str) -> dict[str, tuple[int, str]]:
         started = early.pop(prefix, None)
@@ -82,15 +94,15 @@ async def read_graph(run: MigrationRun, report: PreflightReport) -> ProjectGraph
     try:
         if run.staged is None:
             async with open_engine(run.settings.source.db, "source") as engine, snapshot(engine) as conn:
-                graph = await read_selection(conn, lister, report.selection, known=run.reflections)
+                graph = await read_selection(conn, lister, selection, known=run.reflections)
                 graph.placements = await placements_of(conn, graph.root_owners(), run.settings.choices)
         else:  # across releases: the rows as staged; what the source holds besides them, from the source
             async with (
                 open_engine(run.staged.db, "staging") as engine, snapshot(engine) as conn,
                 open_engine(run.settings.source.db, "source") as source, source.connect() as source_conn,
             ):
-                graph = await read_selection(conn, lister, report.selection, source=source_conn,
-                                             states=report.source_states, known=run.reflections)
+                graph = await read_selection(conn, lister, selection, source=source_conn, states=states,
+                                             known=run.reflections)
                 graph.placements = await placements_of(source_conn, graph.root_owners(), run.settings.choices)
         # before any byte moves: an object the destination cannot take fails the run now
         refuse_oversized(graph.objects, run.destination.s3.max_object_size, run.destination.bucket)
@@ -142,11 +154,61 @@ def make_plan(graph: ProjectGraph, report: PreflightReport) -> MigrationPlan:
     return plan_selection(graph, report.selection, report.facts, report.drift_notes)
 
 
+@dataclass
+class Survey:
+    """What a run knows before it copies: the preflight's report, the plan, the destination's listings
+    (taken by a run that writes), and the seconds until the checks passed (``preflight``) and from
+    there until the plan was made (``graph``)."""
+
+    report: PreflightReport
+    plan: MigrationPlan
+    listed: Listed | None
+    seconds: dict[str, float]
+
+
+async def survey(run: MigrationRun, *, probe_write: bool, owner: bool = True) -> Survey:
+    """The preflight and the plan, overlapped: the source's graph is read (read-only) as soon as the
+    preflight knows the projects, while its other checks run; once they passed, the write probe
+    (``probe_write``: a run that writes; the preflight's only write, after every check) while the
+    destination is listed. A refusal of the checks comes first, then the probe's, then the graph's."""
+    began = time.monotonic()
+    reading: asyncio.Future[ProjectGraph] | None = None
+
+    def selected(selection: Selection, states: dict[str, SourceState]) -> None:
+        nonlocal reading
+        reading = asyncio.ensure_future(read_graph(run, selection, states))
+
+    try:
+        report = await preflight(run, probe_write=probe_write, probe_now=False, owner=owner, on_selected=selected)
+        checked = time.monotonic()
+        if reading is None:  # (no rows to read early: e.g. across releases, staged by this preflight only)
+            reading = asyncio.ensure_future(read_graph(run, report))
+        probed, listed, graph = await asyncio.gather(
+            write_probe(run, report) if probe_write else _nothing(),
+            list_destination(run, report.selection.destination_prefixes) if probe_write else _nothing(),
+            reading,
+            return_exceptions=True,
+        )
+    finally:
+        if reading is not None:  # (a refused run: the graph's read stops; its outcome is taken, never left)
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+    for outcome in (probed, graph, listed):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    plan = make_plan(graph, report)  # type: ignore[arg-type]
+    return Survey(report, plan, listed, {"preflight": checked - began, "graph": time.monotonic() - checked})  # type: ignore[arg-type]
+
+
+async def _nothing() -> None:
+    return None
+
+
 async def plan_migration(run: MigrationRun, *, owner: bool = True) -> tuple[PreflightReport, MigrationPlan]:
     """What a migration of this run's choices would do, writing nothing: the preflight (no write
     probe), the graph and the plan (``projmig plan``, ``verify``, ``cleanup``)."""
-    report = await preflight(run, probe_write=False, owner=owner)
-    return report, make_plan(await read_graph(run, report), report)
+    surveyed = await survey(run, probe_write=False, owner=owner)
+    return surveyed.report, surveyed.plan
 
 
 async def compare(
