@@ -68,15 +68,55 @@ async def listing_pages(
             return
 
 
+# Where a long listing is cut into key ranges listed at once (eight): after the prefix, osparc's keys
+# go on with a node's uuid, whose first hex digit spreads them evenly. Measured (2026-12-05, 10,000
+# objects on SeaweedFS, 5 alternating rounds): 1.30 s page after page, 1.06 / 1.07 / 1.04 s in 4 / 8
+# / 16 ranges on the lean path; 1.57 s against 1.21 s (4 ranges) on botocore's
+RANGE_BOUNDS = "2468ace"
+
+
 async def list_prefix(
     client: Any, bucket: str, prefix: str, retry: Retrier, *, data: DataPath | None = None
 ) -> dict[str, ObjectState]:
-    """Every object under ``prefix`` (:func:`listing_pages` to the end)."""
-    found: dict[str, ObjectState] = {}
-    async for items in listing_pages(client, bucket, prefix, retry, data=data):
+    """Every object under ``prefix``. One page, then, if there is more, the rest as key ranges listed
+    at once (:data:`RANGE_BOUNDS`; each range page after page from just below its start, until it
+    reaches the next's): a listing's pages come one after the other, and a server answers a page of
+    1,000 keys in ~0.15 s, so 10,000 objects took ten such waits in a row."""
+    pages = data or BotoData(client)
+    where = f"list s3://{bucket}/{prefix}"
+    first, token = await retry(where, lambda: pages.list_page(bucket, prefix, None))
+    found = {key: ObjectState(size=size, etag=etag) for key, size, etag in first}
+    if token is None:
+        return found
+    bounds = [b for b in (prefix + c for c in RANGE_BOUNDS) if b > first[-1][0]]
+
+    async def key_range(token: str | None, start_after: str | None, end: str | None) -> list[Listed]:
+        listed: list[Listed] = []
+        while True:
+            items, token = await retry(where, lambda: pages.list_page(bucket, prefix, token, start_after=start_after))
+            start_after = None  # (the token carries on from here)
+            for item in items:
+                if end is not None and item[0] >= end:
+                    return listed
+                listed.append(item)
+            if token is None:
+                return listed
+
+    # the first range goes on from the first page; each other starts just below its bound (every key
+    # from the bound on is after it; the rare key between is listed twice, and kept once)
+    ranges = [key_range(token, None, bounds[0] if bounds else None)] + [
+        key_range(None, _just_below(lo), hi) for lo, hi in zip(bounds, [*bounds[1:], None])
+    ]
+    for items in await asyncio.gather(*ranges):
         for key, size, etag in items:
             found[key] = ObjectState(size=size, etag=etag)
     return found
+
+
+def _just_below(bound: str) -> str:
+    """A key before ``bound`` and after every key that is before ``bound`` but for keys that go on
+    with U+10FFFF (the last code point): ``p/5`` -> ``p/4\U0010ffff``."""
+    return bound[:-1] + chr(ord(bound[-1]) - 1) + chr(0x10FFFF)
 
 
 async def list_uploads(client: Any, bucket: str, prefix: str, retry: Retrier) -> list[dict[str, Any]]:

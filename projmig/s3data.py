@@ -93,9 +93,12 @@ class DataPath(Protocol):
     async def sha256(self, bucket: str, key: str) -> str:
         """SHA-256 (hex) of an object's bytes, streamed (never the whole object in memory)."""
 
-    async def list_page(self, bucket: str, prefix: str, token: str | None) -> tuple[list[Listed], str | None]:
+    async def list_page(
+        self, bucket: str, prefix: str, token: str | None, *, start_after: str | None = None
+    ) -> tuple[list[Listed], str | None]:
         """One ListObjectsV2 page (up to 1,000 objects): (key, size, unquoted ETag) each, and the
-        continuation token of the next page (None: this was the last)."""
+        continuation token of the next page (None: this was the last); ``start_after``: the keys
+        after this one (S3's ``StartAfter``)."""
 
 
 async def read_body(body: Any, size: int) -> tuple[io.BytesIO, int]:
@@ -167,10 +170,14 @@ class BotoData:
             MetadataDirective="REPLACE", **headers,
         )
 
-    async def list_page(self, bucket: str, prefix: str, token: str | None) -> tuple[list[Listed], str | None]:
+    async def list_page(
+        self, bucket: str, prefix: str, token: str | None, *, start_after: str | None = None
+    ) -> tuple[list[Listed], str | None]:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
         if token:
             kwargs["ContinuationToken"] = token
+        if start_after:
+            kwargs["StartAfter"] = start_after
         page = await self.client.list_objects_v2(**kwargs)
         items = [(item["Key"], item["Size"], item["ETag"].strip('"')) for item in page.get("Contents", [])]
         return items, page["NextContinuationToken"] if page.get("IsTruncated") else None
@@ -286,11 +293,15 @@ class LeanData:
         answer["CopyObjectResult"] = {"ETag": root.findtext(f"{ns}ETag") or ""}
         return answer
 
-    async def list_page(self, bucket: str, prefix: str, token: str | None) -> tuple[list[Listed], str | None]:
+    async def list_page(
+        self, bucket: str, prefix: str, token: str | None, *, start_after: str | None = None
+    ) -> tuple[list[Listed], str | None]:
         # keys come URL-encoded (encoding-type=url, as botocore asks): XML 1.0 cannot carry every key
         query = {"list-type": "2", "prefix": prefix}
         if token:
             query["continuation-token"] = token
+        if start_after:
+            query["start-after"] = start_after
         query |= {"max-keys": "1000", "encoding-type": "url"}
         url, signed = self._signed("GET", bucket, "", query, {}, EMPTY_SHA256)
         async with self.http.get(url, headers=signed) as resp:

@@ -12,6 +12,7 @@ import pytest
 
 from projmig.buckets import (
     DELETE_BATCH,
+    RANGE_BOUNDS,
     abort_marked_uploads,
     abort_upload,
     abort_uploads,
@@ -21,10 +22,12 @@ from projmig.buckets import (
     delete_objects,
     list_prefix,
     list_uploads,
+    listing_pages,
 )
 from projmig.errors import TransferError
 from projmig.marks import COPY_MARK, create_recorded_upload, ledger_key, mark_of
 from projmig.s3 import Retrier, s3_client
+from projmig.s3data import BotoData
 from projmig.sandbox import Sandbox
 
 from .conftest import SEAWEEDFS, unique
@@ -101,6 +104,39 @@ async def test_more_keys_than_one_delete_objects_request_takes(sandbox: Sandbox)
         async for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket):
             left.update(o["Key"] for o in page.get("Contents", []))
     assert left == {kept}
+
+
+async def test_a_long_listing_read_as_key_ranges_at_once_misses_nothing(destination_bucket) -> None:
+    """More than a page under a prefix: the rest is listed as key ranges at once (``RANGE_BOUNDS``:
+    after the prefix, osparc's keys go on with a node id's hex digit). Every key comes back once,
+    whatever follows the prefix (a hex digit or not, a key exactly at a range's bound), and no key
+    outside the prefix; the same as the listing page after page."""
+    dst, db = destination_bucket
+    # the first page: keys that sort before every range (a '-' after the prefix); then a few after
+    # each hex digit and after other characters
+    keys = [f"p/-{i:04d}/file + ü.dat" for i in range(1000)]
+    keys += [f"p/{lead}{i}/file + ü.dat" for lead in "0123456789abcdefA_Z~gzé" for i in range(8)]
+    keys += ["p/5", "p/f", "p/0"]
+    slots = asyncio.Semaphore(32)
+
+    async def put(key: str) -> None:
+        async with slots:
+            await dst.put_object(Bucket=db, Key=key, Body=key.encode())
+
+    await asyncio.gather(*(put(k) for k in [*keys, "o/5", "q/0", "pa/5"]))
+    asked: list[str | None] = []
+
+    class Watched(BotoData):
+        async def list_page(self, bucket, prefix, token, *, start_after=None):
+            asked.append(start_after)
+            return await super().list_page(bucket, prefix, token, start_after=start_after)
+
+    listed = await list_prefix(dst, db, "p/", retry, data=Watched(dst))
+    assert sorted(listed) == sorted(keys)
+    assert listed["p/5"].size == 3
+    assert len([a for a in asked if a is not None]) == len(RANGE_BOUNDS)  # one range per bound, all after the first page
+    paged = [key async for page in listing_pages(dst, db, "p/", retry) for key, _, _ in page]
+    assert paged == sorted(keys)
 
 
 async def test_each_server_is_asked_whether_it_honours_a_conditional_delete(
