@@ -276,7 +276,7 @@ class MigrationOptions(StrictModel):
         192 * MiB, ge=16 * MiB, le=64 * GiB, description="bytes of object data held in memory at once, across all copy tasks"
     )
     task_concurrency: int = Field(4, ge=1, le=64, description="copy task runs at once (each a batch or a large file)")
-    batch_max_files: int = Field(256, ge=1, le=100_000, description="small files per copy task run")
+    batch_max_files: int = Field(1000, ge=1, le=100_000, description="small files per copy task run")
     batch_max_bytes: int = Field(256 * MiB, ge=1, le=64 * GiB, description="bytes per copy task run of small files")
     s3_call_timeout: float = Field(
         300.0, gt=0, description="deadline of one S3 call in seconds (a part, a small object)"
