@@ -8,7 +8,6 @@ the table of rules in docs/table-rules.md.
 from __future__ import annotations
 
 import asyncio
-
 from dataclasses import dataclass, field
 
 from sqlalchemy import MetaData, Table, inspect, text
