@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,16 +54,18 @@ def etag_of(value: str) -> str:
 
 
 async def listing_pages(
-    client: Any, bucket: str, prefix: str, retry: Retrier, *, data: DataPath | None = None
+    client: Any, bucket: str, prefix: str, retry: Retrier, *, data: DataPath | None = None,
+    token: str | None = None, start_after: str | None = None,
 ) -> AsyncIterator[list[Listed]]:
     """The objects under ``prefix``, one page (up to 1,000) at a time, through ``data``'s listing if
-    given (the lean path's: :mod:`projmig.s3data`), else ``client``'s: a caller may stop early."""
+    given (the lean path's: :mod:`projmig.s3data`), else ``client``'s: a caller may stop early.
+    ``token``: go on from an earlier page; ``start_after``: the keys after this one."""
     pages = data or BotoData(client)
-    token: str | None = None
     while True:
         items, token = await retry(
-            f"list s3://{bucket}/{prefix}", lambda: pages.list_page(bucket, prefix, token)
+            f"list s3://{bucket}/{prefix}", lambda: pages.list_page(bucket, prefix, token, start_after=start_after)
         )
+        start_after = None  # (the token carries on from here)
         yield items
         if token is None:
             return
@@ -83,8 +86,7 @@ async def list_prefix(
     reaches the next's): a listing's pages come one after the other, and a server answers a page of
     1,000 keys in ~0.15 s, so 10,000 objects took ten such waits in a row."""
     pages = data or BotoData(client)
-    where = f"list s3://{bucket}/{prefix}"
-    first, token = await retry(where, lambda: pages.list_page(bucket, prefix, None))
+    first, token = await retry(f"list s3://{bucket}/{prefix}", lambda: pages.list_page(bucket, prefix, None))
     found = {key: ObjectState(size=size, etag=etag) for key, size, etag in first}
     if token is None:
         return found
@@ -92,15 +94,14 @@ async def list_prefix(
 
     async def key_range(token: str | None, start_after: str | None, end: str | None) -> list[Listed]:
         listed: list[Listed] = []
-        while True:
-            items, token = await retry(where, lambda: pages.list_page(bucket, prefix, token, start_after=start_after))
-            start_after = None  # (the token carries on from here)
-            for item in items:
-                if end is not None and item[0] >= end:
-                    return listed
-                listed.append(item)
-            if token is None:
-                return listed
+        async with aclosing(listing_pages(client, bucket, prefix, retry, data=pages, token=token,
+                                          start_after=start_after)) as range_pages:
+            async for items in range_pages:
+                for item in items:
+                    if end is not None and item[0] >= end:
+                        return listed
+                    listed.append(item)
+        return listed
 
     # the first range goes on from the first page; each other starts just below its bound (every key
     # from the bound on is after it; the rare key between is listed twice, and kept once)
