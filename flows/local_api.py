@@ -22,12 +22,17 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from projmig.errors import ProjmigError
 
 RECORD = "projmig-api.json"
 PREFECT_PID_FILE = "server.pid"  # the file `prefect server stop` reads
 START_TIMEOUT = 180.0
+
+# which Prefect API a command uses: its local server (running or starting), none yet (not started),
+# the one PREFECT_API_URL configures, or Prefect's temporary one (PROJMIG_PREFECT_API=ephemeral)
+Api = Literal["local", "absent", "configured", "ephemeral"]
 
 
 def prefect_home() -> Path:
@@ -61,15 +66,17 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def use_local_api(say: Callable[[str], None], *, start: bool = True, wait: bool = True) -> bool | None:
+def use_local_api(say: Callable[[str], None], *, start: bool = True, wait: bool = True) -> Api:
     """Point this process's Prefect client (before Prefect is imported) at the local server, starting
-    it if need be and ``start``. True: the local server is in use; False: it is not running (and
-    ``start`` was False); None: not ours to choose (an API is configured, or
+    it if need be and ``start``. "local": the local server is in use; "absent": it is not running (and
+    ``start`` was False); "configured" or "ephemeral": not ours to choose (an API is configured, or
     ``PROJMIG_PREFECT_API=ephemeral`` asks for Prefect's temporary one). ``wait=False``: return as
     soon as a server is starting (its address is known): the caller does other work (imports Prefect)
     meanwhile and calls :func:`wait_for_local_api` before its first Prefect call."""
-    if configured_api_url() or os.environ.get("PROJMIG_PREFECT_API") == "ephemeral":
-        return None
+    if configured_api_url():
+        return "configured"
+    if os.environ.get("PROJMIG_PREFECT_API") == "ephemeral":
+        return "ephemeral"
     home = prefect_home()
     home.mkdir(parents=True, exist_ok=True)
     with (home / "projmig-api.lock").open("w") as lock:
@@ -77,14 +84,14 @@ def use_local_api(say: Callable[[str], None], *, start: bool = True, wait: bool 
         url = _recorded_url(home)
         if url is None or not (healthy(url) or _starting(home)):
             if not start:
-                return False
+                return "absent"
             say(f"Starting a local Prefect server in the background for this and later runs (once; "
                 f"`prefect server stop` stops it; its log: {home / 'projmig-api.log'}) ...")
             url = _spawn(home)
         if wait:  # (under the lock: a command started meanwhile waits, then finds it healthy)
             wait_for_local_api()
     os.environ["PREFECT_API_URL"] = url
-    return True
+    return "local"
 
 
 def wait_for_local_api(timeout: float = START_TIMEOUT) -> None:

@@ -18,7 +18,7 @@ from projmig.settings import MigrationSettings
 
 from .console import copy_progress, err, say
 from .credentials import resolve_credentials
-from .local_api import wait_for_local_api
+from .local_api import Api, wait_for_local_api
 
 if TYPE_CHECKING:
     from projmig.report import MigrationReport
@@ -45,11 +45,13 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
     # Prefect is imported (~1.5 s of CPU) in the background meanwhile, unless no API runs: then the
     # local server is started only after the CLI's own preflight passed (bad input costs no server),
     # and Prefect imported while it starts (another process: ~5 s here)
-    importing = _import_in_background("flows.migrate") if api is not False else None
+    importing = _import_in_background("flows.migrate") if api != "absent" else None
     try:
         # credentials resolved once for the run (the flow gets their values, masked in its parameters)
         settings = await resolved(settings, importing=importing)
-        if not _answering(api):
+        # (an API that answers at once: the local server, running or starting, or a configured one;
+        # not Prefect's temporary one, ~10 s to start)
+        if api not in ("local", "configured"):
             # bad input fails here, in seconds, before a Prefect server has to start; with an API that
             # answers, the flow's own preflight is the check (the same errors, one line each), not a second one
             await _preflight(settings)
@@ -62,18 +64,12 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
     if importing is None:
         api = use_prefect_api(wait=False)
         importlib.import_module("flows.migrate")
-    if api:
+    if api == "local":
         wait_for_local_api()
     from flows.migrate import migrate_project
 
     with copy_progress():
         return await migrate_project(settings)
-
-
-def _answering(api: bool | None) -> bool:
-    """A Prefect API this command reaches at once: the local server (running or starting), or one
-    configured; not Prefect's temporary one (``PROJMIG_PREFECT_API=ephemeral``: ~10 s to start)."""
-    return api is True or (api is None and os.environ.get("PROJMIG_PREFECT_API") != "ephemeral")
 
 
 async def _preflight(settings: MigrationSettings) -> None:
@@ -95,14 +91,14 @@ def quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
-def use_prefect_api(start: bool = True, wait: bool = True) -> bool | None:
+def use_prefect_api(start: bool = True, wait: bool = True) -> Api:
     """A Prefect API for this command: the configured one, else a local server kept running in the
     background for later commands (``flows/local_api.py``; ``wait=False``: maybe still starting,
     :func:`flows.local_api.wait_for_local_api` waits), else Prefect's temporary one."""
     from flows.local_api import use_local_api
 
     chosen = use_local_api(lambda message: say(err, message), start=start, wait=wait)
-    if chosen is None:
+    if chosen == "ephemeral":
         _say_if_prefect_is_new()
     return chosen
 
@@ -115,5 +111,5 @@ def _import_in_background(module: str) -> threading.Thread:
 
 def _say_if_prefect_is_new() -> None:
     home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
-    if not (home / "prefect.db").exists() and not os.environ.get("PREFECT_API_URL"):
+    if not (home / "prefect.db").exists():
         say(err, "Starting Prefect for the first time: setting up its local database takes ~20 s (once).")

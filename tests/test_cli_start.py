@@ -79,13 +79,18 @@ def test_a_local_server_still_starting_is_used_not_started_again(tmp_path, monke
     try:
         (tmp_path / local_api.RECORD).write_text(json.dumps(
             {"api_url": "http://127.0.0.1:9/api", "pid": starting.pid, "started": time.time()}))
-        assert local_api.use_local_api(print, start=False, wait=False) is True and spawned == []
+        assert local_api.use_local_api(print, start=False, wait=False) == "local" and spawned == []
         assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
         monkeypatch.delenv("PREFECT_API_URL")
         starting.kill()
         starting.wait()
-        assert local_api.use_local_api(print, start=False, wait=False) is False  # gone: not used
-        assert local_api.use_local_api(print, start=True, wait=False) is True and spawned == [str(tmp_path)]
+        assert local_api.use_local_api(print, start=False, wait=False) == "absent"  # gone: not used
+        assert local_api.use_local_api(print, start=True, wait=False) == "local" and spawned == [str(tmp_path)]
+        monkeypatch.delenv("PREFECT_API_URL")
+        monkeypatch.setenv("PROJMIG_PREFECT_API", "ephemeral")  # Prefect's temporary server, asked for
+        assert local_api.use_local_api(print) == "ephemeral" and len(spawned) == 1
+        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # configured: used as it is
+        assert local_api.use_local_api(print) == "configured" and len(spawned) == 1
     finally:
         starting.kill()
         starting.wait()
