@@ -156,28 +156,37 @@ class ObjectCopier:
         self.threshold = multipart_threshold
         self.chunksize = multipart_chunksize
         self.slots = slots or asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency  # the slots' number (of the shared ones too)
         self.part_window = part_concurrency
         self.budget = budget or ByteBudget(memory_limit)
         self.on_bytes = on_bytes or (lambda n: None)
 
     async def copy_all(self, items: list[tuple[ObjectCopy, ObjectState | None]]) -> list[CopyOutcome]:
-        """Copy each (object, its destination state); every object gets its chance before failing."""
+        """Copy each (object, its destination state); every object gets its chance before failing.
+        At most ``concurrency`` workers take the objects in order, each copying one at a time in a
+        slot: a batch of 1,000 objects is not 1,000 tasks queued on the slots (shared with other batches)."""
+        results: list[CopyOutcome | Exception | None] = [None] * len(items)
+        todo = iter(enumerate(items))
 
-        async def guarded(item: ObjectCopy, state: ObjectState | None) -> CopyOutcome | Exception:
-            async with self.slots:
-                try:
-                    return await self.copy(item, state)
-                except ProjmigError as exc:
-                    return exc
-                except Exception as exc:  # a bug or an unexpected reply: still name the object
-                    return TransferError(f"{item.dst_key}: {describe_error(exc)}", transient=is_transient(exc))
+        async def worker() -> None:
+            for i, (item, state) in todo:
+                async with self.slots:
+                    results[i] = await self._guarded(item, state)
 
-        results = await asyncio.gather(*(guarded(c, s) for c, s in items))
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(items)))))
         failures = [r for r in results if isinstance(r, Exception)]
         outcomes = [r for r in results if isinstance(r, CopyOutcome)]
         if failures:
             raise CopyFailures(failures, outcomes)
         return outcomes
+
+    async def _guarded(self, item: ObjectCopy, state: ObjectState | None) -> CopyOutcome | Exception:
+        try:
+            return await self.copy(item, state)
+        except ProjmigError as exc:
+            return exc
+        except Exception as exc:  # a bug or an unexpected reply: still name the object
+            return TransferError(f"{item.dst_key}: {describe_error(exc)}", transient=is_transient(exc))
 
     async def copy(self, item: ObjectCopy, state: ObjectState | None = None) -> CopyOutcome:
         if state is not None and state.size == item.size and state.etag == item.etag:

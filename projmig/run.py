@@ -109,6 +109,7 @@ class Transfers:
             src_data=self.source.data,
             dst_data=self.destination.data,
             verification=opts.verification if opts.verification in ("checksum", "sha256") else "etag",
+            concurrency=opts.copy_concurrency,
             slots=self.slots,
             budget=self.budget,
         )
