@@ -316,11 +316,15 @@ async def _refuse_changed_source(source: AsyncEngine, listing: Lister, projects:
                             "the objects copied are kept for the rerun)")
 
 
-def _with_verified(row: Row, verified: Mapping[str, ObjectState]) -> Row:
+def _verified_state(row: Row, verified: Mapping[str, ObjectState]) -> ObjectState | None:
+    """The verified state a file row records (None: a directory, a soft link, or no object of its own)."""
     state = verified.get(row.get("object_name") or row.get("file_id") or "")
-    if state is None or row.get("is_directory") or row.get("is_soft_link"):
-        return row
-    return {**row, "file_size": state.size, "entity_tag": state.etag}
+    return None if state is None or row.get("is_directory") or row.get("is_soft_link") else state
+
+
+def _with_verified(row: Row, verified: Mapping[str, ObjectState]) -> Row:
+    state = _verified_state(row, verified)
+    return row if state is None else {**row, "file_size": state.size, "entity_tag": state.etag}
 
 
 async def _insert_rows(
@@ -333,8 +337,10 @@ async def _insert_rows(
     # rows built by projmig may lack columns with server defaults: one statement per shape
     shapes: dict[tuple[str, ...], list[Row]] = {}
     for row in rows:
-        sent = _with_verified(row, verified) if verified is not None else row
-        shapes.setdefault(tuple(sorted(k for k in sent if k in columns)), []).append(row)
+        keys = row.keys()
+        if verified is not None and _verified_state(row, verified) is not None:
+            keys = keys | {"file_size", "entity_tag"}  # (what _with_verified sets)
+        shapes.setdefault(tuple(sorted(k for k in keys if k in columns)), []).append(row)
 
     def prepared(batch: list[Row], shape: tuple[str, ...]) -> Iterator[dict[str, Any]]:
         for row in batch:
