@@ -188,12 +188,27 @@ def cli(job: dict[str, Any], result: dict[str, Any]) -> None:
 
         module.migrate_project = timed_flow  # the CLI takes it from the module when it runs
 
-    AfterImport({"prefect.task_engine": count_task_runs, "flows.migrate": time_the_flow}).install()
+    def time_the_command(module: Any) -> None:
+        # with no Prefect API the CLI runs the library's pipeline in its process: timed alike, as its "flow"
+        command = module.migrate
+
+        async def timed_command(*args: Any, **kwargs: Any) -> Any:
+            timing["cpu0"], timing["began"], timing["prefect"] = cpu_seconds(), time.perf_counter(), False
+            try:
+                timing["report"] = await command(*args, **kwargs)
+                return timing["report"]
+            finally:
+                timing["ended"], timing["cpu1"] = time.perf_counter(), cpu_seconds()
+
+        module.migrate = timed_command
+
+    AfterImport({"prefect.task_engine": count_task_runs, "flows.migrate": time_the_flow,
+                 "projmig.commands": time_the_command}).install()
     from flows.cli import app
 
     result["import_seconds"] = time.perf_counter() - STARTED
     try:
-        app(["migrate", "--config", job["config"]], standalone_mode=False)
+        app(["migrate", "--config", job["config"], *job.get("cli_args", [])], standalone_mode=False)
     except SystemExit as exc:  # typer.Exit: an error line was printed
         raise SystemExit(exc.code) from None
     report = timing["report"]
@@ -205,6 +220,7 @@ def cli(job: dict[str, Any], result: dict[str, Any]) -> None:
     runs = sum(1 for t in task_runs if began <= t <= ended)
     result.update(
         flow_seconds=flow_seconds,
+        prefect=timing.get("prefect", True),  # False: the pipeline in the CLI's process, no flow
         cpu_seconds=timing["cpu1"] - timing["cpu0"],
         stages=report.seconds,
         steps=calls,

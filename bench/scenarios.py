@@ -320,17 +320,26 @@ def run_rerun(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], l
 
         def no_server_rerun() -> list[Sample]:
             # what an operator's plain `projmig migrate` meets first: no Prefect server anywhere (the
-            # CLI starts its local one, which then stays for the next command)
+            # CLI runs the pipeline in its own process, nothing recorded in Prefect)
             env.stop_local_api()
-            return list(tools.projmig(env, sample.uuid, dest, options=options, local_api=True,
-                                      label="projmig rerun, no server running"))
+            flow, proc = tools.projmig(env, sample.uuid, dest, options=options, local_api=True,
+                                       label="projmig rerun, no server running")
+            assert flow.detail["prefect"] is False, "with no server running the CLI ran a flow"
+            return [flow, proc]
+
+        def no_server_prefect_rerun() -> list[Sample]:
+            # the same with --prefect: the CLI starts its local server (which then stays for later commands)
+            env.stop_local_api()
+            return list(tools.projmig(env, sample.uuid, dest, options=options, local_api=True, cli_args=["--prefect"],
+                                      label="projmig rerun --prefect, no server running"))
 
         if sizes.ephemeral_rerun:
-            tools.projmig(env, sample.uuid, dest, options=options, local_api=True, label="local API start")
+            tools.projmig(env, sample.uuid, dest, options=options, local_api=True, cli_args=["--prefect"],
+                          label="local API start")
         steps = [
             projmig_rerun,
             lambda: tools.rclone(env, sample.uuid, dest, flags=["--checksum"], label="rclone copy --checksum"),
-            *([ephemeral_rerun, local_api_rerun, no_server_rerun] if sizes.ephemeral_rerun else []),
+            *([ephemeral_rerun, local_api_rerun, no_server_rerun, no_server_prefect_rerun] if sizes.ephemeral_rerun else []),
         ]
         run_rounds(runs, steps, result, log)
     finally:
@@ -339,7 +348,7 @@ def run_rerun(env: BenchEnv, runs: int, sizes: Sizes, options: dict[str, Any], l
     projmig_split(result, "projmig rerun (flow)")
     # what the CLI costs beyond the flow, per way of reaching a Prefect API (medians)
     for label in ("projmig rerun", "projmig rerun, local API", "projmig rerun, own ephemeral API",
-                  "projmig rerun, no server running"):
+                  "projmig rerun, no server running", "projmig rerun --prefect, no server running"):
         if f"{label} (process)" in result.samples:
             overhead = result.median(f"{label} (process)") - result.median(f"{label} (flow)")
             result.notes.append(f"CLI process overhead (process - flow), {label}: {overhead:.2f} s")

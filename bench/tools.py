@@ -47,12 +47,14 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 def projmig(
     env: BenchEnv, project: str, dest: Destination, *, options: dict[str, Any] | None = None, mode: str = "cli",
     ephemeral: bool = False, local_api: bool = False, label: str = "projmig", job: dict[str, Any] | None = None,
-    settings: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None, cli_args: list[str] = (),  # type: ignore[assignment]
 ) -> tuple[Sample, Sample]:
     """(flow, process): ``projmig migrate --config cfg.json`` (mode ``cli``): the flow's wall time
     measured inside, and the whole process from outside (interpreter, imports, the CLI's checks,
     Prefect client start-up, the report; with ``ephemeral``, Prefect's own temporary API too; with
-    ``local_api``, no PREFECT_API_URL: the CLI's local server in the bench's PREFECT_HOME). Other
+    ``local_api``, no PREFECT_API_URL: the CLI's local server in the bench's PREFECT_HOME if it runs,
+    else (or ``cli_args=["--no-prefect"]``) the pipeline in the CLI's process; ``cli_args``: added to
+    the command line, e.g. ``--prefect``, which starts the local server). Other
     modes (``insert``, ``plan``, ``verify``: bench/run_projmig.py) time their library calls alone;
     ``job`` adds to what the child is told (e.g. ``{"deep": False}``); ``settings``: the whole
     configuration (sections ``source``, ``destination``, ``choices``, ``host``, ``options``) instead
@@ -66,7 +68,7 @@ def projmig(
     config = env.workdir / f"cfg-{os.getpid()}-{dest.serial}.json"  # the sandbox's throwaway credentials
     config.write_text(json.dumps(settings))
     config.chmod(0o600)
-    job = {"mode": mode, "settings": settings, "config": str(config), **(job or {})}
+    job = {"mode": mode, "settings": settings, "config": str(config), "cli_args": list(cli_args), **(job or {})}
     cmd = [sys.executable, "-m", "bench.run_projmig"]
     if env.profile_dir is not None:  # py-spy samples the run (CPU, all threads); slows it a little
         env.profile_dir.mkdir(parents=True, exist_ok=True)

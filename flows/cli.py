@@ -223,12 +223,18 @@ def plan(config: ConfigOption, choices: dict[str, Any]) -> None:
 def migrate(
     config: ConfigOption,
     choices: dict[str, Any],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's log lines")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the run's log lines")] = False,
+    prefect: Annotated[bool | None, typer.Option(
+        "--prefect/--no-prefect", show_default=False,
+        help="run as the migrate-project flow, recorded in Prefect (--prefect starts a local Prefect server if "
+             "none runs), or as plain calls in this process; by default the flow when PREFECT_API_URL is set or the "
+             "local server runs")] = None,
 ) -> None:
-    """Migrate projects as a local Prefect flow run, with a progress bar and a report."""
+    """Migrate projects, with a progress bar and a report: as a Prefect flow run when there is a Prefect
+    API, else in this process."""
     with errors_as_lines():
         settings = load(config, choices)
-    report = run(migrate_with_progress(settings, verbose=verbose))
+    report = run(migrate_with_progress(settings, verbose=verbose, prefect=prefect))
     print_report(report)
 
 

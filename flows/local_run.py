@@ -2,7 +2,8 @@
 process (:func:`use_prefect_api`), the settings' credentials resolved (:func:`resolved`: through
 ``flows/credentials.py``, starting Prefect only for Secret blocks), and ``projmig migrate``'s run
 itself (:func:`migrate_with_progress`): the ``migrate-project`` flow with a progress bar, its
-preflight the check (the command's own first, only when no Prefect API answers yet).
+preflight the check (the command's own first, only when the local server has yet to start), or,
+with no Prefect API to record it, the library's pipeline in this process.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from projmig.errors import ConfigError
 from projmig.settings import MigrationSettings
 
 from .console import copy_progress, err, say
 from .credentials import resolve_credentials
 from .local_api import Api, wait_for_local_api
+from .progress import report_bytes, report_total
 
 if TYPE_CHECKING:
     from projmig.report import MigrationReport
@@ -39,9 +43,21 @@ def _prefect_for_secrets(importing: threading.Thread | None) -> None:
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
 
 
-async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = False) -> MigrationReport:
+async def migrate_with_progress(
+    settings: MigrationSettings, *, verbose: bool = False, prefect: bool | None = None
+) -> MigrationReport:
+    """``prefect``: True, the ``migrate-project`` flow (a Prefect API is started if none answers);
+    False, the library's pipeline in this process; None, the flow when a Prefect API is there to
+    record it (configured, or the local server running) or Dask is asked for, else the pipeline."""
     quiet_prefect(verbose)
-    api = use_prefect_api(start=False, wait=False)
+    if prefect is False and settings.options.task_runner == "dask":
+        raise ConfigError("options.task_runner: 'dask' runs the copies as Prefect task runs: drop --no-prefect")
+    api = use_prefect_api(start=False, wait=False) if prefect is not False else "absent"
+    if api == "absent" and not prefect and settings.options.task_runner != "dask":
+        if prefect is None:
+            say(err, "No Prefect server running: migrating in this process, not recorded in Prefect "
+                     "(`projmig migrate --prefect` starts a local server that records this and later runs).")
+        return await _migrate_in_process(settings, verbose)
     # Prefect is imported (~1.5 s of CPU) in the background meanwhile, unless no API runs: then the
     # local server is started only after the CLI's own preflight passed (bad input costs no server),
     # and Prefect imported while it starts (another process: ~5 s here)
@@ -70,6 +86,28 @@ async def migrate_with_progress(settings: MigrationSettings, *, verbose: bool = 
 
     with copy_progress():
         return await migrate_project(settings)
+
+
+async def _migrate_in_process(settings: MigrationSettings, verbose: bool) -> MigrationReport:
+    # the same pipeline as the flow's, its steps plain calls: nothing of Prefect is imported (a
+    # ``prefect_secret`` credential excepted), no server is needed; a rerun skips what is there by
+    # the destination's listing, as the flow's does
+    from projmig import commands
+    from projmig.pipeline import Steps
+
+    class WithProgress(Steps):
+        async def copying(self, objects: int, nbytes: int) -> None:
+            report_total(objects, nbytes)
+
+    # the run's log lines (the flow's go to Prefect): on the terminal with --verbose, else none
+    # (Python's last-resort handler would print its warnings bare)
+    if verbose:
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        logging.getLogger("projmig").addHandler(logging.NullHandler())
+    settings = await resolved(settings)
+    with copy_progress():
+        return await commands.migrate(settings, WithProgress(on_bytes=report_bytes))
 
 
 async def _preflight(settings: MigrationSettings) -> None:

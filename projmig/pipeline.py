@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,8 +49,10 @@ class Steps:
     library's own, plain calls of :mod:`projmig.steps` (a subclass replaces any of them: the flow's
     runs each as a Prefect task)."""
 
-    def __init__(self, logger: logging.Logger | Any | None = None):
+    def __init__(self, logger: logging.Logger | Any | None = None, on_bytes: Callable[[int], None] | None = None):
+        """``on_bytes``: told the bytes of each part or object as it is copied (a progress bar)."""
         self.log = logger or logging.getLogger("projmig")
+        self.on_bytes = on_bytes
 
     async def survey(self, run: MigrationRun, *, probe_write: bool) -> library.Survey:
         """The preflight, the graph, the plan and (``probe_write``: a run that writes) the write probe
@@ -71,7 +73,7 @@ class Steps:
 
         async def one(batch: Batch) -> list[CopyOutcome]:
             async with runs:
-                return await library.copy_objects(run.transfers, batch)
+                return await library.copy_objects(run.transfers, batch, self.on_bytes)
 
         pending = [asyncio.ensure_future(one(batch)) for batch in batches]
         try:

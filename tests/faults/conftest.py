@@ -239,8 +239,8 @@ class Kill:
         self.proxies = proxies
         self.process: MigrationProcess | None = None
 
-    def start(self, config: Path) -> MigrationProcess:
-        self.process = MigrationProcess(config)
+    def start(self, config: Path, *args: str) -> MigrationProcess:
+        self.process = MigrationProcess(config, *args)
         return self.process
 
     def __call__(self) -> None:
@@ -251,11 +251,12 @@ class Kill:
 
 
 class MigrationProcess:
-    """``projmig migrate --config cfg.json`` in a subprocess, killable with SIGKILL at any moment."""
+    """``projmig migrate --config cfg.json`` (``args`` added, e.g. ``--no-prefect``) in a subprocess,
+    killable with SIGKILL at any moment."""
 
-    def __init__(self, config: Path):
+    def __init__(self, config: Path, *args: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "migrate", "--config", str(config)],
+            [sys.executable, "-m", "flows.cli", "migrate", "--config", str(config), *args],
             cwd=REPO, env=prefect_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         self.killed = False

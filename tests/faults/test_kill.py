@@ -45,14 +45,17 @@ def part_numbers(requests) -> list[int]:
 
 
 MOMENTS = ["listing the destination", "mid-copy", "between verify and insert", "mid-insert"]
-CASES = [pytest.param(when, (SEAWEEDFS, SEAWEEDFS), id=when) for when in MOMENTS] + [
+CASES = [pytest.param(when, (SEAWEEDFS, SEAWEEDFS), True, id=when) for when in MOMENTS] + [
     # what differs between S3 implementations is in the copy: a kill inside a multipart upload
-    pytest.param("mid-copy", pair, id=f"mid-copy-{pair[0]}-to-{pair[1]}") for pair in CEPH_PAIRS
+    pytest.param("mid-copy", pair, True, id=f"mid-copy-{pair[0]}-to-{pair[1]}") for pair in CEPH_PAIRS
+] + [
+    # the command's run with no Prefect (no server running): the same checkpoints, from the destination
+    pytest.param(when, (SEAWEEDFS, SEAWEEDFS), False, id=f"{when}-no-prefect") for when in ("mid-copy", "mid-insert")
 ]
 
 
-@pytest.mark.parametrize("when, faulty", CASES, indirect=["faulty"])
-async def test_a_killed_migration_is_finished_by_a_rerun(faulty: Faulty, tmp_path, when: str) -> None:
+@pytest.mark.parametrize("when, faulty, as_flow", CASES, indirect=["faulty"])
+async def test_a_killed_migration_is_finished_by_a_rerun(faulty: Faulty, tmp_path, when: str, as_flow: bool) -> None:
     sample = await faulty.sample(files=4, directory_objects=2, multipart_size=BIG, multipart_part_size=PART,
                                  hidden_children=1, child_files=1)
     [big] = [k for k in sample.objects if k.endswith(".h5")]
@@ -65,7 +68,7 @@ async def test_a_killed_migration_is_finished_by_a_rerun(faulty: Faulty, tmp_pat
 
     kill = Kill(faulty.proxies)
     moment(when, faulty, sample.uuid, kill)
-    code, out = await kill.start(config).wait()
+    code, out = await kill.start(config, "--prefect" if as_flow else "--no-prefect").wait()
     assert kill.process.killed and code == -9, f"{when}: the kill did not happen\n{out}"
 
     counts = await row_counts(direct, sample.all_projects)
@@ -81,7 +84,8 @@ async def test_a_killed_migration_is_finished_by_a_rerun(faulty: Faulty, tmp_pat
 
     faulty.proxies.heal()
     faulty.proxies.reset_counts()
-    report = await migrate_project(faulty.settings(sample.uuid, part_concurrency=1).with_choices(include_hidden=True))
+    rerun = faulty.settings(sample.uuid, part_concurrency=1).with_choices(include_hidden=True)
+    report = await (migrate_project(rerun) if as_flow else commands.migrate(rerun))
 
     assert report.status in ("migrated", "already-migrated")
     if when == "mid-copy":  # the big object continued from its finished parts: none of them was sent again
