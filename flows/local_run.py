@@ -54,10 +54,11 @@ async def migrate_with_progress(
         raise ConfigError("options.task_runner: 'dask' runs the copies as Prefect task runs: drop --no-prefect")
     api = use_prefect_api(start=False, wait=False) if prefect is not False else "absent"
     if api == "absent" and not prefect and settings.options.task_runner != "dask":
-        if prefect is None:
-            say(err, "No Prefect server running: migrating in this process, not recorded in Prefect "
+        report = await _migrate_in_process(settings, verbose)
+        if prefect is None:  # (after the run: bad input stays one error line)
+            say(err, "No Prefect server running: migrated in this process, not recorded in Prefect "
                      "(`projmig migrate --prefect` starts a local server that records this and later runs).")
-        return await _migrate_in_process(settings, verbose)
+        return report
     # Prefect is imported (~1.5 s of CPU) in the background meanwhile, unless no API runs: then the
     # local server is started only after the CLI's own preflight passed (bad input costs no server),
     # and Prefect imported while it starts (another process: ~5 s here)

@@ -99,7 +99,7 @@ async def test_with_no_server_the_command_migrates_in_its_own_process(fixture_si
     imported = {line.rsplit("|", 1)[1].strip() for line in first.stderr.splitlines() if line.startswith("import time:")}
     assert "flows.cli" in imported and not {m for m in imported if m.split(".")[0] == "prefect"}, \
         sorted(m for m in imported if m.startswith("prefect"))
-    assert "No Prefect server running: migrating in this process, not recorded in Prefect" in first.stderr
+    assert "No Prefect server running: migrated in this process, not recorded in Prefect" in first.stderr
     assert not (home / RECORD).exists()
     headline = first.stdout.strip().splitlines()[-1]
     assert headline.startswith("migrated 1 project: ") and f"{len(sample.objects)} objects copied" in headline, headline

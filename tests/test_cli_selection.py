@@ -25,7 +25,7 @@ RECIPIENT = {"--to-user", "--product"}
 
 
 def projmig(*args: str) -> subprocess.CompletedProcess[str]:
-    env = prefect_env() if args[0] == "migrate" else {**os.environ, "COLUMNS": "200"}
+    env = {**(prefect_env() if args[0] == "migrate" else os.environ), "COLUMNS": "200"}
     return subprocess.run([str(Path(sys.executable).parent / "projmig"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -38,7 +38,7 @@ def options_of(command: str) -> set[str]:
 
 @pytest.mark.parametrize("command, expected", [
     ("plan", SELECTION | RECIPIENT),
-    ("migrate", SELECTION | RECIPIENT | {"--dry-run", "--verbose", "-v"}),
+    ("migrate", SELECTION | RECIPIENT | {"--dry-run", "--verbose", "-v", "--prefect", "--no-prefect"}),
     ("verify", SELECTION | RECIPIENT | {"--quick"}),
     ("rollback", SELECTION | {"--dry-run"}),
     ("cleanup", SELECTION | {"--older-than"}),

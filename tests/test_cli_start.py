@@ -94,3 +94,27 @@ def test_a_local_server_still_starting_is_used_not_started_again(tmp_path, monke
     finally:
         starting.kill()
         starting.wait()
+
+
+@pytest.mark.parametrize("ending, status, stderr", [
+    ("exit_now(3)", 3, ""),
+    ("exit_now(None)", 0, ""),
+    ("exit_now('no such thing')", 1, "no such thing\n"),
+])
+def test_the_command_exits_without_teardown_but_with_all_it_said_and_did(tmp_path, ending: str, status: int, stderr: str) -> None:
+    """``flows/cli.py``'s way out (:func:`flows.cli.exit_now`) skips the interpreter's teardown, not
+    what an exit does: a worker thread finishes its job, atexit handlers run, stdout is flushed whole."""
+    marker = tmp_path / "atexit"
+    script = (
+        "import atexit, concurrent.futures, pathlib, sys, time\n"
+        "from flows.cli import exit_now\n"
+        f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('ran'))\n"
+        "pool = concurrent.futures.ThreadPoolExecutor(1)\n"
+        f"pool.submit(lambda: (time.sleep(0.3), pathlib.Path({str(marker) + '.thread'!r}).write_text('done')))\n"
+        "sys.stdout.write('x' * 200000)\n"
+        f"{ending}\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (status, stderr)
+    assert result.stdout == "x" * 200000
+    assert marker.read_text() == "ran" and (tmp_path / "atexit.thread").read_text() == "done"
