@@ -111,11 +111,13 @@ async def test_with_no_server_the_command_migrates_in_its_own_process(fixture_si
     assert added.get("projects") == 1 and added.get("file_meta_data") == len(sample.file_ids), added
     assert any(sample.uuid in row for row in after["projects"])
 
-    again = subprocess.run([str(BIN / "projmig"), "migrate", "--no-prefect", "--config", str(cfg)], capture_output=True,
-                           text=True, timeout=300, env=env)
+    again = subprocess.run([str(BIN / "projmig"), "migrate", "--no-prefect", "--verbose", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.strip().splitlines()[-1].startswith("nothing to do: 1 project already migrated")
     assert "not recorded in Prefect" not in again.stderr  # asked for: not said
+    # --verbose: the run's own log lines, as the flow logs them to Prefect
+    assert any(" INFO projmig: nothing to do: 1 project already migrated" in line for line in again.stderr.splitlines()), again.stderr
     assert await table_rows(fixture_simcore.destination_db) == after
 
 

@@ -107,13 +107,14 @@ async def _graph(settings):
         return await steps.read_graph(run, report), report
 
 
-async def test_ctrl_c_is_one_line_and_a_rerun_finishes(faulty: Faulty, tmp_path) -> None:
+@pytest.mark.parametrize("as_flow", [True, False], ids=["flow", "no-prefect"])
+async def test_ctrl_c_is_one_line_and_a_rerun_finishes(faulty: Faulty, tmp_path, as_flow: bool) -> None:
     """Ctrl-C in the middle of a copy: the command says so in one line (exit 130, no traceback), keeps
     what it copied, commits nothing; the rerun finishes the migration."""
     sample = await faulty.sample(files=4, directory_objects=2, multipart_size=BIG, multipart_part_size=PART, hidden_children=0)
     config = faulty.config_file(tmp_path / "cfg.json", sample.uuid, part_concurrency=1)
     direct = faulty.direct(sample.uuid)
-    process = MigrationProcess(config)
+    process = MigrationProcess(config, "--prefect" if as_flow else "--no-prefect")
     faulty.proxies.dst_s3.after(up=BIG // 2, do=process.interrupt)
 
     code, out = await process.wait()
