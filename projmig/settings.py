@@ -261,7 +261,7 @@ class MigrationOptions(StrictModel):
     project_concurrency: int = Field(
         4, ge=1, le=64, description="projects inserted at once when several are moved (each in its own transaction)"
     )
-    copy_concurrency: int = Field(16, ge=1, le=256, description="objects (or parts) in flight at once")
+    copy_concurrency: int = Field(64, ge=1, le=256, description="objects (or parts) in flight at once")
     multipart_threshold: int = Field(
         64 * MiB, ge=MIN_PART_SIZE, le=MAX_PART_SIZE,
         description="objects at least this large are copied in parts (5 MiB to 5 GiB: a single PUT takes at most 5 GiB)",
@@ -273,7 +273,7 @@ class MigrationOptions(StrictModel):
     )
     part_concurrency: int = Field(8, ge=1, le=64, description="parts of one large object in flight at once")
     memory_limit: int = Field(
-        192 * MiB, ge=16 * MiB, le=64 * GiB, description="bytes of object data held in memory at once, across all copy tasks"
+        144 * MiB, ge=16 * MiB, le=64 * GiB, description="bytes of object data held in memory at once, across all copy tasks"
     )
     task_concurrency: int = Field(4, ge=1, le=64, description="copy task runs at once (each a batch or a large file)")
     batch_max_files: int = Field(1000, ge=1, le=100_000, description="small files per copy task run")

@@ -28,7 +28,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from projmig import commands
 from projmig.bounds import OPEN_BY_DEFAULT
 from projmig.sandbox import Sandbox
-from projmig.settings import S3Settings
+from projmig.settings import MigrationOptions, S3Settings
 
 from ..conftest import Simcore, Templates, make_simcore, unique
 from .conftest import (
@@ -296,7 +296,7 @@ async def test_runs_outside_the_bounds_are_refused_one_line_each(setup: Setup) -
         "own bounds": (closed, {"bounds": {"choices": ["project_uuid", "product_name"]}}, "parameter 'bounds': fixed by migrate-project/closed"),
         "another host block": (closed, {"host_block": "opened-host"}, "parameter 'host_block': fixed by migrate-project/closed"),
         "owner not listed": (opened, {"destination_user_id": carol + 1000}, f"destination_user_id: migrate-project/opened allows {carol} only"),
-        "option above the deployment's": (opened, {"options": {"memory_limit": 1024 * 2**20}}, f"options.memory_limit: at most {192 * 2**20} in a run of migrate-project/opened"),
+        "option above the deployment's": (opened, {"options": {"memory_limit": 1024 * 2**20}}, f"options.memory_limit: at most {MigrationOptions().memory_limit} in a run of migrate-project/opened"),
         "rollback's closed choice": (rollback, {"uuid_policy": "new"}, 'uuid_policy: fixed by rollback-migration/closed ("keep")'),
     }
     async with setup.server.client() as client:
