@@ -103,13 +103,14 @@ async def _migrate_in_process(settings: MigrationSettings, verbose: bool) -> Mig
     # the run's log lines (the flow's go to Prefect): on the terminal with --verbose, else none
     # (Python's last-resort handler would print its warnings bare)
     log = logging.getLogger("projmig")
-    if verbose:  # projmig's own lines (what the flow logs), not the libraries'
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not log.handlers:  # (once a process: the demo migrates twice)
+        if verbose:  # projmig's own lines (what the flow logs), not the libraries'
+            handler: logging.Handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            log.setLevel(logging.INFO)
+        else:
+            handler = logging.NullHandler()
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
-    else:
-        log.addHandler(logging.NullHandler())
     settings = await resolved(settings)
     with copy_progress():
         return await commands.migrate(settings, WithProgress(on_bytes=report_bytes))
