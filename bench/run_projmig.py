@@ -33,6 +33,7 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 STEPS = ("preflight", "write_probe", "read_graph", "list_destination", "make_plan", "compare", "copy_objects", "insert_roots",
@@ -175,35 +176,28 @@ def cli(job: dict[str, Any], result: dict[str, Any]) -> None:
 
         task_engine.run_task = counted_run_task
 
-    def time_the_flow(module: Any) -> None:
-        flow = module.migrate_project
+    def timed(name: str, *, prefect: bool) -> Callable[[Any], None]:
+        """A hook that times ``module.<name>`` from its call to its return (the CLI takes it from the
+        module when it runs); ``prefect``: whether that is the flow."""
 
-        async def timed_flow(*args: Any, **kwargs: Any) -> Any:
-            timing["cpu0"], timing["began"] = cpu_seconds(), time.perf_counter()
-            try:
-                timing["report"] = await flow(*args, **kwargs)
-                return timing["report"]
-            finally:
-                timing["ended"], timing["cpu1"] = time.perf_counter(), cpu_seconds()
+        def install(module: Any) -> None:
+            run = getattr(module, name)
 
-        module.migrate_project = timed_flow  # the CLI takes it from the module when it runs
+            async def timed_run(*args: Any, **kwargs: Any) -> Any:
+                timing.update(cpu0=cpu_seconds(), began=time.perf_counter(), prefect=prefect)
+                try:
+                    timing["report"] = await run(*args, **kwargs)
+                    return timing["report"]
+                finally:
+                    timing["ended"], timing["cpu1"] = time.perf_counter(), cpu_seconds()
 
-    def time_the_command(module: Any) -> None:
-        # with no Prefect API the CLI runs the library's pipeline in its process: timed alike, as its "flow"
-        command = module.migrate
+            setattr(module, name, timed_run)
 
-        async def timed_command(*args: Any, **kwargs: Any) -> Any:
-            timing["cpu0"], timing["began"], timing["prefect"] = cpu_seconds(), time.perf_counter(), False
-            try:
-                timing["report"] = await command(*args, **kwargs)
-                return timing["report"]
-            finally:
-                timing["ended"], timing["cpu1"] = time.perf_counter(), cpu_seconds()
+        return install
 
-        module.migrate = timed_command
-
-    AfterImport({"prefect.task_engine": count_task_runs, "flows.migrate": time_the_flow,
-                 "projmig.commands": time_the_command}).install()
+    # with no Prefect API the CLI runs the library's pipeline in its process: timed alike, as its "flow"
+    AfterImport({"prefect.task_engine": count_task_runs, "flows.migrate": timed("migrate_project", prefect=True),
+                 "projmig.commands": timed("migrate", prefect=False)}).install()
     from flows.cli import app
 
     result["import_seconds"] = time.perf_counter() - STARTED
@@ -220,7 +214,7 @@ def cli(job: dict[str, Any], result: dict[str, Any]) -> None:
     runs = sum(1 for t in task_runs if began <= t <= ended)
     result.update(
         flow_seconds=flow_seconds,
-        prefect=timing.get("prefect", True),  # False: the pipeline in the CLI's process, no flow
+        prefect=timing["prefect"],  # False: the pipeline in the CLI's process, no flow
         cpu_seconds=timing["cpu1"] - timing["cpu0"],
         stages=report.seconds,
         steps=calls,

@@ -50,10 +50,11 @@ async def migrate_with_progress(
     False, the library's pipeline in this process; None, the flow when a Prefect API is there to
     record it (configured, or the local server running) or Dask is asked for, else the pipeline."""
     quiet_prefect(verbose)
-    if prefect is False and settings.options.task_runner == "dask":
+    dask = settings.options.task_runner == "dask"
+    if prefect is False and dask:
         raise ConfigError("options.task_runner: 'dask' runs the copies as Prefect task runs: drop --no-prefect")
     api = use_prefect_api(start=False, wait=False) if prefect is not False else "absent"
-    if api == "absent" and not prefect and settings.options.task_runner != "dask":
+    if api == "absent" and not prefect and not dask:
         report = await _migrate_in_process(settings, verbose)
         if prefect is None:  # (after the run: bad input stays one error line)
             say(err, "No Prefect server running: migrated in this process, not recorded in Prefect "

@@ -22,6 +22,12 @@ from .conftest import Simcore, object_digests, table_rows
 BIN = Path(sys.executable).parent
 
 
+def without_prefect(home: Path, **extra: str) -> dict[str, str]:
+    """This environment less any Prefect or projmig setting (no API configured), ``home`` as PREFECT_HOME."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PROJMIG_"))}
+    return {**kept, "PREFECT_HOME": str(home), **extra}
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -41,9 +47,8 @@ async def test_the_first_command_starts_a_local_server_and_the_next_reuse_it(fix
     home = tmp_path / "prefect-home"
     # the command's own environment holds secrets (a credential reference's variable) and projmig settings
     secret = "a password only the command may see"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PROJMIG_"))},
-           "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "SOURCE_DB_PASSWORD": secret, "PROJMIG_OPTIONS__COPY_CONCURRENCY": "3", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    env = without_prefect(home, PREFECT_SERVER_ANALYTICS_ENABLED="false", SOURCE_DB_PASSWORD=secret,
+                          PROJMIG_OPTIONS__COPY_CONCURRENCY="3", HTTPS_PROXY="http://127.0.0.1:9")
     pid = None
     try:
         first = subprocess.run([str(BIN / "projmig"), "migrate", "--prefect", "--config", str(cfg)], capture_output=True,
@@ -89,7 +94,7 @@ async def test_with_no_server_the_command_migrates_in_its_own_process(fixture_si
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(fixture_simcore.config(sample.uuid)))
     home = tmp_path / "prefect-home"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PROJMIG_"))}, "PREFECT_HOME": str(home)}
+    env = without_prefect(home)
     before = await table_rows(fixture_simcore.destination_db)
 
     first = subprocess.run([sys.executable, "-X", "importtime", str(BIN / "projmig"), "migrate", "--config", str(cfg)],
@@ -126,8 +131,7 @@ async def test_dask_without_prefect_is_refused_in_one_line(fixture_simcore: Simc
     config["options"] = {**config.get("options", {}), "task_runner": "dask"}
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(config))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PROJMIG_"))},
-           "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = without_prefect(tmp_path / "prefect-home")
     refused = subprocess.run([str(BIN / "projmig"), "migrate", "--no-prefect", "--config", str(cfg)],
                              capture_output=True, text=True, timeout=120, env=env)
     assert refused.returncode == 2, refused.stdout + refused.stderr
