@@ -70,7 +70,12 @@ def test_a_local_server_still_starting_is_used_not_started_again(tmp_path, monke
     from flows import local_api
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # use_local_api sets PREFECT_API_URL itself: the setenv records the value this process had, so
+    # that the teardown restores it (a delenv of an absent variable records nothing, and the
+    # address set here leaked into later tests' commands); the test's own removals below go
+    # around monkeypatch for the same reason
+    monkeypatch.setenv("PREFECT_API_URL", "")
+    monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.delenv("PROJMIG_PREFECT_API", raising=False)
     monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "no-profiles.toml"))
     spawned: list[str] = []
@@ -81,12 +86,12 @@ def test_a_local_server_still_starting_is_used_not_started_again(tmp_path, monke
             {"api_url": "http://127.0.0.1:9/api", "pid": starting.pid, "started": time.time()}))
         assert local_api.use_local_api(print, start=False, wait=False) == "local" and spawned == []
         assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
-        monkeypatch.delenv("PREFECT_API_URL")
+        del os.environ["PREFECT_API_URL"]
         starting.kill()
         starting.wait()
         assert local_api.use_local_api(print, start=False, wait=False) == "absent"  # gone: not used
         assert local_api.use_local_api(print, start=True, wait=False) == "local" and spawned == [str(tmp_path)]
-        monkeypatch.delenv("PREFECT_API_URL")
+        del os.environ["PREFECT_API_URL"]
         monkeypatch.setenv("PROJMIG_PREFECT_API", "ephemeral")  # Prefect's temporary server, asked for
         assert local_api.use_local_api(print) == "ephemeral" and len(spawned) == 1
         monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # configured: used as it is
