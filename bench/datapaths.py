@@ -72,6 +72,7 @@ def _settings(side: dict[str, Any]) -> Any:
 
 async def _projmig_path(job: dict[str, Any], lean: bool) -> float:
     """The calls through projmig's data path (lean or botocore); returns the transfer's seconds."""
+    from projmig.budget import ByteBudget
     from projmig.marks import COPY_MARK
     from projmig.s3 import s3_client
     from projmig.s3data import data_path
@@ -79,14 +80,17 @@ async def _projmig_path(job: dict[str, Any], lean: bool) -> float:
     src_s3, dst_s3 = _settings(job["src"]), _settings(job["dst"])
     sb, db = src_s3.bucket, dst_s3.bucket
     pool = max(job["concurrency"], job["part_concurrency"]) + 4
+    # the buffers as the copier has them (reused), room for every call in flight: bounds nothing here
+    largest = job["part_size"] if job["scenario"] == "large" else max(s for _, s, _ in job["objects"])
+    budget = ByteBudget(pool * largest)
     async with s3_client(src_s3, max_connections=pool) as sc, s3_client(dst_s3, max_connections=pool) as dc, \
             data_path(src_s3, sc, lean=lean, max_connections=pool) as src, \
             data_path(dst_s3, dc, lean=lean, max_connections=pool) as dst:
         slots = asyncio.Semaphore(job["concurrency"])
 
         async def small(key: str, size: int, etag: str) -> None:
-            async with slots:
-                resp, data, got = await src.get(sb, key, size)
+            async with slots, budget.buffer(size) as data:
+                resp, got = await src.get(sb, key, data)
                 assert got == size and resp["ETag"].strip('"') == etag, key
                 put = await dst.put(db, key, data, Metadata={COPY_MARK: MARK})
                 assert put["ETag"].strip('"') == etag, key
@@ -99,9 +103,8 @@ async def _projmig_path(job: dict[str, Any], lean: bool) -> float:
             async def one(number: int) -> dict[str, Any]:
                 start = (number - 1) * part
                 end = min(size, start + part)
-                async with part_slots:
-                    _, data, got = await src.get(sb, key, end - start, byte_range=f"bytes={start}-{end - 1}",
-                                                 if_match=f'"{etag}"')
+                async with part_slots, budget.buffer(end - start) as data:
+                    _, got = await src.get(sb, key, data, byte_range=f"bytes={start}-{end - 1}", if_match=f'"{etag}"')
                     assert got == end - start
                     resp = await dst.upload_part(db, key, upload, number, data)
                 return {"PartNumber": number, "ETag": resp["ETag"]}

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,11 +204,10 @@ class ObjectCopier:
     # -- single request -------------------------------------------------------------------------
 
     async def _copy_whole(self, item: ObjectCopy) -> CopyOutcome:
-        await self.budget.acquire(item.size)
-        try:
-            resp, data, got = await self.retry(
+        async with self.budget.buffer(item.size) as data:
+            resp, got = await self.retry(
                 f"{item.src_key}: GET",
-                lambda: self.src_data.get(self.src_bucket, item.src_key, item.size, checksums=self.by_checksum),
+                lambda: self.src_data.get(self.src_bucket, item.src_key, data, checksums=self.by_checksum),
             )
             check_unchanged(item, etag_of(resp["ETag"]), got)
             headers = _carried_headers(resp, mark_of(item.src_key, item.dst_key))
@@ -222,8 +220,6 @@ class ObjectCopier:
             by_checksum = checksum is not None and put_resp.get(f"Checksum{checksum[0]}") == checksum[1]
             read_sha256 = await digest("sha256", data) if self.by_sha256 and not by_checksum else b""
             sent_md5 = await digest("md5", data) if etag_of(put_resp["ETag"]) != item.etag else b""
-        finally:
-            await self.budget.release(item.size)
         etag = etag_of(put_resp["ETag"])
         if by_checksum:
             assert checksum is not None
@@ -248,7 +244,7 @@ class ObjectCopier:
         )
 
     async def _put_whole(
-        self, item: ObjectCopy, data: io.BytesIO, headers: dict[str, Any], checksum: tuple[str, str] | None
+        self, item: ObjectCopy, data: memoryview, headers: dict[str, Any], checksum: tuple[str, str] | None
     ) -> dict[str, Any]:
         try:
             return await self.retry(

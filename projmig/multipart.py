@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import itertools
 import logging
 from collections.abc import Callable
@@ -174,8 +173,8 @@ class PartTransfer:
         self.whole = hashlib.new("sha256" if copier.by_sha256 else "md5") if self.need_bytes else None
         self.sent = 0  # bytes uploaded now (parts an earlier run finished not counted)
         self.results: dict[int, tuple[str, bytes]] = {}  # part -> (its ETag, MD5 of the bytes read)
-        self.holding: dict[int, int] = {}  # part -> bytes of the budget it holds
-        self.held: dict[int, io.BytesIO] = {}  # finished parts waiting for the in-order hash
+        self.holding: dict[int, memoryview] = {}  # part -> its buffer, from the budget
+        self.held: dict[int, memoryview] = {}  # finished parts waiting for the in-order hash
         self.next_hash = 1
         self.hashing = asyncio.Lock()  # one part at a time into the whole-object hash, in part order
         self.slots = asyncio.Semaphore(copier.part_window)
@@ -192,8 +191,7 @@ class PartTransfer:
                 if number in self.done and not self.need_bytes:
                     self.results[number] = (self.done[number], b"")
                     continue
-                await self.copier.budget.acquire(self.sizes[number - 1])
-                self.holding[number] = self.sizes[number - 1]
+                self.holding[number] = await self.copier.budget.take(self.sizes[number - 1])
                 await self.slots.acquire()
                 if self.failed:  # while this part waited, another one failed
                     break
@@ -230,17 +228,17 @@ class PartTransfer:
             if number not in self.held:
                 await self._free(number)
 
-    async def _read(self, number: int) -> tuple[io.BytesIO, bytes]:
+    async def _read(self, number: int) -> tuple[memoryview, bytes]:
         """Part ``number``'s bytes from the source, and their MD5 (with a layout of our own)."""
-        copier, item = self.copier, self.item
+        copier, item, data = self.copier, self.item, self.holding[number]
         size, start = self.sizes[number - 1], self.offsets[number - 1]
         byte_range = f"bytes={start}-{start + size - 1}"
         # If-Match: the part is of the object planned. With verification by SHA-256 the ETag
         # is opaque (it may be a gateway's own): the answer's ETag is compared instead
-        answer, data, got = await copier.retry(
+        answer, got = await copier.retry(
             f"{item.src_key}: GET part {number}",
             lambda: copier.src_data.get(
-                copier.src_bucket, item.src_key, size, byte_range=byte_range,
+                copier.src_bucket, item.src_key, data, byte_range=byte_range,
                 if_match=None if copier.by_sha256 else f'"{item.etag}"',
             ),
         )
@@ -250,7 +248,7 @@ class PartTransfer:
             raise TransferError(f"{item.src_key}: part {number} returned {got} bytes, expected {size}")
         return data, await digest("md5", data) if self.need_bytes else b""
 
-    async def _upload(self, number: int, data: io.BytesIO, md5: bytes) -> str:
+    async def _upload(self, number: int, data: memoryview, md5: bytes) -> str:
         """Upload part ``number``; its ETag."""
         copier, item, size = self.copier, self.item, self.sizes[number - 1]
         content_md5 = base64.b64encode(md5).decode() if self.need_bytes else None
@@ -277,15 +275,14 @@ class PartTransfer:
                 await asyncio.to_thread(self._update, data)  # hashlib releases the GIL: the loop goes on
                 await self._free(number)
 
-    def _update(self, data: io.BytesIO) -> None:
+    def _update(self, data: memoryview) -> None:
         assert self.whole is not None
-        with data.getbuffer() as view:
-            self.whole.update(view)
+        self.whole.update(data)
 
     async def _free(self, number: int) -> None:
-        size = self.holding.pop(number, None)
-        if size is not None:
-            await self.copier.budget.release(size)
+        buffer = self.holding.pop(number, None)
+        if buffer is not None:
+            await self.copier.budget.give(buffer)
 
 
 def _fits(part: int, count: int, size: int) -> bool:

@@ -20,9 +20,10 @@ code, message and HTTP status; a cut connection an aiohttp error. So retries
 Everything else (HEAD, multipart create/complete/abort, uploads listings) stays botocore: calls made
 a few times per migration, or once per large object.
 
-Bodies are read into one preallocated buffer of the expected size and sent from it as they are
-(``io.BytesIO``, written in 64 KiB pieces): ``body.read()`` would join the received chunks (a
-second copy) and botocore's ``BytesIO`` around a ``bytes`` body is copied again by aiohttp.
+Bodies are read into a buffer of the expected size that the caller gives (the run's, reused:
+:class:`projmig.budget.ByteBudget`), each chunk as it was received (``body.read(n)`` would join
+them: a copy more), and sent from it in pieces (:class:`_Pieces`; a ``BytesIO`` around it would
+be a copy more).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 from urllib.parse import quote, unquote_plus, urlsplit
@@ -50,8 +51,10 @@ from .settings import Provider, S3Settings
 
 MiB = 1024 * 1024
 READ_CHUNK = 1 * MiB  # bytes taken from a response body at once
+SEND_PIECE = 64 * 1024  # bytes of a body handed to the socket at once (as aiohttp reads a file)
 OFF_LOOP = 1 * MiB  # hash bodies at least this large in a worker thread (the event loop keeps going)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+Buffer = bytes | bytearray | memoryview  # a body to send
 Listed = tuple[str, int, str]  # key, size, ETag (unquoted)
 CARRIED = {  # botocore name -> header, for the headers a copy carries over
     "ContentType": "content-type",
@@ -70,17 +73,18 @@ CHECKSUMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")  # S3's additiona
 
 class DataPath(Protocol):
     async def get(
-        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None,
+        self, bucket: str, key: str, into: memoryview, *, byte_range: str | None = None, if_match: str | None = None,
         checksums: bool = False,
-    ) -> tuple[dict[str, Any], io.BytesIO, int]:
-        """(answer headers, body, bytes received): the body in a buffer of ``size`` bytes.
-        ``checksums``: ask for the object's stored checksums too (``ChecksumMode=ENABLED``)."""
+    ) -> tuple[dict[str, Any], int]:
+        """(answer headers, bytes received): the body read into ``into``, a buffer of the size expected
+        (a longer body is counted, not stored: the caller checks the count). ``checksums``: ask for
+        the object's stored checksums too (``ChecksumMode=ENABLED``)."""
 
-    async def put(self, bucket: str, key: str, body: io.BytesIO, **headers: Any) -> dict[str, Any]:
+    async def put(self, bucket: str, key: str, body: Buffer, **headers: Any) -> dict[str, Any]:
         """PutObject; ``headers`` in botocore's names (ContentType, ..., Metadata, ChecksumSHA256...)."""
 
     async def upload_part(
-        self, bucket: str, key: str, upload_id: str, number: int, body: io.BytesIO, *, content_md5: str | None = None
+        self, bucket: str, key: str, upload_id: str, number: int, body: Buffer, *, content_md5: str | None = None
     ) -> dict[str, Any]: ...
 
     async def copy(
@@ -101,31 +105,23 @@ class DataPath(Protocol):
         after this one (S3's ``StartAfter``)."""
 
 
-async def read_body(body: Any, size: int) -> tuple[io.BytesIO, int]:
-    """A response body and how many bytes it had, read into one buffer of the expected size
-    (a body longer than ``size`` grows the buffer: the caller checks the count)."""
-    data = io.BytesIO()
-    if size > 0:
-        data.seek(size - 1)
-        data.write(b"\0")
-        data.seek(0)
+async def read_body(read: Callable[[], Awaitable[bytes]], into: memoryview) -> int:
+    """A response body, chunk by chunk (``read()``: the next one, empty at its end), into ``into``;
+    how many bytes it had (those beyond ``into`` counted, not stored)."""
     got = 0
-    while chunk := await body.read(READ_CHUNK):
-        data.write(chunk)
-        got += len(chunk)
-    data.seek(0)
-    return data, got
+    while chunk := await read():
+        end = got + len(chunk)
+        if end <= len(into):
+            into[got:end] = chunk
+        got = end
+    return got
 
 
-async def digest(algorithm: str, data: io.BytesIO) -> bytes:
+async def digest(algorithm: str, data: Buffer) -> bytes:
     """md5/sha256 of a buffer; a large one in a worker thread (hashlib releases the GIL)."""
-    def run() -> bytes:
-        with data.getbuffer() as view:
-            return hashlib.new(algorithm, view).digest()
-
-    if len(data.getbuffer()) >= OFF_LOOP:
-        return await asyncio.to_thread(run)
-    return run()
+    if len(data) >= OFF_LOOP:
+        return await asyncio.to_thread(lambda: hashlib.new(algorithm, data).digest())
+    return hashlib.new(algorithm, data).digest()
 
 
 class BotoData:
@@ -138,28 +134,27 @@ class BotoData:
             client.meta.events.register("before-sign.s3.CopyObject", _ceph_copy_condition, unique_id=CEPH_COPY_IF_MATCH)
 
     async def get(
-        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None,
+        self, bucket: str, key: str, into: memoryview, *, byte_range: str | None = None, if_match: str | None = None,
         checksums: bool = False,
-    ) -> tuple[dict[str, Any], io.BytesIO, int]:
+    ) -> tuple[dict[str, Any], int]:
         extra = {k: v for k, v in (("Range", byte_range), ("IfMatch", if_match)) if v}
         if checksums:
             extra["ChecksumMode"] = "ENABLED"
         resp = await self.client.get_object(Bucket=bucket, Key=key, **extra)
         async with resp["Body"] as body:
-            data, got = await read_body(body, size)
-        return resp, data, got
+            got = await read_body(lambda: body.read(READ_CHUNK), into)
+        return resp, got
 
-    async def put(self, bucket: str, key: str, body: io.BytesIO, **headers: Any) -> dict[str, Any]:
-        body.seek(0)  # a retried call sends the body again
-        return await self.client.put_object(Bucket=bucket, Key=key, Body=body, **headers)
+    # (botocore takes a file: each call its own, so that a retried call sends the body again)
+    async def put(self, bucket: str, key: str, body: Buffer, **headers: Any) -> dict[str, Any]:
+        return await self.client.put_object(Bucket=bucket, Key=key, Body=io.BytesIO(body), **headers)
 
     async def upload_part(
-        self, bucket: str, key: str, upload_id: str, number: int, body: io.BytesIO, *, content_md5: str | None = None
+        self, bucket: str, key: str, upload_id: str, number: int, body: Buffer, *, content_md5: str | None = None
     ) -> dict[str, Any]:
-        body.seek(0)
         extra = {"ContentMD5": content_md5} if content_md5 else {}
         return await self.client.upload_part(
-            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body, **extra
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=io.BytesIO(body), **extra
         )
 
     async def copy(
@@ -234,9 +229,9 @@ class LeanData:
     # -- the calls ------------------------------------------------------------------------------
 
     async def get(
-        self, bucket: str, key: str, size: int, *, byte_range: str | None = None, if_match: str | None = None,
+        self, bucket: str, key: str, into: memoryview, *, byte_range: str | None = None, if_match: str | None = None,
         checksums: bool = False,
-    ) -> tuple[dict[str, Any], io.BytesIO, int]:
+    ) -> tuple[dict[str, Any], int]:
         headers = {k: v for k, v in (("range", byte_range), ("if-match", if_match)) if v}
         if checksums:
             headers["x-amz-checksum-mode"] = "ENABLED"
@@ -245,10 +240,10 @@ class LeanData:
             if resp.status not in (200, 206):
                 raise await _client_error(resp, "GetObject")
             answer = _answer(resp)
-            data, got = await read_body(resp.content, size)
-        return answer, data, got
+            got = await read_body(resp.content.readany, into)
+        return answer, got
 
-    async def put(self, bucket: str, key: str, body: io.BytesIO, **headers: Any) -> dict[str, Any]:
+    async def put(self, bucket: str, key: str, body: Buffer, **headers: Any) -> dict[str, Any]:
         fields = _object_headers(headers)
         for name in CHECKSUMS:
             if headers.get(f"Checksum{name}"):
@@ -256,7 +251,7 @@ class LeanData:
         return await self._send("PUT", "PutObject", bucket, key, {}, fields, body)
 
     async def upload_part(
-        self, bucket: str, key: str, upload_id: str, number: int, body: io.BytesIO, *, content_md5: str | None = None
+        self, bucket: str, key: str, upload_id: str, number: int, body: Buffer, *, content_md5: str | None = None
     ) -> dict[str, Any]:
         query = {"partNumber": str(number), "uploadId": upload_id}
         fields = {"content-md5": content_md5} if content_md5 else {}
@@ -312,11 +307,10 @@ class LeanData:
 
     async def _send(
         self, method: str, operation: str, bucket: str, key: str, query: dict[str, str], headers: dict[str, str],
-        body: io.BytesIO,
+        body: Buffer,
     ) -> dict[str, Any]:
-        body.seek(0)  # a retried call sends the body again
         url, signed = self._signed(method, bucket, key, query, headers, "UNSIGNED-PAYLOAD")
-        async with self.http.request(method, url, headers=signed, data=body) as resp:
+        async with self.http.request(method, url, headers=signed, data=_Pieces(body)) as resp:
             if resp.status != 200:
                 raise await _client_error(resp, operation)
             await resp.read()
@@ -335,6 +329,23 @@ class LeanData:
         request.context["payload_sha256"] = payload
         self.signer.add_auth(request)
         return URL(url, encoded=True), dict(request.headers.items())
+
+
+class _Pieces(aiohttp.BytesPayload):
+    """A body sent from its buffer :data:`SEND_PIECE` bytes at a time, each piece a copy: the socket's
+    queue may keep what it was handed after the request ended (a cut or timed-out call closes its
+    connection gracefully: it still sends what it queued), and the buffer is reused by then."""
+
+    def __init__(self, body: Buffer):
+        super().__init__(memoryview(body).cast("B"))
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        view = self._value if content_length is None else self._value[:content_length]
+        for start in range(0, len(view), SEND_PIECE):
+            await writer.write(bytes(view[start:start + SEND_PIECE]))
 
 
 class _PayloadGivenSigV4(S3SigV4Auth):

@@ -273,7 +273,9 @@ class MigrationOptions(StrictModel):
     )
     part_concurrency: int = Field(8, ge=1, le=64, description="parts of one large object in flight at once")
     memory_limit: int = Field(
-        144 * MiB, ge=16 * MiB, le=64 * GiB, description="bytes of object data held in memory at once, across all copy tasks"
+        144 * MiB, ge=16 * MiB, le=64 * GiB,
+        description="bytes of object data held in memory at once, across all copy tasks (the buffers in use and "
+        "those kept for the next copies)",
     )
     task_concurrency: int = Field(4, ge=1, le=64, description="copy task runs at once (each a batch or a large file)")
     batch_max_files: int = Field(1000, ge=1, le=100_000, description="small files per copy task run")

@@ -136,6 +136,30 @@ async def test_server_side_copy_on_the_same_endpoint(fixture_simcore: Simcore) -
         assert head["Metadata"] == {COPY_MARK: "source=p;copy=p"} and head["ContentType"] != "text/plain"
 
 
+async def test_one_buffer_reused_for_objects_one_after_another_sends_each_its_own_bytes(bucket_clients) -> None:
+    """The budget's buffers are reused (projmig.budget): a smaller object read into the buffer a larger
+    one left sends its own bytes only, and every buffer is given back, after a failure too."""
+    src, dst, sb, db = bucket_clients
+    sizes = [3 * MiB + 5, 2 * MiB, MiB + 3, 700_000, 64 * 1024, 5, 0]
+    for i, size in enumerate(sizes):
+        await src.put_object(Bucket=sb, Key=f"p/r/{i}.bin", Body=os.urandom(size))
+    copies = sorted(copies_of(await list_prefix(src, sb, "p/r/", retry)), key=lambda c: -c.size)
+    copier = ObjectCopier(src, dst, sb, db, retry=retry, concurrency=1, memory_limit=16 * MiB)
+    outcomes = await copier.copy_all([(c, None) for c in copies])
+    assert [o.action for o in outcomes] == ["copied"] * len(sizes)
+    assert copier.budget.used == 0 and len(copier.budget._kept) <= 2  # (the 3 MiB one served them all but 0 bytes)
+    copied = await list_prefix(dst, db, "p/r/", retry)
+    for c in copies:
+        assert copied[c.dst_key] == ObjectState(size=c.size, etag=c.etag), c.dst_key
+        assert await sha256(src, sb, c.src_key) == await sha256(dst, db, c.dst_key), c.dst_key
+    # a source that changed since the plan (more bytes than planned) fails that object; its buffer comes back
+    await src.put_object(Bucket=sb, Key="p/r/5.bin", Body=os.urandom(MiB))
+    again = [dataclasses.replace(c, dst_key="q/" + c.dst_key) for c in copies if c.src_key == "p/r/5.bin"]
+    with pytest.raises(Exception, match="source object changed since the plan"):
+        await copier.copy_all([(c, None) for c in again])
+    assert copier.budget.used == 0
+
+
 async def test_a_changed_source_is_refused_by_name(bucket_clients) -> None:
     src, dst, sb, db = bucket_clients
     await src.put_object(Bucket=sb, Key="p/n/moving.txt", Body=b"first")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import math
 import os
@@ -91,7 +90,7 @@ class Uploader:
 
     async def put(self, key: str, size: int) -> str:
         async with self.slots:
-            resp = await self.data.put(self.bucket, key, io.BytesIO(os.urandom(size)))
+            resp = await self.data.put(self.bucket, key, os.urandom(size))
         self.etags[key] = resp["ETag"].strip('"')
         return self.etags[key]
 
