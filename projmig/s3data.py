@@ -331,13 +331,20 @@ class LeanData:
         return URL(url, encoded=True), dict(request.headers.items())
 
 
-class _Pieces(aiohttp.BytesPayload):
+class _Pieces(aiohttp.payload.Payload):
     """A body sent from its buffer :data:`SEND_PIECE` bytes at a time, each piece a copy: the socket's
     queue may keep what it was handed after the request ended (a cut or timed-out call closes its
     connection gracefully: it still sends what it queued), and the buffer is reused by then."""
 
+    _autoclose = True  # (in memory: nothing to close, as aiohttp's own bytes payloads)
+
     def __init__(self, body: Buffer):
-        super().__init__(memoryview(body).cast("B"))
+        view = memoryview(body).cast("B")
+        super().__init__(view, content_type="application/octet-stream")
+        self._size = len(view)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value).decode(encoding, errors)
 
     async def write(self, writer: Any) -> None:
         await self.write_with_length(writer, None)
