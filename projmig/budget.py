@@ -8,7 +8,8 @@ import bisect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-MiB = 1024 * 1024
+from .limits import MiB
+
 LARGER = 2  # a kept buffer serves a request for at least 1/LARGER of it (or for all but a MiB of it)
 
 

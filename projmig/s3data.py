@@ -46,10 +46,10 @@ from botocore.utils import SAFE_CHARS, percent_encode
 from yarl import URL
 
 from .credentials import reveal
+from .limits import MiB
 from .s3 import tls_context
 from .settings import Provider, S3Settings
 
-MiB = 1024 * 1024
 READ_CHUNK = 1 * MiB  # bytes taken from a response body at once
 SEND_PIECE = 64 * 1024  # bytes of a body handed to the socket at once (as aiohttp reads a file)
 OFF_LOOP = 1 * MiB  # hash bodies at least this large in a worker thread (the event loop keeps going)
